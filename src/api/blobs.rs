@@ -1,0 +1,182 @@
+//! `GET|HEAD /v2/<name>/blobs/<digest>`, with a single `Range`.
+//!
+//! Stored blobs are served from their file; cold ones stream from the growing
+//! file of the single-flight fetch. A fetch that fails after the headers went
+//! out ends the body abnormally, so the client never sees a complete response.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::Request;
+use super::errors::{ApiError, Code, Subject};
+use super::range::{ByteRange, RangeError};
+use crate::cache::{BlobSource, CacheError};
+use crate::failure::{FailureCause, FailureRecord, log_pull_failed};
+use crate::reference::Digest;
+
+/// Read size for stored blobs: large reads keep syscalls per GiB low.
+const FILE_CHUNK: usize = 512 << 10;
+
+pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response, ApiError> {
+    let (_, route) = req.route(name)?;
+    let digest = Digest::parse(digest).map_err(ApiError::reference)?;
+    let what = format!("blob {digest} of {}", route.repo);
+    let cache = &req.state.cache;
+    let range = match req.headers.get(header::RANGE) {
+        Some(v) => {
+            let text = v.to_str().unwrap_or_default().to_string();
+            Some((
+                ByteRange::parse(&text).map_err(|e| range_error(e, None))?,
+                text,
+            ))
+        }
+        None => None,
+    };
+    if req.method == Method::HEAD {
+        let size = cache
+            .blob_size(route.upstream, &route.repo, &digest)
+            .await
+            .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
+        return Ok(head_response(&digest, size));
+    }
+    let mut source = cache
+        .blob(route.upstream, &route.repo, &digest)
+        .await
+        .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
+    let size = match &mut source {
+        BlobSource::Stored { size, .. } => Some(*size),
+        // A range needs the size; an upstream that did not announce it makes
+        // this request wait for the whole (verified) blob.
+        BlobSource::Fetching { joined, size: None } if range.is_some() => Some(
+            joined
+                .done()
+                .await
+                .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?
+                .0,
+        ),
+        BlobSource::Fetching { size, .. } => *size,
+    };
+    let span = match (&range, size) {
+        (Some((r, text)), Some(size)) => Some(
+            r.resolve(size, text)
+                .map_err(|e| range_error(e, Some(size)))?,
+        ),
+        _ => None,
+    };
+    let body = match source {
+        BlobSource::Stored { path, .. } => {
+            let (start, end) = span.unwrap_or((0, size.unwrap_or(0)));
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| ApiError::from_cache(CacheError::from(e), Subject::Blob, &what))?;
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(|e| ApiError::from_cache(CacheError::from(e), Subject::Blob, &what))?;
+            Body::from_stream(ReaderStream::with_capacity(
+                file.take(end - start),
+                FILE_CHUNK,
+            ))
+        }
+        BlobSource::Fetching { joined, .. } => {
+            let (start, end) = match span {
+                Some((s, e)) => (s, Some(e)),
+                None => (0, size),
+            };
+            let ctx = req.ctx.clone();
+            let path = format!("/v2/{name}/blobs/{digest}");
+            let stream = joined.stream(start, end).map(move |item| {
+                item.inspect_err(|e| {
+                    // The status is already sent; this is the only place the
+                    // failure can still be recorded.
+                    let record = FailureRecord {
+                        cause: e.cause(),
+                        upstream: e.upstream_name().map(str::to_string),
+                        upstream_status: e.upstream_status(),
+                        detail: e.to_string(),
+                    };
+                    if let Some(ctx) = &ctx {
+                        log_pull_failed(
+                            &record,
+                            "GET",
+                            &path,
+                            200,
+                            &ctx.client,
+                            &ctx.id,
+                            ctx.started.elapsed().as_millis(),
+                        );
+                    }
+                })
+            });
+            Body::from_stream(stream)
+        }
+    };
+    Ok(body_response(&digest, size, span, body))
+}
+
+fn range_error(e: RangeError, size: Option<u64>) -> ApiError {
+    let err = ApiError::new(Code::RangeInvalid, FailureCause::InvalidReference, &e);
+    match size {
+        Some(size) => err.with_header(header::CONTENT_RANGE, &format!("bytes */{size}")),
+        None => err,
+    }
+}
+
+fn common_headers(resp: &mut Response, digest: &Digest) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v.clone());
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+            h.insert(header::ETAG, etag);
+        }
+    }
+    // Content under a digest never changes.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+}
+
+fn head_response(digest: &Digest, size: Option<u64>) -> Response {
+    let mut resp = StatusCode::OK.into_response();
+    common_headers(&mut resp, digest);
+    if let Some(size) = size {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    resp
+}
+
+fn body_response(
+    digest: &Digest,
+    size: Option<u64>,
+    span: Option<(u64, u64)>,
+    body: Body,
+) -> Response {
+    let mut resp = body.into_response();
+    common_headers(&mut resp, digest);
+    let h = resp.headers_mut();
+    match (span, size) {
+        (Some((start, end)), Some(size)) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        (_, Some(size)) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+        _ => {}
+    }
+    resp
+}

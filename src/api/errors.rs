@@ -1,0 +1,222 @@
+//! Spec error codes, declared once with their status, and the one place where
+//! errors become `{"errors":[{"code","message","detail"}]}` responses.
+//!
+//! `IntoResponse` has no side effects: the failure record rides along as a
+//! response extension and the request middleware logs it exactly once.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::cache::CacheError;
+use crate::failure::{FailureCause, FailureRecord};
+use crate::reference::ReferenceError;
+use crate::routing::NotConfigured;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    NameInvalid,
+    NameUnknown,
+    TagInvalid,
+    DigestInvalid,
+    ManifestUnknown,
+    ManifestInvalid,
+    BlobUnknown,
+    RangeInvalid,
+    PaginationNumberInvalid,
+    Unauthorized,
+    Denied,
+    TooManyRequests,
+    Unsupported,
+    Unavailable,
+    Unknown,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::NameInvalid => "NAME_INVALID",
+            Code::NameUnknown => "NAME_UNKNOWN",
+            Code::TagInvalid => "TAG_INVALID",
+            Code::DigestInvalid => "DIGEST_INVALID",
+            Code::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Code::ManifestInvalid => "MANIFEST_INVALID",
+            Code::BlobUnknown => "BLOB_UNKNOWN",
+            Code::RangeInvalid => "RANGE_INVALID",
+            Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::Denied => "DENIED",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
+            Code::Unsupported => "UNSUPPORTED",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The status a client gets when berth itself decides (not an upstream).
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::NameInvalid
+            | Code::TagInvalid
+            | Code::DigestInvalid
+            | Code::ManifestInvalid
+            | Code::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
+            Code::NameUnknown | Code::ManifestUnknown | Code::BlobUnknown => StatusCode::NOT_FOUND,
+            Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Denied => StatusCode::FORBIDDEN,
+            Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What kind of object a request was after; decides e.g. which "unknown" code
+/// an upstream 404 becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    Manifest,
+    Blob,
+    Tags,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub status: StatusCode,
+    pub message: String,
+    pub cause: FailureCause,
+    pub upstream: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, cause: FailureCause, summary: impl std::fmt::Display) -> Self {
+        Self {
+            code,
+            status: code.status(),
+            message: format!("{summary} (cause={}): {}", cause.name(), cause.hint()),
+            cause,
+            upstream: None,
+            upstream_status: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    pub fn reference(e: ReferenceError) -> Self {
+        let code = match e {
+            ReferenceError::Name(..) => Code::NameInvalid,
+            ReferenceError::Tag(_) => Code::TagInvalid,
+            ReferenceError::Digest(..) => Code::DigestInvalid,
+        };
+        ApiError::new(code, FailureCause::InvalidReference, e)
+    }
+
+    pub fn not_configured(e: NotConfigured) -> Self {
+        ApiError::new(Code::NameUnknown, FailureCause::UpstreamNotConfigured, e)
+    }
+
+    /// Map a cache failure for a request about `subject` named `what`.
+    pub fn from_cache(e: CacheError, subject: Subject, what: &str) -> Self {
+        let cause = e.cause();
+        let (code, status) = match cause {
+            FailureCause::ManifestUnknown
+            | FailureCause::BlobUnknown
+            | FailureCause::NameUnknown => {
+                let code = match (cause, subject) {
+                    (FailureCause::NameUnknown, _) => Code::NameUnknown,
+                    (_, Subject::Blob) => Code::BlobUnknown,
+                    (_, Subject::Manifest) => Code::ManifestUnknown,
+                    (_, Subject::Tags) => Code::NameUnknown,
+                };
+                (code, StatusCode::NOT_FOUND)
+            }
+            FailureCause::Forbidden => (Code::Denied, StatusCode::FORBIDDEN),
+            // Upstream credentials are berth's problem, not the client's: a
+            // 401 here would send the client looking for a token service.
+            FailureCause::Unauthorized => (Code::Unauthorized, StatusCode::BAD_GATEWAY),
+            FailureCause::RateLimited => (Code::TooManyRequests, StatusCode::TOO_MANY_REQUESTS),
+            FailureCause::ConnectTimeout | FailureCause::ReadTimeout => {
+                (Code::Unavailable, StatusCode::GATEWAY_TIMEOUT)
+            }
+            FailureCause::DigestMismatch => (Code::DigestInvalid, StatusCode::BAD_GATEWAY),
+            FailureCause::ManifestInvalid => (Code::ManifestInvalid, StatusCode::BAD_GATEWAY),
+            FailureCause::DiskFull | FailureCause::StorageError | FailureCause::Internal => {
+                (Code::Unknown, StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            _ => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+        };
+        let mut err = ApiError::new(code, cause, format!("{what}: {e}")).with_status(status);
+        err.upstream = e.upstream_name().map(str::to_string);
+        err.upstream_status = e.upstream_status();
+        err
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    errors: [Entry<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    code: &'a str,
+    message: &'a str,
+    detail: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    cause: &'a str,
+    hint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            errors: [Entry {
+                code: self.code.as_str(),
+                message: &self.message,
+                detail: Detail {
+                    cause: self.cause.name(),
+                    hint: self.cause.hint(),
+                    upstream: self.upstream.as_deref(),
+                },
+            }],
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = (
+            self.status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response();
+        for (name, value) in self.headers {
+            resp.headers_mut().insert(name, value);
+        }
+        resp.extensions_mut().insert(FailureRecord {
+            cause: self.cause,
+            upstream: self.upstream,
+            upstream_status: self.upstream_status,
+            detail: self.message,
+        });
+        resp
+    }
+}

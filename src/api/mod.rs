@@ -1,0 +1,146 @@
+//! The HTTP surface of `/v2/`: one catch-all route, a pure path parser, and a
+//! handler per endpoint. Handlers parse and validate input, ask the cache, and
+//! shape the response; they never touch files or the upstream directly.
+
+mod blobs;
+pub mod errors;
+mod manifests;
+pub mod path;
+mod range;
+mod tags;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::failure::FailureCause;
+use crate::reference::RepoName;
+use crate::routing::{Route, route};
+use errors::{ApiError, Code};
+use path::Endpoint;
+
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+
+pub struct AppState {
+    pub config: Config,
+    pub cache: Cache,
+}
+
+/// Per-request facts the middleware sets for handlers and streaming bodies.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub id: String,
+    pub client: String,
+    pub started: std::time::Instant,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2", any(base))
+        .route("/v2/", any(base))
+        .route("/v2/{*rest}", any(dispatch))
+        .with_state(state)
+}
+
+async fn base(method: Method) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return unsupported(&method);
+    }
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+/// The request as the handlers see it, already split into its parts.
+pub struct Request<'a> {
+    pub state: &'a AppState,
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: Option<String>,
+    pub ctx: Option<RequestContext>,
+}
+
+impl Request<'_> {
+    pub fn query_param(&self, key: &str) -> Option<String> {
+        let q = self.query.as_deref()?;
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// Validate the name and pick the upstream that serves it.
+    pub fn route(&self, name: &str) -> Result<(RepoName, Route), ApiError> {
+        let name = RepoName::parse(name).map_err(ApiError::reference)?;
+        let ns = self.query_param("ns");
+        let r = route(&self.state.config.upstreams, &name, ns.as_deref())
+            .map_err(ApiError::not_configured)?;
+        Ok((name, r))
+    }
+}
+
+async fn dispatch(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path(rest): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ctx: Option<axum::Extension<RequestContext>>,
+) -> Response {
+    let endpoint = path::parse(&rest);
+    if method != Method::GET && method != Method::HEAD && endpoint != Endpoint::Unknown {
+        return unsupported(&method);
+    }
+    let req = Request {
+        state: &state,
+        method,
+        headers,
+        query,
+        ctx: ctx.map(|c| c.0),
+    };
+    let result = match endpoint {
+        Endpoint::Base => return base(req.method).await,
+        Endpoint::Manifest { name, reference } => manifests::get(&req, name, reference).await,
+        Endpoint::Blob { name, digest } => blobs::get(&req, name, digest).await,
+        Endpoint::Tags { name } => tags::list(&req, name).await,
+        Endpoint::Upload { .. } => Err(ApiError::new(
+            Code::Unsupported,
+            FailureCause::InvalidReference,
+            "berth is a read-only mirror; push is not supported",
+        )),
+        Endpoint::Referrers { .. } | Endpoint::Unknown => Err(ApiError::new(
+            Code::Unsupported,
+            FailureCause::InvalidReference,
+            format!("no such registry API endpoint: /v2/{rest}"),
+        )
+        .with_status(StatusCode::NOT_FOUND)),
+    };
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+fn unsupported(method: &Method) -> Response {
+    let mut resp = ApiError::new(
+        Code::Unsupported,
+        FailureCause::InvalidReference,
+        format!("{method} is not supported: berth is a read-only pull-through mirror"),
+    )
+    .with_header(header::ALLOW, "GET, HEAD")
+    .into_response();
+    resp.headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    resp
+}

@@ -1,0 +1,78 @@
+//! Errors of the cache layer. Cloneable (sources behind `Arc`) because one
+//! failed upstream fetch is reported to every request that joined it.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::meta::MetaError;
+use crate::failure::FailureCause;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, Clone, Error)]
+pub enum CacheError {
+    #[error("upstream {upstream}: {source}")]
+    Upstream {
+        upstream: String,
+        #[source]
+        source: Arc<UpstreamError>,
+    },
+    #[error("upstream {upstream} ended the blob after {got} of {expected} bytes")]
+    Truncated {
+        upstream: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("cache storage: {0}")]
+    Io(#[source] Arc<std::io::Error>),
+    #[error("{0}")]
+    Meta(#[source] Arc<MetaError>),
+}
+
+impl CacheError {
+    pub fn upstream(upstream: &str, source: UpstreamError) -> Self {
+        CacheError::Upstream {
+            upstream: upstream.to_string(),
+            source: Arc::new(source),
+        }
+    }
+
+    pub fn cause(&self) -> FailureCause {
+        match self {
+            CacheError::Upstream { source, .. } => source.cause(),
+            CacheError::Truncated { .. } => FailureCause::ConnectionReset,
+            CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                FailureCause::DiskFull
+            }
+            CacheError::Io(_) | CacheError::Meta(_) => FailureCause::StorageError,
+        }
+    }
+
+    pub fn upstream_name(&self) -> Option<&str> {
+        match self {
+            CacheError::Upstream { upstream, .. } | CacheError::Truncated { upstream, .. } => {
+                Some(upstream)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn upstream_status(&self) -> Option<u16> {
+        match self {
+            CacheError::Upstream { source, .. } => source.status(),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for CacheError {
+    fn from(e: std::io::Error) -> Self {
+        CacheError::Io(Arc::new(e))
+    }
+}
+
+impl From<MetaError> for CacheError {
+    fn from(e: MetaError) -> Self {
+        CacheError::Meta(Arc::new(e))
+    }
+}

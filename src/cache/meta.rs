@@ -1,0 +1,147 @@
+//! Metadata in sled: tag → digest records, manifest media types, tag lists,
+//! access times. The only file that imports sled. Nothing here is the only
+//! copy of content: a record pointing at a missing blob is treated as absent.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::reference::{Digest, RepoName};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cache metadata: {0}")]
+pub struct MetaError(#[from] sled::Error);
+
+pub struct Meta {
+    tags: sled::Tree,
+    manifests: sled::Tree,
+    tag_lists: sled::Tree,
+    access: sled::Tree,
+}
+
+/// What a tag resolved to, and when the upstream last confirmed it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: String,
+    pub checked_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagListRecord {
+    pub tags: Vec<String>,
+    pub fetched_at: u64,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Keys join parts with NUL, which no validated name, tag or host contains.
+fn key(parts: &[&str]) -> Vec<u8> {
+    parts.join("\0").into_bytes()
+}
+
+impl Meta {
+    pub fn open(cache_dir: &Path) -> Result<Self, MetaError> {
+        let db = sled::Config::new()
+            .path(cache_dir.join("meta"))
+            .flush_every_ms(Some(500))
+            .open()?;
+        Ok(Self {
+            tags: db.open_tree("tags")?,
+            manifests: db.open_tree("manifests")?,
+            tag_lists: db.open_tree("tag_lists")?,
+            access: db.open_tree("access")?,
+        })
+    }
+
+    fn get<T: DeserializeOwned>(tree: &sled::Tree, k: &[u8]) -> Result<Option<T>, MetaError> {
+        // An undecodable record (from another version) is treated as absent.
+        Ok(tree.get(k)?.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    fn put<T: Serialize>(tree: &sled::Tree, k: &[u8], v: &T) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec(v).unwrap_or_default();
+        tree.insert(k, bytes)?;
+        Ok(())
+    }
+
+    pub fn tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<TagRecord>, MetaError> {
+        Self::get(&self.tags, &key(&[upstream, repo.as_str(), tag]))
+    }
+
+    pub fn put_tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &str,
+        digest: &Digest,
+    ) -> Result<(), MetaError> {
+        let rec = TagRecord {
+            digest: digest.to_string(),
+            checked_at: now_secs(),
+        };
+        Self::put(&self.tags, &key(&[upstream, repo.as_str(), tag]), &rec)
+    }
+
+    pub fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+        Self::get(&self.manifests, digest.to_string().as_bytes())
+    }
+
+    pub fn put_manifest(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+        size: u64,
+    ) -> Result<(), MetaError> {
+        let rec = ManifestRecord {
+            media_type: media_type.to_string(),
+            size,
+        };
+        Self::put(&self.manifests, digest.to_string().as_bytes(), &rec)
+    }
+
+    pub fn tag_list(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+    ) -> Result<Option<TagListRecord>, MetaError> {
+        Self::get(&self.tag_lists, &key(&[upstream, repo.as_str()]))
+    }
+
+    pub fn put_tag_list(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tags: Vec<String>,
+    ) -> Result<(), MetaError> {
+        let rec = TagListRecord {
+            tags,
+            fetched_at: now_secs(),
+        };
+        Self::put(&self.tag_lists, &key(&[upstream, repo.as_str()]), &rec)
+    }
+
+    /// Record that a digest was served, for least-recently-used eviction.
+    pub fn touch(&self, digest: &Digest) -> Result<(), MetaError> {
+        self.access
+            .insert(digest.to_string().as_bytes(), &now_secs().to_be_bytes())?;
+        Ok(())
+    }
+}

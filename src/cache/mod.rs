@@ -1,0 +1,261 @@
+//! The get-or-fetch facade: the API asks here for manifests, blobs and tags;
+//! this answers from the store when it can and from the upstream when it must.
+//! It owns the cache rules (digests immutable, tags revalidated once per TTL,
+//! stale-if-error) and never deals with HTTP requests or responses.
+
+mod blobs;
+mod error;
+mod fetch;
+mod inflight;
+mod meta;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use error::CacheError;
+pub use inflight::Joined;
+
+use crate::failure::FailureCause;
+use crate::reference::{Digest, Reference, RepoName};
+use crate::upstream::{Upstream, UpstreamManifest};
+use blobs::BlobStore;
+use inflight::{Inflight, Slot};
+use meta::{Meta, now_secs};
+
+#[derive(Debug, Clone)]
+pub struct CachedManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+/// Where a blob's bytes come from.
+pub enum BlobSource {
+    /// Stored and verified.
+    Stored { path: PathBuf, size: u64 },
+    /// Being fetched; `size` is the upstream's announced length, if any.
+    Fetching { joined: Joined, size: Option<u64> },
+}
+
+pub struct Cache {
+    store: Arc<BlobStore>,
+    meta: Meta,
+    inflight: Arc<Inflight>,
+    upstreams: Vec<Arc<Upstream>>,
+    tag_ttl: Duration,
+}
+
+impl Cache {
+    pub fn open(
+        cache_dir: &std::path::Path,
+        upstreams: Vec<Arc<Upstream>>,
+        tag_ttl: Duration,
+    ) -> Result<Self, CacheError> {
+        Ok(Self {
+            store: Arc::new(BlobStore::open(cache_dir)?),
+            meta: Meta::open(cache_dir)?,
+            inflight: Arc::default(),
+            upstreams,
+            tag_ttl,
+        })
+    }
+
+    pub fn upstream_name(&self, index: usize) -> &str {
+        &self.upstreams[index].name
+    }
+
+    async fn load_manifest(&self, digest: &Digest) -> Option<CachedManifest> {
+        let bytes = tokio::fs::read(self.store.path(digest)).await.ok()?;
+        let media_type = match self.meta.manifest(digest).ok().flatten() {
+            Some(rec) => rec.media_type,
+            None => crate::manifest::media_type(&bytes, None).ok()?,
+        };
+        let _ = self.meta.touch(digest);
+        Some(CachedManifest {
+            bytes: Bytes::from(bytes),
+            media_type,
+            digest: digest.clone(),
+        })
+    }
+
+    fn store_manifest(&self, m: &UpstreamManifest) -> Result<(), CacheError> {
+        self.store.put(&m.digest, &m.bytes)?;
+        self.meta
+            .put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)?;
+        Ok(())
+    }
+
+    pub async fn manifest(
+        &self,
+        up: usize,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<CachedManifest, CacheError> {
+        match reference {
+            Reference::Digest(d) => {
+                if let Some(m) = self.load_manifest(d).await {
+                    return Ok(m);
+                }
+                self.fetch_manifest(up, repo, &d.to_string()).await
+            }
+            Reference::Tag(tag) => self.manifest_by_tag(up, repo, tag.as_str()).await,
+        }
+    }
+
+    async fn fetch_manifest(
+        &self,
+        up: usize,
+        repo: &RepoName,
+        reference: &str,
+    ) -> Result<CachedManifest, CacheError> {
+        let upstream = &self.upstreams[up];
+        let m = upstream
+            .manifest(repo, reference)
+            .await
+            .map_err(|e| CacheError::upstream(&upstream.name, e))?;
+        self.store_manifest(&m)?;
+        Ok(CachedManifest {
+            bytes: m.bytes,
+            media_type: m.media_type,
+            digest: m.digest,
+        })
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        up: usize,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<CachedManifest, CacheError> {
+        let upstream = &self.upstreams[up];
+        let known = self.meta.tag(&upstream.name, repo, tag)?;
+        let cached = match &known {
+            Some(rec) => match Digest::parse(&rec.digest) {
+                Ok(d) => self.load_manifest(&d).await.map(|m| (m, rec.checked_at)),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let Some((cached, checked_at)) = cached else {
+            let m = self.fetch_manifest(up, repo, tag).await?;
+            self.meta.put_tag(&upstream.name, repo, tag, &m.digest)?;
+            return Ok(m);
+        };
+        if now_secs().saturating_sub(checked_at) < self.tag_ttl.as_secs() {
+            return Ok(cached);
+        }
+        // Revalidate with HEAD: it does not count against Docker Hub's limit.
+        let fresh = match upstream.manifest_head(repo, tag).await {
+            Ok(head) if head.digest.as_ref() == Some(&cached.digest) => Ok(cached.clone()),
+            Ok(_) => self.fetch_manifest(up, repo, tag).await,
+            Err(e) => Err(CacheError::upstream(&upstream.name, e)),
+        };
+        match fresh {
+            Ok(m) => {
+                self.meta.put_tag(&upstream.name, repo, tag, &m.digest)?;
+                Ok(m)
+            }
+            Err(e) if serves_stale(&e) => {
+                tracing::warn!(
+                    event = "upstream_degraded",
+                    cause = e.cause().name(),
+                    upstream = %upstream.name,
+                    repository = %repo,
+                    reference = tag,
+                    digest = %cached.digest,
+                    error = %e,
+                    "upstream cannot revalidate the tag; serving the cached digest"
+                );
+                Ok(cached)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A stored blob, or a join on its (possibly new) single-flight fetch.
+    pub async fn blob(
+        &self,
+        up: usize,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobSource, CacheError> {
+        if let Some(size) = self.store.size(digest) {
+            let _ = self.meta.touch(digest);
+            return Ok(BlobSource::Stored {
+                path: self.store.path(digest),
+                size,
+            });
+        }
+        let slot = self
+            .inflight
+            .join_or_lead(digest, || self.store.temp_file())?;
+        let mut joined = match slot {
+            Slot::Follower(joined) => joined,
+            Slot::Leader(fetch, writer, joined) => {
+                let task = fetch::BlobFetch {
+                    fetch,
+                    writer,
+                    upstream: self.upstreams[up].clone(),
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                    store: self.store.clone(),
+                    inflight: self.inflight.clone(),
+                };
+                tokio::spawn(task.run());
+                joined
+            }
+        };
+        let size = joined.started().await?;
+        Ok(BlobSource::Fetching { joined, size })
+    }
+
+    /// A blob's size without fetching its body.
+    pub async fn blob_size(
+        &self,
+        up: usize,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, CacheError> {
+        if let Some(size) = self.store.size(digest) {
+            return Ok(Some(size));
+        }
+        let upstream = &self.upstreams[up];
+        upstream
+            .blob_size(repo, digest)
+            .await
+            .map_err(|e| CacheError::upstream(&upstream.name, e))
+    }
+
+    /// All tags of a repository; the last known list when the upstream is down.
+    pub async fn tags(&self, up: usize, repo: &RepoName) -> Result<Vec<String>, CacheError> {
+        let upstream = &self.upstreams[up];
+        match upstream.tags(repo).await {
+            Ok(tags) => {
+                self.meta.put_tag_list(&upstream.name, repo, tags.clone())?;
+                Ok(tags)
+            }
+            Err(e) => {
+                let e = CacheError::upstream(&upstream.name, e);
+                match self.meta.tag_list(&upstream.name, repo)? {
+                    Some(rec) if serves_stale(&e) => Ok(rec.tags),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// Whether an upstream failure is one where cached content should be served
+/// instead: the upstream could not answer, as opposed to answering "no".
+fn serves_stale(e: &CacheError) -> bool {
+    match e {
+        CacheError::Upstream { source, .. } => {
+            source.is_unavailable() || matches!(source.cause(), FailureCause::Unauthorized)
+        }
+        CacheError::Truncated { .. } => true,
+        _ => false,
+    }
+}

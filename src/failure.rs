@@ -1,0 +1,190 @@
+//! The failure-cause taxonomy: every request that ends in an error is put in
+//! exactly one of these, logged once as a `pull_failed` event (by the request
+//! middleware in `server.rs`), and named in the client's error message.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCause {
+    DnsResolution,
+    ConnectionRefused,
+    ConnectTimeout,
+    TlsError,
+    ProxyError,
+    ReadTimeout,
+    ConnectionReset,
+    UpstreamUnavailable,
+    RateLimited,
+    Unauthorized,
+    Forbidden,
+    ManifestUnknown,
+    NameUnknown,
+    BlobUnknown,
+    InvalidReference,
+    DigestMismatch,
+    ManifestInvalid,
+    UnsupportedMediaType,
+    NotCachedOffline,
+    UpstreamNotConfigured,
+    DiskFull,
+    StorageError,
+    ClientAborted,
+    Internal,
+}
+
+impl FailureCause {
+    /// The stable snake_case name used in logs, metrics and client messages.
+    pub fn name(self) -> &'static str {
+        use FailureCause::*;
+        match self {
+            DnsResolution => "dns_resolution",
+            ConnectionRefused => "connection_refused",
+            ConnectTimeout => "connect_timeout",
+            TlsError => "tls_error",
+            ProxyError => "proxy_error",
+            ReadTimeout => "read_timeout",
+            ConnectionReset => "connection_reset",
+            UpstreamUnavailable => "upstream_unavailable",
+            RateLimited => "rate_limited",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
+            ManifestUnknown => "manifest_unknown",
+            NameUnknown => "name_unknown",
+            BlobUnknown => "blob_unknown",
+            InvalidReference => "invalid_reference",
+            DigestMismatch => "digest_mismatch",
+            ManifestInvalid => "manifest_invalid",
+            UnsupportedMediaType => "unsupported_media_type",
+            NotCachedOffline => "not_cached_offline",
+            UpstreamNotConfigured => "upstream_not_configured",
+            DiskFull => "disk_full",
+            StorageError => "storage_error",
+            ClientAborted => "client_aborted",
+            Internal => "internal",
+        }
+    }
+
+    pub fn category(self) -> &'static str {
+        use FailureCause::*;
+        match self {
+            DnsResolution | ConnectionRefused | ConnectTimeout | TlsError | ProxyError
+            | ReadTimeout | ConnectionReset => "network",
+            UpstreamUnavailable | RateLimited => "registry",
+            Unauthorized | Forbidden => "auth",
+            ManifestUnknown | NameUnknown | BlobUnknown | InvalidReference => "reference",
+            DigestMismatch | ManifestInvalid => "integrity",
+            UnsupportedMediaType => "format",
+            NotCachedOffline => "availability",
+            UpstreamNotConfigured => "config",
+            DiskFull | StorageError => "storage",
+            ClientAborted => "client",
+            Internal => "internal",
+        }
+    }
+
+    /// One line a person can act on.
+    pub fn hint(self) -> &'static str {
+        use FailureCause::*;
+        match self {
+            DnsResolution => "check DNS resolution of the upstream host",
+            ConnectionRefused => {
+                "the upstream refused the connection: a firewall rejects it or the upstream is down"
+            }
+            ConnectTimeout => {
+                "no answer to connect: a firewall or route drops traffic to the upstream; check the route and port"
+            }
+            TlsError => "TLS handshake failed: check the CA bundle and the upstream host name",
+            ProxyError => "the HTTP proxy refused the connection: check HTTPS_PROXY / NO_PROXY",
+            ReadTimeout => "the upstream stalled: network loss or an overloaded upstream",
+            ConnectionReset => "the connection broke mid-transfer: unstable network",
+            UpstreamUnavailable => "upstream outage (5xx); cached content is still served",
+            RateLimited => {
+                "upstream rate limit: authenticate or pull less; see the ratelimit-* headers"
+            }
+            Unauthorized => "upstream credentials missing, wrong or rotated",
+            Forbidden => "the account or address lacks pull permission upstream",
+            ManifestUnknown => "the tag or manifest does not exist upstream: check the spelling",
+            NameUnknown => "the repository does not exist upstream, or it is private",
+            BlobUnknown => "the upstream does not have this blob",
+            InvalidReference => "fix the image reference (lower-case name, valid tag or digest)",
+            DigestMismatch => {
+                "content did not match its digest: corrupted transfer or upstream; nothing was cached"
+            }
+            ManifestInvalid => "the upstream manifest is broken",
+            UnsupportedMediaType => {
+                "the client cannot accept this media type: enable conversion, or the image uses zstd or artifacts"
+            }
+            NotCachedOffline => {
+                "the upstream is unreachable and this content is not cached: seed the cache"
+            }
+            UpstreamNotConfigured => "add this registry as an [[upstream]] in berth's config",
+            DiskFull => "the cache disk is full: free space or lower cache.max_size",
+            StorageError => "cache I/O failed: check the cache directory",
+            ClientAborted => "the client went away mid-transfer",
+            Internal => "a bug in berth: please report it",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What an error response carries for the logging middleware; attached as a
+/// response extension so the error's conversion itself has no side effects.
+#[derive(Debug, Clone)]
+pub struct FailureRecord {
+    pub cause: FailureCause,
+    pub upstream: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub detail: String,
+}
+
+/// Emit the one `pull_failed` event for a request.
+pub fn log_pull_failed(
+    record: &FailureRecord,
+    method: &str,
+    path: &str,
+    status: u16,
+    client: &str,
+    request_id: &str,
+    elapsed_ms: u128,
+) {
+    tracing::warn!(
+        event = "pull_failed",
+        cause = record.cause.name(),
+        category = record.cause.category(),
+        upstream = record.upstream.as_deref().unwrap_or("-"),
+        upstream_status = record.upstream_status,
+        method,
+        path,
+        status,
+        client,
+        request_id,
+        elapsed_ms = elapsed_ms as u64,
+        detail = %record.detail,
+        hint = record.cause.hint(),
+        "pull failed"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_snake_case_and_match_serde() {
+        for c in [
+            FailureCause::DnsResolution,
+            FailureCause::UpstreamNotConfigured,
+            FailureCause::Internal,
+        ] {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.name()));
+            assert!(!c.hint().is_empty());
+        }
+    }
+}

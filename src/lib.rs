@@ -1,0 +1,17 @@
+//! berth: a pull-through caching registry mirror.
+//!
+//! Layers call one way: `api` → `cache` → `upstream` / the blob store.
+//! `server` wires them to listeners; `failure` is the taxonomy every error
+//! ends in.
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod failure;
+pub mod manifest;
+pub mod media;
+pub mod reference;
+pub mod routing;
+pub mod server;
+pub mod units;
+pub mod upstream;

@@ -1,0 +1,113 @@
+//! The command line: `serve` and `check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth::config::{Config, LogFormat, Overrides};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A pull-through caching container registry mirror"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry mirror (the embedded default config when no --config).
+    Serve {
+        #[command(flatten)]
+        opts: ConfigOpts,
+        /// Address to listen on, e.g. 0.0.0.0:5000 (overrides BERTH_LISTEN and the file).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Cache directory (overrides BERTH_CACHE_DIR and the file).
+        #[arg(long)]
+        cache_dir: Option<String>,
+    },
+    /// Validate the configuration and print the effective config.
+    CheckConfig {
+        #[command(flatten)]
+        opts: ConfigOpts,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConfigOpts {
+    /// Config file (TOML); without it, the embedded default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = Overrides::from_env(|k| std::env::var(k).ok());
+    let (opts, flags) = match &cli.command {
+        Command::Serve {
+            opts,
+            listen,
+            cache_dir,
+        } => (
+            opts,
+            Overrides {
+                listen: listen.clone(),
+                cache_dir: cache_dir.clone(),
+                log_format: None,
+            },
+        ),
+        Command::CheckConfig { opts } => (opts, Overrides::default()),
+    };
+    let config = match Config::load(opts.config.as_deref(), env.then(flags)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig { .. } => {
+            print!("{}", config.to_toml_redacted());
+            ExitCode::SUCCESS
+        }
+        Command::Serve { .. } => serve(config),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(berth::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "berth cannot start");
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,146 @@
+//! Errors talking to an upstream, and their classification into failure causes
+//! from typed sources (reqwest/io error kinds, HTTP status, spec error code).
+
+use std::error::Error as _;
+
+use thiserror::Error;
+
+use crate::failure::FailureCause;
+
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    #[error("{0}")]
+    Http(#[source] reqwest::Error),
+    #[error("upstream answered {status}{}", .code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Status {
+        status: u16,
+        /// The first spec error code of the body, when there is one.
+        code: Option<String>,
+    },
+    #[error("token service answered {status}")]
+    TokenRefused { status: u16 },
+    #[error("upstream sent an authentication challenge berth cannot answer")]
+    BadChallenge,
+    #[error("upstream asks for Basic credentials and none are configured")]
+    NoCredentials,
+    #[error("content does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("upstream manifest is invalid: {0}")]
+    ManifestInvalid(String),
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            UpstreamError::Status { status, .. } | UpstreamError::TokenRefused { status } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn cause(&self) -> FailureCause {
+        match self {
+            UpstreamError::Http(e) => classify_reqwest(e),
+            UpstreamError::Status { status, code } => classify_status(*status, code.as_deref()),
+            UpstreamError::TokenRefused { status: 429 } => FailureCause::RateLimited,
+            UpstreamError::TokenRefused { status } if *status >= 500 => {
+                FailureCause::UpstreamUnavailable
+            }
+            UpstreamError::TokenRefused { .. }
+            | UpstreamError::BadChallenge
+            | UpstreamError::NoCredentials => FailureCause::Unauthorized,
+            UpstreamError::DigestMismatch { .. } => FailureCause::DigestMismatch,
+            UpstreamError::ManifestInvalid(_) => FailureCause::ManifestInvalid,
+        }
+    }
+
+    /// Whether the upstream definitely could not be reached or answered with an
+    /// outage, as opposed to a definite "no" about the content.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.cause().category(), "network" | "registry")
+            || matches!(self, UpstreamError::TokenRefused { .. })
+    }
+}
+
+fn classify_status(status: u16, code: Option<&str>) -> FailureCause {
+    match (status, code) {
+        (404, Some("NAME_UNKNOWN")) => FailureCause::NameUnknown,
+        (404, Some("BLOB_UNKNOWN")) => FailureCause::BlobUnknown,
+        (404, _) => FailureCause::ManifestUnknown,
+        (401, _) => FailureCause::Unauthorized,
+        (403, _) => FailureCause::Forbidden,
+        (429, _) => FailureCause::RateLimited,
+        (s, _) if s >= 500 => FailureCause::UpstreamUnavailable,
+        _ => FailureCause::ManifestInvalid,
+    }
+}
+
+fn classify_reqwest(e: &reqwest::Error) -> FailureCause {
+    let io_kind =
+        source_chain(e).find_map(|s| s.downcast_ref::<std::io::Error>().map(|io| io.kind()));
+    let is_tls = source_chain(e).any(|s| s.downcast_ref::<rustls::Error>().is_some());
+    if is_tls {
+        return FailureCause::TlsError;
+    }
+    if e.is_timeout() {
+        return if e.is_connect() {
+            FailureCause::ConnectTimeout
+        } else {
+            FailureCause::ReadTimeout
+        };
+    }
+    match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => FailureCause::ConnectionRefused,
+        Some(std::io::ErrorKind::TimedOut) => FailureCause::ConnectTimeout,
+        Some(
+            std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::BrokenPipe,
+        ) => FailureCause::ConnectionReset,
+        _ if e.is_connect() => FailureCause::ConnectionRefused,
+        _ if e.is_body() || e.is_decode() => FailureCause::ConnectionReset,
+        _ => FailureCause::UpstreamUnavailable,
+    }
+}
+
+fn source_chain<'a>(
+    e: &'a reqwest::Error,
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(e.source(), |s: &&'a (dyn std::error::Error + 'static)| {
+        (*s).source()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classification() {
+        assert_eq!(
+            classify_status(404, Some("NAME_UNKNOWN")),
+            FailureCause::NameUnknown
+        );
+        assert_eq!(
+            classify_status(404, Some("MANIFEST_UNKNOWN")),
+            FailureCause::ManifestUnknown
+        );
+        assert_eq!(
+            classify_status(404, Some("BLOB_UNKNOWN")),
+            FailureCause::BlobUnknown
+        );
+        assert_eq!(
+            classify_status(429, Some("TOOMANYREQUESTS")),
+            FailureCause::RateLimited
+        );
+        assert_eq!(
+            classify_status(503, None),
+            FailureCause::UpstreamUnavailable
+        );
+        assert_eq!(
+            classify_status(403, Some("DENIED")),
+            FailureCause::Forbidden
+        );
+    }
+}

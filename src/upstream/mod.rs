@@ -1,0 +1,371 @@
+//! The client to one upstream registry: endpoints tried in order, the auth
+//! challenge answered, manifests fetched whole (they are small) and verified,
+//! blobs returned as streaming responses for the cache to tee and verify.
+//!
+//! This layer knows nothing about the cache or the client's request.
+
+mod auth;
+mod error;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Response, StatusCode};
+use serde::Deserialize;
+
+pub use auth::Challenge;
+pub use error::UpstreamError;
+
+use crate::config::{Credentials, UpstreamConfig};
+use crate::media::ALL_MANIFEST_TYPES;
+use crate::reference::{Digest, RepoName};
+
+/// Distribution refuses manifests over 4 MiB; so does berth, so a hostile
+/// upstream cannot make it buffer without bound.
+pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+/// Page size asked of the upstream when listing tags.
+const TAG_PAGE_SIZE: usize = 1000;
+/// Bound on tag-list pages followed, against a Link loop.
+const MAX_TAG_PAGES: usize = 100;
+
+pub struct Upstream {
+    pub name: String,
+    endpoints: Vec<url::Url>,
+    http: reqwest::Client,
+    tokens: auth::TokenCache,
+    credentials: Option<Credentials>,
+}
+
+/// A manifest as the upstream sent it: exact bytes, type, verified digest.
+#[derive(Debug, Clone)]
+pub struct UpstreamManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+/// What a manifest HEAD tells.
+#[derive(Debug, Clone)]
+pub struct ManifestHead {
+    pub digest: Option<Digest>,
+    pub media_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SpecErrors {
+    errors: Vec<SpecError>,
+}
+
+#[derive(Deserialize)]
+struct SpecError {
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct TagList {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(UpstreamError::Http)?;
+        Ok(Self {
+            name: cfg.name.clone(),
+            endpoints: cfg.endpoints.clone(),
+            http,
+            tokens: auth::TokenCache::default(),
+            credentials: cfg.credentials.clone(),
+        })
+    }
+
+    /// Send a request for `/v2/<repo>/<tail>`, answering an auth challenge once,
+    /// trying the next endpoint when one cannot be reached.
+    async fn send(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        tail: &str,
+        headers: HeaderMap,
+    ) -> Result<Response, UpstreamError> {
+        let scope = format!("repository:{repo}:pull");
+        let mut last_err = None;
+        for endpoint in &self.endpoints {
+            let url = format!(
+                "{}/v2/{repo}/{tail}",
+                endpoint.as_str().trim_end_matches('/')
+            );
+            match self.send_to(&method, &url, &scope, &headers).await {
+                Ok(resp) => return Ok(resp),
+                Err(e @ UpstreamError::Http(_)) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or(UpstreamError::BadChallenge))
+    }
+
+    async fn send_to(
+        &self,
+        method: &Method,
+        url: &str,
+        scope: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response, UpstreamError> {
+        let attempt = |auth: Option<String>| {
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .headers(headers.clone());
+            if let Some(value) = auth.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                req = req.header(AUTHORIZATION, value);
+            }
+            req.send()
+        };
+        let resp = attempt(self.tokens.get(scope))
+            .await
+            .map_err(UpstreamError::Http)?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let Some(challenge) = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Challenge::parse)
+        else {
+            return Ok(resp);
+        };
+        let authorization =
+            auth::answer(&self.http, &challenge, scope, self.credentials.as_ref()).await?;
+        let header = authorization.header.clone();
+        self.tokens.put(scope, authorization);
+        attempt(Some(header)).await.map_err(UpstreamError::Http)
+    }
+
+    /// GET (or HEAD) a manifest by tag or digest, asking for every known type.
+    pub async fn manifest_head(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let resp = self
+            .send(
+                Method::HEAD,
+                repo,
+                &format!("manifests/{reference}"),
+                manifest_accept(),
+            )
+            .await?;
+        let resp = check_status(resp).await?;
+        Ok(ManifestHead {
+            digest: header_digest(resp.headers()),
+            media_type: header_str(resp.headers(), CONTENT_TYPE.as_str()),
+        })
+    }
+
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> Result<UpstreamManifest, UpstreamError> {
+        let resp = self
+            .send(
+                Method::GET,
+                repo,
+                &format!("manifests/{reference}"),
+                manifest_accept(),
+            )
+            .await?;
+        let resp = check_status(resp).await?;
+        let announced = header_digest(resp.headers());
+        let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
+        let bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+        let expected = match Digest::parse(reference) {
+            Ok(d) => Some(d),
+            Err(_) => announced,
+        };
+        let digest = match expected {
+            Some(d) => {
+                let actual = crate::reference::digest_of(d.algorithm(), &bytes);
+                if actual != d {
+                    return Err(UpstreamError::DigestMismatch {
+                        expected: d.to_string(),
+                        actual: actual.to_string(),
+                    });
+                }
+                d
+            }
+            None => Digest::sha256_of(&bytes),
+        };
+        let media_type = crate::manifest::media_type(&bytes, content_type.as_deref())
+            .map_err(UpstreamError::ManifestInvalid)?;
+        Ok(UpstreamManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// Start a blob download at byte `from`; the body is left to the caller.
+    pub async fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<Response, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        if from > 0 {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-")) {
+                headers.insert(RANGE, v);
+            }
+        }
+        let resp = self
+            .send(Method::GET, repo, &format!("blobs/{digest}"), headers)
+            .await?;
+        check_status(resp).await
+    }
+
+    /// The size of a blob, from a HEAD.
+    pub async fn blob_size(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, UpstreamError> {
+        let resp = self
+            .send(
+                Method::HEAD,
+                repo,
+                &format!("blobs/{digest}"),
+                HeaderMap::new(),
+            )
+            .await?;
+        let resp = check_status(resp).await?;
+        Ok(resp.content_length())
+    }
+
+    /// Every tag of a repository, following the upstream's pagination.
+    pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, UpstreamError> {
+        let mut tags = Vec::new();
+        let mut tail = format!("tags/list?n={TAG_PAGE_SIZE}");
+        for _ in 0..MAX_TAG_PAGES {
+            let resp = self
+                .send(Method::GET, repo, &tail, HeaderMap::new())
+                .await?;
+            let resp = check_status(resp).await?;
+            let next = next_page(resp.headers(), repo);
+            let body = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+            let page: TagList = serde_json::from_slice(&body)
+                .map_err(|e| UpstreamError::ManifestInvalid(format!("tag list: {e}")))?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) => tail = n,
+                None => break,
+            }
+        }
+        Ok(tags)
+    }
+}
+
+fn manifest_accept() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for t in ALL_MANIFEST_TYPES {
+        h.append(ACCEPT, HeaderValue::from_static(t));
+    }
+    h
+}
+
+/// Turn a non-success answer into an error carrying the spec code.
+async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let code = match read_limited(resp, 64 << 10).await {
+        Ok(body) => serde_json::from_slice::<SpecErrors>(&body)
+            .ok()
+            .and_then(|e| e.errors.into_iter().next())
+            .map(|e| e.code),
+        Err(_) => None,
+    };
+    Err(UpstreamError::Status {
+        status: status.as_u16(),
+        code,
+    })
+}
+
+async fn read_limited(resp: Response, limit: usize) -> Result<Bytes, UpstreamError> {
+    let mut buf = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(UpstreamError::Http)?;
+        if buf.len() + chunk.len() > limit {
+            return Err(UpstreamError::ManifestInvalid(format!(
+                "larger than {limit} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn header_digest(h: &HeaderMap) -> Option<Digest> {
+    header_str(h, "docker-content-digest").and_then(|d| Digest::parse(&d).ok())
+}
+
+/// The `tags/list?...` tail of a `Link: <...>; rel="next"` header, if it stays
+/// within the same repository.
+fn next_page(h: &HeaderMap, repo: &RepoName) -> Option<String> {
+    let link = header_str(h, "link")?;
+    if !link.contains("rel=\"next\"") {
+        return None;
+    }
+    let target = link.split('<').nth(1)?.split('>').next()?;
+    let prefix = format!("/v2/{repo}/");
+    let path = match target.find("/v2/") {
+        Some(i) => &target[i..],
+        None => return None,
+    };
+    path.strip_prefix(&prefix)
+        .filter(|t| t.starts_with("tags/list"))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_page_link() {
+        let repo = RepoName::parse("library/busybox").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "link",
+            HeaderValue::from_static("</v2/library/busybox/tags/list?last=b&n=2>; rel=\"next\""),
+        );
+        assert_eq!(
+            next_page(&h, &repo).as_deref(),
+            Some("tags/list?last=b&n=2")
+        );
+        h.insert(
+            "link",
+            HeaderValue::from_static("</v2/other/tags/list?last=b>; rel=\"next\""),
+        );
+        assert_eq!(next_page(&h, &repo), None);
+    }
+}
