@@ -224,10 +224,10 @@ impl Upstream {
         from: u64,
     ) -> Result<Response, UpstreamError> {
         let mut headers = HeaderMap::new();
-        if from > 0 {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-")) {
-                headers.insert(RANGE, v);
-            }
+        if from > 0
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-"))
+        {
+            headers.insert(RANGE, v);
         }
         let resp = self
             .send(Method::GET, repo, &format!("blobs/{digest}"), headers)

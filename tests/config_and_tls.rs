@@ -1,0 +1,140 @@
+//! The command line: bad configs stop startup naming the key; check-config
+//! prints the effective config; `[tls]` serves HTTPS through rustls.
+
+mod support;
+
+use std::process::Command;
+
+use support::Berth;
+
+fn berth_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env_remove("BERTH_LISTEN")
+        .env_remove("BERTH_CACHE_DIR")
+        .env_remove("BERTH_LOG_FORMAT")
+        .output()
+        .expect("run berth")
+}
+
+#[test]
+fn check_config_prints_the_embedded_default() {
+    let out = berth_cmd(&["check-config"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("https://registry-1.docker.io"), "{text}");
+    assert!(text.contains("cache_dir = \"berth-data\""), "{text}");
+}
+
+#[test]
+fn env_and_flags_override_the_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["check-config"])
+        .env("BERTH_CACHE_DIR", "/srv/berth")
+        .env("BERTH_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cache_dir = \"/srv/berth\""), "{text}");
+    assert!(text.contains("log_format = \"json\""), "{text}");
+}
+
+#[test]
+fn bad_configs_stop_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("listen = \"x\"\nbogus_key = 1\n", "bogus_key"),
+        (
+            "[cache]\ntag_ttl = \"soon\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n",
+            "cache.tag_ttl",
+        ),
+        (
+            "[cache]\nmax_size = \"12 bananas\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n",
+            "cache.max_size",
+        ),
+        ("log_format = \"text\"\n", "upstream: at least one"),
+        (
+            "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n",
+            "tls.cert",
+        ),
+        (
+            "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"not a url\"]\n",
+            "upstream[0].endpoints",
+        ),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        for cmd in ["check-config", "serve"] {
+            let out = berth_cmd(&[cmd, "--config", path.to_str().unwrap()]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {text}: {err}");
+            assert!(err.contains(key), "{cmd}: {key} not named in: {err}");
+        }
+    }
+    let out = berth_cmd(&["serve", "--config", "/nonexistent/berth.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/berth.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_https_with_rustls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let berth = Berth::start(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://127.0.0.1:9\"]\ndefault = true\n",
+        cert.display(),
+        key.display()
+    ));
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let resp = http
+        .get(format!("https://{}/v2/", berth.host()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+    // Plain HTTP to the TLS port does not get a registry answer.
+    let plain = http
+        .get(format!("http://{}/v2/", berth.host()))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status().as_u16() != 200).unwrap_or(true));
+}

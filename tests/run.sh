@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test of berth: unit tests and the integration tests that pull
+# through berth from a real CNCF Distribution registry with real clients.
+# On a fresh Debian 12 machine, run as root, it first installs what the tests
+# need from Debian's packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use, keyed by the file that shows they are there.
+declare -A wanted=(
+  [/usr/bin/docker-registry]=docker-registry   # the real upstream (CNCF Distribution 2.8)
+  [/usr/bin/skopeo]=skopeo                     # the real client
+  [/bin/busybox]=busybox-static                # rootfs of the test images
+  [/usr/bin/openssl]=openssl                   # self-signed certificates for TLS tests
+  [/usr/bin/curl]=curl
+  [/usr/bin/tar]=tar
+  [/usr/bin/gzip]=gzip
+)
+missing=()
+for file in "${!wanted[@]}"; do
+  [ -e "$file" ] || missing+=("${wanted[$file]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: missing packages: ${missing[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  echo "tests/run.sh: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Nothing a test starts may reach beyond this machine: a dead proxy for
+# everything but loopback.
+export HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost
+
+cargo test --all-targets

@@ -1,0 +1,114 @@
+//! Runs the built `berth` binary on 127.0.0.1:0 with a config written for the
+//! test, and learns its address from the `listening` log event.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{DEAD_PROXY, NO_PROXY};
+
+pub struct Berth {
+    pub addr: std::net::SocketAddr,
+    child: Child,
+    pub cache_dir: PathBuf,
+    pub log_path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Berth {
+    /// Start berth with `[[upstream]]` sections (and any other keys) given as
+    /// TOML; listen, cache_dir and log_format are set here.
+    pub fn start(extra_toml: &str) -> Berth {
+        let dir = tempfile::tempdir().expect("temp dir for berth");
+        let cache = dir.path().join("cache");
+        let mut b = Berth::start_in(dir.path(), &cache, extra_toml);
+        b._dir = Some(dir);
+        b
+    }
+
+    /// Start with a given work dir and cache dir (to restart on the same cache).
+    pub fn start_in(work: &Path, cache_dir: &Path, extra_toml: &str) -> Berth {
+        let config = work.join("berth.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\nlog_format = \"json\"\n{extra_toml}\n",
+            cache_dir.display()
+        );
+        std::fs::write(&config, text).expect("write berth config");
+        let log_path = work.join(format!("berth-{}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path).expect("create berth log");
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("HTTP_PROXY", DEAD_PROXY)
+            .env("HTTPS_PROXY", DEAD_PROXY)
+            .env("NO_PROXY", NO_PROXY)
+            .env("RUST_LOG", "info,berth=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berth");
+        let mut b = Berth {
+            addr: "127.0.0.1:1".parse().expect("placeholder addr"),
+            child,
+            cache_dir: cache_dir.to_path_buf(),
+            log_path,
+            _dir: None,
+        };
+        b.addr = b.wait_listening();
+        b
+    }
+
+    fn wait_listening(&mut self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(addr) = self.events().iter().find_map(|e| {
+                (e["message"] == "listening")
+                    .then(|| e["addr"].as_str()?.parse().ok())
+                    .flatten()
+            }) {
+                return addr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("berth exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`, as skopeo and docker name a registry.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The JSON log events so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,295 @@
+//! Test images built locally (there is no internet): a rootfs from Debian's
+//! `busybox-static`, written as an OCI image layout by hand, then pushed to the
+//! real upstream with skopeo. What the upstream then holds (digests, media
+//! types) is read back from it, so tests compare against the upstream's truth.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use super::registry::Registry;
+use super::{sha256_hex, skopeo, skopeo_try};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// One image as the upstream holds it.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The upstream repository, e.g. `library/busybox`.
+    pub repo: String,
+    pub tag: String,
+    /// sha256 of the manifest bytes the upstream serves for the tag.
+    pub digest: String,
+    pub media_type: String,
+    /// Config and layer digests (empty for an index).
+    pub blobs: Vec<String>,
+    /// Child manifest digests (an index only).
+    pub children: Vec<String>,
+}
+
+pub struct Fixtures {
+    pub v2s2: Image,
+    pub oci: Image,
+    pub index: Image,
+    pub layers: Image,
+    pub nested: Image,
+}
+
+impl Fixtures {
+    pub fn all(&self) -> Vec<&Image> {
+        vec![
+            &self.v2s2,
+            &self.oci,
+            &self.index,
+            &self.layers,
+            &self.nested,
+        ]
+    }
+}
+
+/// Build the fixture images and push them to `registry`.
+pub fn seed(registry: &Registry) -> Fixtures {
+    let work = tempfile::tempdir().expect("image work dir");
+    let layout = Layout::new(work.path().join("layout"));
+    let base = layer(work.path(), "busybox", true, 0);
+
+    let one = layout.image("amd64", &[&base], "one");
+    layout.tag(&one, "one");
+    let five_layers: Vec<Layer> = (1..=4)
+        .map(|i| layer(work.path(), &format!("extra{i}"), false, i))
+        .collect();
+    let mut refs = vec![&base];
+    refs.extend(five_layers.iter());
+    let five = layout.image("amd64", &refs, "five");
+    layout.tag(&five, "five");
+    let nested = layout.image(
+        "amd64",
+        &[&base, &layer(work.path(), "nested", false, 9)],
+        "nested",
+    );
+    layout.tag(&nested, "nested");
+    let amd = layout.image(
+        "amd64",
+        &[&base, &layer(work.path(), "amd64", false, 10)],
+        "amd64",
+    );
+    let arm = layout.image(
+        "arm64",
+        &[&base, &layer(work.path(), "arm64", false, 11)],
+        "arm64",
+    );
+    let index = layout.index(&[(&amd, "amd64"), (&arm, "arm64")]);
+    layout.tag(&index, "index");
+    layout.write_index();
+
+    let push = |src_tag: &str, repo: &str, tag: &str, format: Option<&str>| {
+        let src = format!("oci:{}:{src_tag}", layout.dir.display());
+        let dest = format!("docker://{}/{repo}:{tag}", registry.host());
+        let mut args = vec!["copy", "--dest-tls-verify=false"];
+        if let Some(f) = format {
+            args.extend(["--format", f]);
+        }
+        if src_tag == "index" {
+            args.push("--all");
+        }
+        args.extend([src.as_str(), dest.as_str()]);
+        skopeo(&args);
+        read_back(registry, repo, tag)
+    };
+    Fixtures {
+        v2s2: push("one", "library/busybox", "v2s2", Some("v2s2")),
+        oci: push("one", "library/busybox", "oci", Some("oci")),
+        layers: push("five", "library/layers", "five", None),
+        nested: push("nested", "a/b/c", "nested", None),
+        index: push("index", "library/multi", "index", None),
+    }
+}
+
+/// What the upstream serves for `repo:tag`, read with skopeo.
+fn read_back(registry: &Registry, repo: &str, tag: &str) -> Image {
+    let src = format!("docker://{}/{repo}:{tag}", registry.host());
+    let out = skopeo_try(&["inspect", "--raw", "--tls-verify=false", &src]);
+    assert!(
+        out.status.success(),
+        "read back {src}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = out.stdout;
+    let m: Value = serde_json::from_slice(&raw).expect("manifest JSON");
+    let digests = |key: &str| -> Vec<String> {
+        m[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["digest"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut blobs = Vec::new();
+    if let Some(c) = m["config"]["digest"].as_str() {
+        blobs.push(c.to_string());
+    }
+    blobs.extend(digests("layers"));
+    Image {
+        repo: repo.into(),
+        tag: tag.into(),
+        digest: sha256_hex(&raw),
+        media_type: m["mediaType"].as_str().unwrap_or_default().to_string(),
+        blobs,
+        children: digests("manifests"),
+    }
+}
+
+pub struct Layer {
+    gz: Vec<u8>,
+    diff_id: String,
+}
+
+/// A gzip layer: the busybox rootfs (`with_busybox`) or a few KiB of
+/// deterministic data, plus a file naming the layer so every layer differs.
+fn layer(work: &Path, label: &str, with_busybox: bool, seed: u32) -> Layer {
+    let root = work.join(format!("rootfs-{label}"));
+    std::fs::create_dir_all(root.join("etc")).expect("rootfs dir");
+    if with_busybox {
+        std::fs::create_dir_all(root.join("bin")).expect("bin dir");
+        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+            .expect("copy /bin/busybox (apt-get install busybox-static)");
+        for applet in ["sh", "ls", "cat", "echo"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+                .expect("applet link");
+        }
+    }
+    std::fs::write(root.join("etc/berth-layer"), label).expect("label file");
+    let data: Vec<u8> = (0..32 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+        .collect();
+    std::fs::write(root.join(format!("etc/data-{label}")), data).expect("data file");
+    let tar = work.join(format!("{label}.tar"));
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-C",
+        ])
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    let raw = std::fs::read(&tar).expect("read tar");
+    run(Command::new("gzip").args(["-n", "-f"]).arg(&tar));
+    let gz = std::fs::read(work.join(format!("{label}.tar.gz"))).expect("read tar.gz");
+    Layer {
+        gz,
+        diff_id: sha256_hex(&raw),
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A descriptor written into the layout.
+#[derive(Clone)]
+pub struct Desc {
+    media_type: &'static str,
+    digest: String,
+    size: usize,
+}
+
+struct Layout {
+    dir: PathBuf,
+    refs: std::cell::RefCell<Vec<Value>>,
+}
+
+impl Layout {
+    fn new(dir: PathBuf) -> Layout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+            .expect("oci-layout");
+        Layout {
+            dir,
+            refs: Default::default(),
+        }
+    }
+
+    fn blob(&self, media_type: &'static str, bytes: &[u8]) -> Desc {
+        let digest = sha256_hex(bytes);
+        std::fs::write(self.dir.join("blobs/sha256").join(&digest[7..]), bytes)
+            .expect("write blob");
+        Desc {
+            media_type,
+            digest,
+            size: bytes.len(),
+        }
+    }
+
+    fn image(&self, arch: &str, layers: &[&Layer], name: &str) -> Desc {
+        let config = json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": ["/bin/sh"], "Labels": {"berth.test": name}},
+            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>()},
+            "history": layers.iter().map(|_| json!({"created_by": "berth test fixture"})).collect::<Vec<_>>(),
+        });
+        let config = self.blob(
+            "application/vnd.oci.image.config.v1+json",
+            &serde_json::to_vec(&config).expect("config json"),
+        );
+        let layer_descs: Vec<Value> = layers
+            .iter()
+            .map(|l| {
+                let d = self.blob("application/vnd.oci.image.layer.v1.tar+gzip", &l.gz);
+                json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size})
+            })
+            .collect();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+            "layers": layer_descs,
+        });
+        self.blob(
+            OCI_MANIFEST,
+            &serde_json::to_vec(&manifest).expect("manifest json"),
+        )
+    }
+
+    fn index(&self, children: &[(&Desc, &str)]) -> Desc {
+        let manifests: Vec<Value> = children
+            .iter()
+            .map(|(d, arch)| {
+                json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size,
+                       "platform": {"architecture": arch, "os": "linux"}})
+            })
+            .collect();
+        let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+        self.blob(OCI_INDEX, &serde_json::to_vec(&index).expect("index json"))
+    }
+
+    fn tag(&self, d: &Desc, tag: &str) {
+        self.refs.borrow_mut().push(json!({
+            "mediaType": d.media_type, "digest": d.digest, "size": d.size,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }));
+    }
+
+    fn write_index(&self) {
+        let index = json!({"schemaVersion": 2, "manifests": *self.refs.borrow()});
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&index).expect("index.json"),
+        )
+        .expect("write index.json");
+    }
+}

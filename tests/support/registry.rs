@@ -1,0 +1,99 @@
+//! The real upstream: CNCF Distribution from Debian's `docker-registry`
+//! package, on an ephemeral loopback port with its storage in a temp dir.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Registry {
+    pub addr: SocketAddr,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Registry::start_with("")
+    }
+
+    /// Distribution in proxy mode in front of `remote_url` (used by the
+    /// benchmark to compare against berth).
+    pub fn start_proxy(remote_url: &str) -> Registry {
+        Registry::start_with(&format!("proxy:\n  remoteurl: {remote_url}\n"))
+    }
+
+    fn start_with(extra_yaml: &str) -> Registry {
+        let dir = tempfile::tempdir().expect("registry temp dir");
+        // Distribution takes a fixed address, so pick a free port first; the
+        // readiness loop below notices if someone else took it meanwhile.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port for the registry");
+        let config = dir.path().join("config.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra_yaml}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&config, yaml).expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn docker-registry (apt-get install docker-registry)");
+        let mut registry = Registry { addr, child, dir };
+        registry.wait_ready();
+        registry
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if super::raw_get(self.addr, "/v2/").0 == 200 {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("docker-registry exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
