@@ -27,6 +27,35 @@ fn check_config_prints_the_embedded_default() {
 }
 
 #[test]
+fn shipped_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for dir in ["config", "config/examples", "docker"] {
+        for entry in std::fs::read_dir(root.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("hosts.toml") {
+                let out = berth_cmd(&["check-config", "--config", path.to_str().unwrap()]);
+                assert!(
+                    out.status.success(),
+                    "{}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 2,
+        "config/berth.toml and docker/berth.toml at least"
+    );
+}
+
+#[test]
 fn env_and_flags_override_the_file() {
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["check-config"])

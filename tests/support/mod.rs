@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod berth;
+pub mod daemons;
 pub mod images;
 pub mod registry;
 pub mod relay;

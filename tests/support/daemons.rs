@@ -1,0 +1,261 @@
+//! Real container daemons, each with its own temp root, state dir and socket
+//! (never the machine's defaults), stopped by process id when dropped:
+//! dockerd with `registry-mirrors`, and containerd driven by `ctr` with a
+//! `hosts.toml` directory. Their configs come from the snippets in `docker/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{DEAD_PROXY, NO_PROXY};
+
+/// The host name the snippets in `docker/` use for berth.
+pub const SNIPPET_HOST: &str = "berth.example.internal:5000";
+
+/// A snippet from `docker/` with berth's real address put in.
+pub fn snippet(relative: &str, berth_host: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docker")
+        .join(relative);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read snippet {}: {e}", path.display()))
+        .replace(SNIPPET_HOST, berth_host)
+}
+
+fn wait_for(what: &str, child: &mut Child, log: &Path, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop(child: &mut Child) {
+    // SIGTERM first so the daemon stops the containerd it supervises.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub struct Dockerd {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Dockerd {
+    /// dockerd using docker/daemon.json (berth as the registry mirror), plus
+    /// what this machine needs: vfs storage, no iptables, no bridge.
+    pub fn start(berth_host: &str) -> Dockerd {
+        let dir = tempfile::tempdir().expect("dockerd temp dir");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&snippet("daemon.json", berth_host)).expect("daemon.json is JSON");
+        config["storage-driver"] = "vfs".into();
+        config["iptables"] = false.into();
+        config["ip-masq"] = false.into();
+        config["ip-forward"] = false.into();
+        config["bridge"] = "none".into();
+        let config_path = dir.path().join("daemon.json");
+        std::fs::write(&config_path, config.to_string()).expect("write daemon.json");
+        let socket = dir.path().join("docker.sock");
+        let log_path = dir.path().join("dockerd.log");
+        let log = std::fs::File::create(&log_path).expect("dockerd log");
+        let mut child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(&config_path)
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .env("HTTP_PROXY", DEAD_PROXY)
+            .env("HTTPS_PROXY", DEAD_PROXY)
+            .env("NO_PROXY", NO_PROXY)
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn dockerd (apt-get install docker.io)");
+        let probe_socket = socket.clone();
+        let cli_dir = dir.path().join("cli");
+        wait_for("dockerd", &mut child, &log_path, || {
+            Command::new("docker")
+                .arg("version")
+                .env("DOCKER_HOST", format!("unix://{}", probe_socket.display()))
+                .env("DOCKER_CONFIG", &cli_dir)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        Dockerd { child, dir, socket }
+    }
+
+    pub fn docker_try(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", self.dir.path().join("cli"))
+            .output()
+            .expect("run docker")
+    }
+
+    pub fn docker(&self, args: &[&str]) -> String {
+        let out = self.docker_try(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}\n--- dockerd log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// `docker image inspect`'s RepoDigests of an image.
+    pub fn repo_digests(&self, image: &str) -> Vec<String> {
+        let out = self.docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            image,
+        ]);
+        serde_json::from_str(out.trim()).expect("RepoDigests JSON")
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+pub struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        let dir = tempfile::tempdir().expect("containerd temp dir");
+        let socket = dir.path().join("containerd.sock");
+        // Only what `ctr images pull` needs: no CRI, the portable snapshotter.
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"\"\n",
+            root = dir.path().join("root").display(),
+            state = dir.path().join("state").display(),
+            sock = socket.display(),
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).expect("write containerd config");
+        let log_path = dir.path().join("containerd.log");
+        let log = std::fs::File::create(&log_path).expect("containerd log");
+        let mut child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config_path)
+            .env("HTTP_PROXY", DEAD_PROXY)
+            .env("HTTPS_PROXY", DEAD_PROXY)
+            .env("NO_PROXY", NO_PROXY)
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn containerd (apt-get install containerd)");
+        let probe = socket.clone();
+        wait_for("containerd", &mut child, &log_path, || {
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&probe)
+                .arg("version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        Containerd { child, dir, socket }
+    }
+
+    /// A hosts directory built from snippet dirs under `docker/` (e.g.
+    /// `containerd`), with berth's address put in.
+    pub fn hosts_dir(&self, snippet_dir: &str, berth_host: &str) -> PathBuf {
+        let out = self
+            .dir
+            .path()
+            .join(format!("hosts-{}", snippet_dir.replace('/', "_")));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docker")
+            .join(snippet_dir);
+        for entry in std::fs::read_dir(&src).expect("snippet hosts dir") {
+            let registry = entry.expect("entry").file_name();
+            let registry = registry.to_str().expect("utf-8 name");
+            std::fs::create_dir_all(out.join(registry)).expect("hosts dir");
+            let text = snippet(&format!("{snippet_dir}/{registry}/hosts.toml"), berth_host);
+            std::fs::write(out.join(registry).join("hosts.toml"), text).expect("write hosts.toml");
+        }
+        out
+    }
+
+    pub fn ctr_try(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "berth-test"])
+            .args(args)
+            .env("HTTP_PROXY", DEAD_PROXY)
+            .env("HTTPS_PROXY", DEAD_PROXY)
+            .env("NO_PROXY", NO_PROXY)
+            .output()
+            .expect("run ctr")
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let out = self.ctr_try(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// The target digest `ctr images ls` shows for an image reference.
+    pub fn image_digest(&self, reference: &str) -> String {
+        let out = self.ctr(&["images", "ls"]);
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(reference))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("sha256:")))
+            .unwrap_or_else(|| panic!("{reference} not in ctr images ls:\n{out}"))
+            .to_string()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
