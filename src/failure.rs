@@ -140,6 +140,8 @@ pub struct FailureRecord {
     pub cause: FailureCause,
     pub upstream: Option<String>,
     pub upstream_status: Option<u16>,
+    /// A finer reason within the cause (e.g. why conversion was refused).
+    pub reason: Option<&'static str>,
     pub detail: String,
 }
 
@@ -159,6 +161,7 @@ pub fn log_pull_failed(
         category = record.cause.category(),
         upstream = record.upstream.as_deref().unwrap_or("-"),
         upstream_status = record.upstream_status,
+        reason = record.reason,
         method,
         path,
         status,

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod convert;
 pub mod failure;
 pub mod manifest;
 pub mod media;

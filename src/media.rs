@@ -6,6 +6,9 @@
 use axum::http::HeaderMap;
 use axum::http::header::ACCEPT;
 
+use crate::config::ConvertMode;
+use crate::convert::docker_equivalent;
+
 pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
@@ -71,6 +74,54 @@ pub fn is_oci(media_type: &str) -> bool {
     media_type == OCI_MANIFEST || media_type == OCI_INDEX
 }
 
+/// What to answer for a stored manifest, given the client's Accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Negotiation {
+    /// Serve the stored bytes.
+    Original,
+    /// Serve the Docker schema2 conversion.
+    Convert,
+    /// The client accepts neither the stored type nor its conversion.
+    NotAcceptable,
+    /// By the original digest, a Docker-only client: converting would hand it
+    /// bytes that do not match the digest it asked for.
+    ByDigestNotAcceptable,
+}
+
+/// `by_tag`: the request named a tag; `converted`: the digest asked for is
+/// one berth produced by conversion (served whatever the Accept).
+pub fn negotiate(
+    accept: &Accept,
+    stored: &str,
+    by_tag: bool,
+    mode: ConvertMode,
+    converted: bool,
+) -> Negotiation {
+    let original_ok = accept.accepts(stored);
+    let Some(docker) = docker_equivalent(stored) else {
+        return if original_ok || converted {
+            Negotiation::Original
+        } else {
+            Negotiation::NotAcceptable
+        };
+    };
+    if !by_tag {
+        return match () {
+            _ if original_ok || converted => Negotiation::Original,
+            _ if mode != ConvertMode::Never && accept.accepts(docker) => {
+                Negotiation::ByDigestNotAcceptable
+            }
+            _ => Negotiation::NotAcceptable,
+        };
+    }
+    match mode {
+        ConvertMode::Docker => Negotiation::Convert,
+        _ if original_ok => Negotiation::Original,
+        ConvertMode::Auto if accept.accepts(docker) => Negotiation::Convert,
+        _ => Negotiation::NotAcceptable,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +164,83 @@ mod tests {
         assert!(!a.accepts(OCI_MANIFEST));
         assert!(!a.accepts(OCI_INDEX));
         assert!(a.accepts(DOCKER_MANIFEST_V2));
+    }
+
+    #[test]
+    fn negotiation_table() {
+        use ConvertMode::*;
+        use Negotiation::*;
+        let docker_only = Accept::from_headers(&headers(&[
+            DOCKER_MANIFEST_V2,
+            DOCKER_MANIFEST_LIST,
+            DOCKER_MANIFEST_V1_SIGNED,
+        ]));
+        let modern = Accept::from_headers(&headers(&[
+            OCI_INDEX,
+            OCI_MANIFEST,
+            DOCKER_MANIFEST_V2,
+            DOCKER_MANIFEST_LIST,
+        ]));
+        let none = Accept::default();
+        let oci_only = Accept::from_headers(&headers(&[OCI_MANIFEST]));
+        let cases = [
+            // (accept, stored, by_tag, mode, converted) -> outcome
+            (&docker_only, OCI_MANIFEST, true, Auto, false, Convert),
+            (&docker_only, OCI_INDEX, true, Auto, false, Convert),
+            (
+                &docker_only,
+                OCI_MANIFEST,
+                true,
+                Never,
+                false,
+                NotAcceptable,
+            ),
+            (
+                &docker_only,
+                OCI_MANIFEST,
+                false,
+                Auto,
+                false,
+                ByDigestNotAcceptable,
+            ),
+            (
+                &docker_only,
+                DOCKER_MANIFEST_V2,
+                false,
+                Auto,
+                true,
+                Original,
+            ),
+            (&oci_only, DOCKER_MANIFEST_V2, false, Auto, true, Original),
+            (
+                &docker_only,
+                DOCKER_MANIFEST_V2,
+                true,
+                Auto,
+                false,
+                Original,
+            ),
+            (&modern, OCI_MANIFEST, true, Auto, false, Original),
+            (&modern, OCI_MANIFEST, true, Docker, false, Convert),
+            (&modern, OCI_MANIFEST, false, Docker, false, Original),
+            (&none, OCI_INDEX, true, Auto, false, Original),
+            (&oci_only, OCI_INDEX, true, Auto, false, NotAcceptable),
+            (
+                &oci_only,
+                DOCKER_MANIFEST_V2,
+                true,
+                Auto,
+                false,
+                NotAcceptable,
+            ),
+        ];
+        for (i, (accept, stored, by_tag, mode, converted, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                negotiate(accept, stored, by_tag, mode, converted),
+                want,
+                "case {i}"
+            );
+        }
     }
 
     #[test]

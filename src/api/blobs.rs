@@ -96,6 +96,7 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
                         cause: e.cause(),
                         upstream: e.upstream_name().map(str::to_string),
                         upstream_status: e.upstream_status(),
+                        reason: None,
                         detail: e.to_string(),
                     };
                     if let Some(ctx) = &ctx {

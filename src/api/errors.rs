@@ -90,6 +90,7 @@ pub struct ApiError {
     pub cause: FailureCause,
     pub upstream: Option<String>,
     pub upstream_status: Option<u16>,
+    pub reason: Option<&'static str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -102,6 +103,7 @@ impl ApiError {
             cause,
             upstream: None,
             upstream_status: None,
+            reason: None,
             headers: Vec::new(),
         }
     }
@@ -115,6 +117,11 @@ impl ApiError {
         if let Ok(v) = HeaderValue::from_str(value) {
             self.headers.push((name, v));
         }
+        self
+    }
+
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
         self
     }
 
@@ -215,6 +222,7 @@ impl IntoResponse for ApiError {
             cause: self.cause,
             upstream: self.upstream,
             upstream_status: self.upstream_status,
+            reason: self.reason,
             detail: self.message,
         });
         resp

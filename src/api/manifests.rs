@@ -1,35 +1,64 @@
-//! `GET|HEAD /v2/<name>/manifests/<reference>`.
+//! `GET|HEAD /v2/<name>/manifests/<reference>`. HEAD and GET negotiate the
+//! same way; an OCI manifest is converted to Docker schema2 when the client
+//! cannot read OCI (or the upstream is `convert = "docker"`).
 
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Request;
 use super::errors::{ApiError, Code, Subject};
-use crate::cache::CachedManifest;
+use crate::cache::{CachedManifest, ConvertError};
+use crate::convert::Refusal;
 use crate::failure::FailureCause;
-use crate::media::{Accept, is_oci};
+use crate::media::{Accept, Negotiation, is_oci, negotiate};
 use crate::reference::Reference;
 
 pub async fn get(req: &Request<'_>, name: &str, reference: &str) -> Result<Response, ApiError> {
     let (_, route) = req.route(name)?;
     let reference = Reference::parse(reference).map_err(ApiError::reference)?;
     let what = format!("manifest {}:{reference}", route.repo);
-    let m = req
-        .state
-        .cache
+    let cache = &req.state.cache;
+    let m = cache
         .manifest(route.upstream, &route.repo, &reference)
         .await
         .map_err(|e| ApiError::from_cache(e, Subject::Manifest, &what))?;
     let accept = Accept::from_headers(&req.headers);
-    if !accept.accepts(&m.media_type) {
-        return Err(not_acceptable(&m, &what));
+    let by_tag = matches!(reference, Reference::Tag(_));
+    let mode = req.state.config.upstreams[route.upstream].convert;
+    let converted_digest = !by_tag && cache.is_converted(&m.digest);
+    match negotiate(&accept, &m.media_type, by_tag, mode, converted_digest) {
+        Negotiation::Original => Ok(respond(&req.method, m)),
+        Negotiation::NotAcceptable => Err(not_acceptable(&m, &what)),
+        Negotiation::ByDigestNotAcceptable => Err(refused(&Refusal::ByDigestNotAcceptable, &what)),
+        Negotiation::Convert => match cache.converted(route.upstream, &route.repo, &m).await {
+            Ok(c) => Ok(respond(&req.method, c)),
+            // convert = "docker" on a client that can read the original anyway.
+            Err(ConvertError::Refused(_)) if accept.accepts(&m.media_type) => {
+                Ok(respond(&req.method, m))
+            }
+            Err(ConvertError::Refused(r)) => Err(refused(&r, &what)),
+            Err(ConvertError::Cache(e)) => Err(ApiError::from_cache(e, Subject::Manifest, &what)),
+        },
     }
-    Ok(respond(&req.method, m))
 }
 
-/// The client cannot read the stored type. For OCI types the message starts
-/// as Distribution's and Docker Hub's do, which keeps docker's fallback from
-/// a mirror to the origin working.
+/// The first half is what Distribution and Docker Hub say, which keeps
+/// docker's fallback from a mirror to the origin working.
+fn refused(r: &Refusal, what: &str) -> ApiError {
+    ApiError::new(
+        Code::ManifestUnknown,
+        FailureCause::UnsupportedMediaType,
+        format!(
+            "OCI manifest found, but accept header does not support OCI manifests; \
+             conversion to Docker schema2 impossible: {} ({what}: {r})",
+            r.reason()
+        ),
+    )
+    .with_status(StatusCode::NOT_FOUND)
+    .with_reason(r.reason())
+}
+
+/// The client cannot read the stored type and berth will not convert it.
 fn not_acceptable(m: &CachedManifest, what: &str) -> ApiError {
     let summary = if is_oci(&m.media_type) {
         format!(
@@ -48,6 +77,7 @@ fn not_acceptable(m: &CachedManifest, what: &str) -> ApiError {
         summary,
     )
     .with_status(StatusCode::NOT_FOUND)
+    .with_reason("not_acceptable")
 }
 
 fn respond(method: &Method, m: CachedManifest) -> Response {

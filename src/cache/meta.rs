@@ -19,6 +19,10 @@ pub struct Meta {
     manifests: sled::Tree,
     tag_lists: sled::Tree,
     access: sled::Tree,
+    /// `v<version>\0<original digest>` → converted digest.
+    converted: sled::Tree,
+    /// converted digest → original digest.
+    converted_from: sled::Tree,
 }
 
 /// What a tag resolved to, and when the upstream last confirmed it.
@@ -63,6 +67,8 @@ impl Meta {
             manifests: db.open_tree("manifests")?,
             tag_lists: db.open_tree("tag_lists")?,
             access: db.open_tree("access")?,
+            converted: db.open_tree("converted")?,
+            converted_from: db.open_tree("converted_from")?,
         })
     }
 
@@ -136,6 +142,42 @@ impl Meta {
             fetched_at: now_secs(),
         };
         Self::put(&self.tag_lists, &key(&[upstream, repo.as_str()]), &rec)
+    }
+
+    pub fn converted(&self, version: u32, original: &Digest) -> Result<Option<Digest>, MetaError> {
+        let k = key(&[&format!("v{version}"), &original.to_string()]);
+        Ok(self.converted.get(k)?.and_then(|v| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| Digest::parse(s).ok())
+        }))
+    }
+
+    pub fn put_converted(
+        &self,
+        version: u32,
+        original: &Digest,
+        converted: &Digest,
+    ) -> Result<(), MetaError> {
+        let k = key(&[&format!("v{version}"), &original.to_string()]);
+        self.converted.insert(k, converted.to_string().as_bytes())?;
+        self.converted_from.insert(
+            converted.to_string().as_bytes(),
+            original.to_string().as_bytes(),
+        )?;
+        // Clients are handed the converted digest right away; the fact that
+        // berth made it must survive a crash, so it does not wait for the
+        // periodic flush. Conversions are rare, so this costs little.
+        self.converted_from.flush()?;
+        self.converted.flush()?;
+        Ok(())
+    }
+
+    /// Whether berth made this digest by conversion.
+    pub fn is_converted(&self, digest: &Digest) -> Result<bool, MetaError> {
+        Ok(self
+            .converted_from
+            .contains_key(digest.to_string().as_bytes())?)
     }
 
     /// Record that a digest was served, for least-recently-used eviction.

@@ -4,6 +4,7 @@
 //! stale-if-error) and never deals with HTTP requests or responses.
 
 mod blobs;
+mod convert;
 mod error;
 mod fetch;
 mod inflight;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use convert::ConvertError;
 pub use error::CacheError;
 pub use inflight::Joined;
 

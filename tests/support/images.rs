@@ -109,7 +109,8 @@ pub fn seed(registry: &Registry) -> Fixtures {
 
 /// What the upstream serves for `repo:tag`, read with skopeo.
 fn read_back(registry: &Registry, repo: &str, tag: &str) -> Image {
-    let src = format!("docker://{}/{repo}:{tag}", registry.host());
+    let sep = if tag.starts_with("sha256:") { '@' } else { ':' };
+    let src = format!("docker://{}/{repo}{sep}{tag}", registry.host());
     let out = skopeo_try(&["inspect", "--raw", "--tls-verify=false", &src]);
     assert!(
         out.status.success(),
@@ -292,4 +293,230 @@ impl Layout {
         )
         .expect("write index.json");
     }
+}
+
+/// Images for the conversion tests.
+pub struct ConversionFixtures {
+    /// OCI index: linux/amd64, linux/arm64 and a buildx-style attestation.
+    pub attested: Image,
+    /// The two image children of `attested` (amd64, arm64), in order.
+    pub attested_children: Vec<Image>,
+    /// OCI image whose layer is zstd-compressed.
+    pub zstd: Image,
+    /// OCI manifest with a non-image config: an artifact.
+    pub artifact: Image,
+}
+
+/// Seed the conversion fixtures. The attestation index and the artifact are
+/// pushed through the registry API with curl (skopeo rewrites or refuses
+/// such content); the zstd image with skopeo.
+pub fn seed_conversion(registry: &Registry) -> ConversionFixtures {
+    let work = tempfile::tempdir().expect("image work dir");
+    let layout = Layout::new(work.path().join("layout"));
+    let base = layer(work.path(), "busybox", true, 0);
+    let amd = layout.image(
+        "amd64",
+        &[&base, &layer(work.path(), "c-amd64", false, 20)],
+        "c-amd64",
+    );
+    let arm = layout.image(
+        "arm64",
+        &[&base, &layer(work.path(), "c-arm64", false, 21)],
+        "c-arm64",
+    );
+    layout.tag(&amd, "amd");
+    layout.write_index();
+
+    // zstd: skopeo recompresses the layer on the way to the registry.
+    let zstd_src = format!("oci:{}:amd", layout.dir.display());
+    let zstd_dest = format!("docker://{}/library/zstd:zstd", registry.host());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "oci",
+        "--dest-compress-format",
+        "zstd",
+        &zstd_src,
+        &zstd_dest,
+    ]);
+    let zstd = read_back(registry, "library/zstd", "zstd");
+
+    // Children of the attested index, then the attestation, then the index.
+    let repo = "library/attested";
+    for d in [&amd, &arm] {
+        push_manifest_tree(registry, &layout, repo, d);
+    }
+    let statement = layout.blob(
+        "application/vnd.in-toto+json",
+        br#"{"_type":"https://in-toto.io/Statement/v0.1"}"#,
+    );
+    let att_config = layout.blob(
+        "application/vnd.oci.image.config.v1+json",
+        br#"{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    );
+    let att_manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": att_config.media_type, "digest": att_config.digest, "size": att_config.size},
+        "layers": [{"mediaType": statement.media_type, "digest": statement.digest, "size": statement.size,
+                    "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"}}],
+    });
+    let att = layout.blob(
+        OCI_MANIFEST,
+        &serde_json::to_vec(&att_manifest).expect("attestation json"),
+    );
+    push_manifest_tree(registry, &layout, repo, &att);
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": amd.digest, "size": amd.size, "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": OCI_MANIFEST, "digest": arm.digest, "size": arm.size, "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+            {"mediaType": OCI_MANIFEST, "digest": att.digest, "size": att.size, "platform": {"architecture": "unknown", "os": "unknown"},
+             "annotations": {"vnd.docker.reference.digest": amd.digest, "vnd.docker.reference.type": "attestation-manifest"}},
+        ],
+    });
+    let index = serde_json::to_vec(&index).expect("index json");
+    put_manifest(registry, repo, "attested", OCI_INDEX, &index);
+    let attested = read_back(registry, repo, "attested");
+    let attested_children = [&amd, &arm]
+        .iter()
+        .map(|d| {
+            let mut i = read_back(registry, repo, &d.digest);
+            i.tag = d.digest.clone();
+            i
+        })
+        .collect();
+
+    // An artifact: a manifest whose config is not an image config.
+    let art_config = layout.blob(
+        "application/vnd.example.thing.config.v1+json",
+        br#"{"thing":true}"#,
+    );
+    let art_layer = layout.blob(
+        "application/vnd.example.thing.layer.v1+json",
+        br#"{"payload":1}"#,
+    );
+    let artifact = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": art_config.media_type, "digest": art_config.digest, "size": art_config.size},
+        "layers": [{"mediaType": art_layer.media_type, "digest": art_layer.digest, "size": art_layer.size}],
+    });
+    for d in [&art_config, &art_layer] {
+        push_blob(registry, "library/artifact", &layout, d);
+    }
+    put_manifest(
+        registry,
+        "library/artifact",
+        "thing",
+        OCI_MANIFEST,
+        &serde_json::to_vec(&artifact).expect("artifact json"),
+    );
+    let artifact = read_back(registry, "library/artifact", "thing");
+
+    ConversionFixtures {
+        attested,
+        attested_children,
+        zstd,
+        artifact,
+    }
+}
+
+/// Push a manifest's config and layers, then the manifest (by digest).
+fn push_manifest_tree(registry: &Registry, layout: &Layout, repo: &str, manifest: &Desc) {
+    let bytes = std::fs::read(layout.dir.join("blobs/sha256").join(&manifest.digest[7..]))
+        .expect("read manifest");
+    let m: Value = serde_json::from_slice(&bytes).expect("manifest json");
+    let mut blobs = vec![m["config"].clone()];
+    blobs.extend(m["layers"].as_array().cloned().unwrap_or_default());
+    for b in blobs {
+        let digest = b["digest"].as_str().expect("digest").to_string();
+        let d = Desc {
+            media_type: "application/octet-stream",
+            digest,
+            size: 0,
+        };
+        push_blob(registry, repo, layout, &d);
+    }
+    put_manifest(
+        registry,
+        repo,
+        &manifest.digest,
+        manifest.media_type,
+        &bytes,
+    );
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--noproxy", "*", "-D", "-", "-o", "/dev/null"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Monolithic blob upload: POST to start, PUT with the digest to finish.
+fn push_blob(registry: &Registry, repo: &str, layout: &Layout, d: &Desc) {
+    let headers = curl(&[
+        "-X",
+        "POST",
+        &format!("{}/v2/{repo}/blobs/uploads/", registry.url()),
+    ]);
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .expect("upload Location header")
+        .trim()
+        .to_string();
+    let location = if location.starts_with('/') {
+        format!("{}{location}", registry.url())
+    } else {
+        location
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let file = layout.dir.join("blobs/sha256").join(&d.digest[7..]);
+    let headers = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{location}{sep}digest={}", d.digest),
+    ]);
+    assert!(
+        headers.starts_with("HTTP/1.1 201"),
+        "blob upload of {}: {headers}",
+        d.digest
+    );
+}
+
+fn put_manifest(registry: &Registry, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("manifest.json");
+    std::fs::write(&file, bytes).expect("write manifest");
+    let headers = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {media_type}"),
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{}/v2/{repo}/manifests/{reference}", registry.url()),
+    ]);
+    assert!(
+        headers.starts_with("HTTP/1.1 201"),
+        "manifest PUT {repo}:{reference}: {headers}"
+    );
 }
