@@ -70,6 +70,8 @@ struct RawCache {
     max_size: String,
     #[serde(default = "d_tag_ttl")]
     tag_ttl: String,
+    #[serde(default = "d_true")]
+    finish_abandoned: bool,
 }
 
 impl Default for RawCache {
@@ -77,8 +79,15 @@ impl Default for RawCache {
         Self {
             max_size: d_max_size(),
             tag_ttl: d_tag_ttl(),
+            finish_abandoned: true,
         }
     }
+}
+
+/// A blob download whose clients all went away is finished by default, so the
+/// next pull is warm (zot's #4393 is the bug of cancelling it).
+fn d_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +197,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub max_size: u64,
     pub tag_ttl: Duration,
+    pub finish_abandoned: bool,
     pub tls: Option<TlsConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     raw: RawConfig,
@@ -351,6 +361,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 log_format,
                 max_size,
                 tag_ttl,
+                finish_abandoned: raw.cache.finish_abandoned,
                 tls,
                 upstreams,
                 raw,

@@ -52,11 +52,9 @@ pub fn build(config: Config) -> Result<Router, StartError> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let cache = Cache::open(&config.cache_dir, upstreams, config.tag_ttl).map_err(|source| {
-        StartError::Cache {
-            dir: config.cache_dir.display().to_string(),
-            source,
-        }
+    let cache = Cache::open(&config, upstreams).map_err(|source| StartError::Cache {
+        dir: config.cache_dir.display().to_string(),
+        source,
     })?;
     let state = Arc::new(AppState { config, cache });
     Ok(api::router(state).layer(middleware::from_fn(observe)))

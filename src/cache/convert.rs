@@ -61,7 +61,9 @@ impl Cache {
                 crate::media::DOCKER_MANIFEST_LIST,
             ),
             other => {
-                return Err(Refusal::Invalid(format!("{other} is not an OCI manifest type")).into());
+                return Err(
+                    Refusal::Invalid(format!("{other} is not an OCI manifest type")).into(),
+                );
             }
         };
         let digest = Digest::sha256_of(&bytes);

@@ -23,6 +23,8 @@ pub enum CacheError {
         expected: u64,
         got: u64,
     },
+    #[error("every client went away and cache.finish_abandoned is false")]
+    Abandoned,
     #[error("cache storage: {0}")]
     Io(#[source] Arc<std::io::Error>),
     #[error("{0}")]
@@ -41,6 +43,7 @@ impl CacheError {
         match self {
             CacheError::Upstream { source, .. } => source.cause(),
             CacheError::Truncated { .. } => FailureCause::ConnectionReset,
+            CacheError::Abandoned => FailureCause::ClientAborted,
             CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
                 FailureCause::DiskFull
             }

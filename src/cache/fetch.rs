@@ -21,6 +21,8 @@ pub struct BlobFetch {
     pub digest: Digest,
     pub store: Arc<BlobStore>,
     pub inflight: Arc<Inflight>,
+    /// Keep downloading when every client has gone away.
+    pub finish_abandoned: bool,
 }
 
 impl BlobFetch {
@@ -68,6 +70,9 @@ impl BlobFetch {
                 break;
             }
             self.fetch.publish(FetchState::Running { written, total });
+            if !self.finish_abandoned && self.fetch.waiters() == 0 {
+                return Err(CacheError::Abandoned);
+            }
         }
         if let Some(expected) = total.filter(|&t| t != written) {
             return Err(CacheError::Truncated {

@@ -49,6 +49,11 @@ impl Fetch {
         self.state.send_replace(state);
     }
 
+    /// Requests still reading this fetch.
+    pub fn waiters(&self) -> usize {
+        self.state.receiver_count()
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<FetchState> {
         self.state.subscribe()
     }

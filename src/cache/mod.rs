@@ -48,20 +48,21 @@ pub struct Cache {
     inflight: Arc<Inflight>,
     upstreams: Vec<Arc<Upstream>>,
     tag_ttl: Duration,
+    finish_abandoned: bool,
 }
 
 impl Cache {
     pub fn open(
-        cache_dir: &std::path::Path,
+        config: &crate::config::Config,
         upstreams: Vec<Arc<Upstream>>,
-        tag_ttl: Duration,
     ) -> Result<Self, CacheError> {
         Ok(Self {
-            store: Arc::new(BlobStore::open(cache_dir)?),
-            meta: Meta::open(cache_dir)?,
+            store: Arc::new(BlobStore::open(&config.cache_dir)?),
+            meta: Meta::open(&config.cache_dir)?,
             inflight: Arc::default(),
             upstreams,
-            tag_ttl,
+            tag_ttl: config.tag_ttl,
+            finish_abandoned: config.finish_abandoned,
         })
     }
 
@@ -205,6 +206,7 @@ impl Cache {
                     digest: digest.clone(),
                     store: self.store.clone(),
                     inflight: self.inflight.clone(),
+                    finish_abandoned: self.finish_abandoned,
                 };
                 tokio::spawn(task.run());
                 joined

@@ -451,7 +451,17 @@ fn push_manifest_tree(registry: &Registry, layout: &Layout, repo: &str, manifest
 
 fn curl(args: &[&str]) -> String {
     let out = Command::new("curl")
-        .args(["-sS", "--noproxy", "*", "-D", "-", "-o", "/dev/null"])
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-H",
+            "Expect:",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
         .args(args)
         .output()
         .expect("run curl");
@@ -461,6 +471,32 @@ fn curl(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Push `size` bytes of deterministic pseudo-random content as a blob of
+/// `repo`; returns (digest, content).
+pub fn push_random_blob(
+    registry: &Registry,
+    repo: &str,
+    size: usize,
+    seed: u64,
+) -> (String, Vec<u8>) {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let content: Vec<u8> = (0..size)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = Layout::new(dir.path().to_path_buf());
+    let d = layout.blob("application/octet-stream", &content);
+    push_blob(registry, repo, &layout, &d);
+    (d.digest, content)
 }
 
 /// Monolithic blob upload: POST to start, PUT with the digest to finish.

@@ -1,21 +1,58 @@
 //! An in-process HTTP relay between berth and the real upstream: it records
-//! every request (so tests can count upstream fetches) and can demand the
-//! registry Bearer token flow, with its own token endpoint, in front of a
-//! registry that has no auth of its own.
+//! every request (so tests can count upstream fetches and bytes), can demand
+//! the registry Bearer token flow with its own token endpoint, and injects
+//! faults into matching requests: error statuses, resets after N bytes,
+//! stalls, slow drips, flipped bytes, and pauses a test can release.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
 
 #[derive(Clone, Default)]
 pub struct RelayOptions {
     /// Require Bearer tokens issued by the relay's `/token` for these credentials.
     pub token_auth: Option<(String, String)>,
+}
+
+/// A fault applied to requests whose "METHOD /path" contains a pattern.
+#[derive(Clone)]
+pub enum Fault {
+    /// Answer `status` (with `Retry-After` if given) to the next `times` requests.
+    Status {
+        status: u16,
+        times: usize,
+        retry_after: Option<u64>,
+    },
+    /// Send the headers and the first `bytes` of the body, then reset.
+    ResetAfter { bytes: u64, times: usize },
+    /// Send headers, then nothing, until the test ends.
+    Stall,
+    /// Send the body `chunk` bytes at a time with `delay` between chunks.
+    Drip { chunk: usize, delay: Duration },
+    /// Flip the lowest bit of the byte at `offset` of the body.
+    FlipByte { offset: u64, times: usize },
+    /// Send `bytes`, notify `reached`, wait for `resume`, then the rest (or
+    /// reset the connection, with `then_reset`).
+    PauseAfter {
+        bytes: u64,
+        reached: Arc<Notify>,
+        resume: Arc<Notify>,
+        then_reset: bool,
+    },
+}
+
+struct Rule {
+    pattern: String,
+    fault: Fault,
 }
 
 struct Shared {
@@ -25,6 +62,8 @@ struct Shared {
     addr: String,
     log: Mutex<Vec<String>>,
     tokens: Mutex<Vec<String>>,
+    rules: Mutex<Vec<Rule>>,
+    body_bytes: AtomicU64,
 }
 
 pub struct Relay {
@@ -50,6 +89,8 @@ impl Relay {
             addr: format!("http://{addr}"),
             log: Mutex::default(),
             tokens: Mutex::default(),
+            rules: Mutex::default(),
+            body_bytes: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/token", any(token))
@@ -76,6 +117,23 @@ impl Relay {
 
     pub fn tokens_issued(&self) -> usize {
         self.shared.tokens.lock().expect("relay tokens").len()
+    }
+
+    /// Body bytes relayed from the upstream so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.shared.body_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Apply `fault` to requests whose "METHOD /path" contains `pattern`.
+    pub fn fault(&self, pattern: &str, fault: Fault) {
+        self.shared.rules.lock().expect("relay rules").push(Rule {
+            pattern: pattern.to_string(),
+            fault,
+        });
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.rules.lock().expect("relay rules").clear();
     }
 }
 
@@ -107,16 +165,52 @@ async fn token(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     axum::Json(serde_json::json!({"token": token, "expires_in": 300})).into_response()
 }
 
+/// The fault for this request, consuming one use of counted faults.
+fn take_fault(s: &Shared, line: &str) -> Option<Fault> {
+    let mut rules = s.rules.lock().expect("relay rules");
+    let i = rules.iter().position(|r| line.contains(&r.pattern))?;
+    let fault = rules[i].fault.clone();
+    let remaining = match &mut rules[i].fault {
+        Fault::Status { times, .. }
+        | Fault::ResetAfter { times, .. }
+        | Fault::FlipByte { times, .. } => {
+            *times = times.saturating_sub(1);
+            Some(*times)
+        }
+        _ => None,
+    };
+    if remaining == Some(0) {
+        rules.remove(i);
+    }
+    Some(fault)
+}
+
+fn challenge(s: &Shared, path: &str) -> Response {
+    let repo = path.trim_start_matches("/v2/");
+    let repo = ["/manifests/", "/blobs/", "/tags/"]
+        .iter()
+        .find_map(|k| repo.rfind(k).map(|i| &repo[..i]))
+        .unwrap_or("");
+    let challenge = format!(
+        "Bearer realm=\"{}/token\",service=\"test-registry\",scope=\"repository:{repo}:pull\"",
+        s.addr
+    );
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, challenge)],
+        r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+    )
+        .into_response()
+}
+
 async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let path_q = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    s.log
-        .lock()
-        .expect("relay log")
-        .push(format!("{} {path_q}", req.method()));
+    let line = format!("{} {path_q}", req.method());
+    s.log.lock().expect("relay log").push(line.clone());
     if s.options.token_auth.is_some() && req.uri().path().starts_with("/v2/") {
         let presented = req
             .headers()
@@ -126,22 +220,26 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
             .map(str::to_string);
         let valid = presented.is_some_and(|t| s.tokens.lock().expect("relay tokens").contains(&t));
         if !valid {
-            let repo = req.uri().path().trim_start_matches("/v2/");
-            let repo = ["/manifests/", "/blobs/", "/tags/"]
-                .iter()
-                .find_map(|k| repo.rfind(k).map(|i| &repo[..i]))
-                .unwrap_or("");
-            let challenge = format!(
-                "Bearer realm=\"{}/token\",service=\"test-registry\",scope=\"repository:{repo}:pull\"",
-                s.addr
-            );
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, challenge)],
-                r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
-            )
-                .into_response();
+            return challenge(&s, req.uri().path());
         }
+    }
+    let fault = take_fault(&s, &line);
+    if let Some(Fault::Status {
+        status,
+        retry_after,
+        ..
+    }) = &fault
+    {
+        let mut resp = (
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            r#"{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}"#,
+        )
+            .into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, (*secs).into());
+        }
+        return resp;
     }
     let mut out = s
         .client
@@ -161,7 +259,107 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
             builder = builder.header(name, value.clone());
         }
     }
+    let counted = s.clone();
+    let upstream = resp.bytes_stream().map(move |chunk| {
+        if let Ok(c) = &chunk {
+            counted
+                .body_bytes
+                .fetch_add(c.len() as u64, Ordering::Relaxed);
+        }
+        chunk.map_err(std::io::Error::other)
+    });
+    let body = match fault {
+        None | Some(Fault::Status { .. }) => Body::from_stream(upstream),
+        Some(fault) => Body::from_stream(faulty(upstream, fault)),
+    };
     builder
-        .body(Body::from_stream(resp.bytes_stream()))
+        .body(body)
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// Re-chunk the upstream body through a channel, applying the fault.
+fn faulty(
+    upstream: impl futures_util::Stream<Item = Chunk> + Send + 'static,
+    fault: Fault,
+) -> impl futures_util::Stream<Item = Chunk> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+    tokio::spawn(async move {
+        let mut upstream = std::pin::pin!(upstream);
+        let mut sent = 0u64;
+        let reset = || {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected reset",
+            ))
+        };
+        if matches!(fault, Fault::Stall) {
+            // Keep the sender alive: headers are out, the body never comes.
+            tx.closed().await;
+            return;
+        }
+        while let Some(chunk) = upstream.next().await {
+            let Ok(mut chunk) = chunk else {
+                let _ = tx.send(reset()).await;
+                return;
+            };
+            let start = sent;
+            sent += chunk.len() as u64;
+            match &fault {
+                Fault::ResetAfter { bytes, .. } if sent > *bytes => {
+                    let keep = (*bytes - start) as usize;
+                    let _ = tx.send(Ok(chunk.slice(..keep))).await;
+                    let _ = tx.send(reset()).await;
+                    return;
+                }
+                Fault::FlipByte { offset, .. } if (start..sent).contains(offset) => {
+                    let mut v = chunk.to_vec();
+                    v[(*offset - start) as usize] ^= 1;
+                    chunk = Bytes::from(v);
+                }
+                Fault::Drip { chunk: size, delay } => {
+                    let mut rest = chunk;
+                    while !rest.is_empty() {
+                        let piece = rest.split_to((*size).min(rest.len()));
+                        if tx.send(Ok(piece)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(*delay).await;
+                    }
+                    continue;
+                }
+                Fault::PauseAfter {
+                    bytes,
+                    reached,
+                    resume,
+                    then_reset,
+                } if start < *bytes && sent >= *bytes => {
+                    let keep = (*bytes - start) as usize;
+                    let rest = chunk.split_off(keep);
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                    reached.notify_one();
+                    resume.notified().await;
+                    if *then_reset {
+                        let _ = tx.send(reset()).await;
+                        return;
+                    }
+                    chunk = rest;
+                }
+                _ => {}
+            }
+            if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Chunk>,
+) -> impl futures_util::Stream<Item = Chunk> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
