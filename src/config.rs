@@ -33,17 +33,11 @@ const DEFAULT_READ_TIMEOUT: &str = "30s";
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("config {origin} is invalid:\n  {}", .problems.join("\n  "))]
-    Invalid {
-        origin: String,
-        problems: Vec<String>,
-    },
+    Invalid { origin: String, problems: Vec<String> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -283,12 +277,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let listen = raw
         .listen
         .parse::<SocketAddr>()
-        .map_err(|_| {
-            problems.push(format!(
-                "listen: {:?} is not an address like 0.0.0.0:5000",
-                raw.listen
-            ))
-        })
+        .map_err(|_| problems.push(format!("listen: {:?} is not an address like 0.0.0.0:5000", raw.listen)))
         .ok();
     if raw.cache_dir.trim().is_empty() {
         problems.push("cache_dir: must not be empty".into());
@@ -297,9 +286,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         "text" => Some(LogFormat::Text),
         "json" => Some(LogFormat::Json),
         other => {
-            problems.push(format!(
-                "log_format: {other:?} must be \"text\" or \"json\""
-            ));
+            problems.push(format!("log_format: {other:?} must be \"text\" or \"json\""));
             None
         }
     };
@@ -334,16 +321,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     }
     for (i, u) in upstreams.iter().enumerate() {
         if upstreams[..i].iter().any(|o| o.name == u.name) {
-            problems.push(format!(
-                "upstream[{i}].name: {:?} is configured twice",
-                u.name
-            ));
+            problems.push(format!("upstream[{i}].name: {:?} is configured twice", u.name));
         }
         if upstreams[..i].iter().any(|o| o.prefix == u.prefix) {
-            problems.push(format!(
-                "upstream[{i}].prefix: {:?} is used twice",
-                u.prefix
-            ));
+            problems.push(format!("upstream[{i}].prefix: {:?} is used twice", u.prefix));
         }
     }
     // The raw copy is kept only to print the effective config; secrets leave it here.
@@ -354,28 +335,22 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         }
     }
     match (listen, log_format, max_size, tag_ttl) {
-        (Some(listen), Some(log_format), Some(max_size), Some(tag_ttl)) if problems.is_empty() => {
-            Ok(Config {
-                listen,
-                cache_dir: PathBuf::from(&raw.cache_dir),
-                log_format,
-                max_size,
-                tag_ttl,
-                finish_abandoned: raw.cache.finish_abandoned,
-                tls,
-                upstreams,
-                raw,
-            })
-        }
+        (Some(listen), Some(log_format), Some(max_size), Some(tag_ttl)) if problems.is_empty() => Ok(Config {
+            listen,
+            cache_dir: PathBuf::from(&raw.cache_dir),
+            log_format,
+            max_size,
+            tag_ttl,
+            finish_abandoned: raw.cache.finish_abandoned,
+            tls,
+            upstreams,
+            raw,
+        }),
         _ => Err(problems),
     }
 }
 
-fn validate_upstream(
-    i: usize,
-    u: &RawUpstream,
-    problems: &mut Vec<String>,
-) -> Option<UpstreamConfig> {
+fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Vec<String>) -> Option<UpstreamConfig> {
     let key = |k: &str| format!("upstream[{i}].{k}");
     let before = problems.len();
     if crate::reference::RepoName::parse(&u.name).is_err() || u.name.contains('/') {
@@ -393,17 +368,12 @@ fn validate_upstream(
         ));
     }
     if u.endpoints.is_empty() {
-        problems.push(format!(
-            "{}: at least one endpoint URL is required",
-            key("endpoints")
-        ));
+        problems.push(format!("{}: at least one endpoint URL is required", key("endpoints")));
     }
     let mut endpoints = Vec::new();
     for e in &u.endpoints {
         match Url::parse(e) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                endpoints.push(url)
-            }
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => endpoints.push(url),
             _ => problems.push(format!("{}: {e:?} is not an http(s) URL", key("endpoints"))),
         }
     }
@@ -412,10 +382,7 @@ fn validate_upstream(
         "docker" => ConvertMode::Docker,
         "never" => ConvertMode::Never,
         other => {
-            problems.push(format!(
-                "{}: {other:?} must be auto, docker or never",
-                key("convert")
-            ));
+            problems.push(format!("{}: {other:?} must be auto, docker or never", key("convert")));
             ConvertMode::Auto
         }
     };
@@ -428,21 +395,14 @@ fn validate_upstream(
     let read_timeout = duration("read_timeout", &u.read_timeout);
     let password = match (&u.password, &u.password_file) {
         (Some(_), Some(_)) => {
-            problems.push(format!(
-                "{}: set password or password_file, not both",
-                key("password")
-            ));
+            problems.push(format!("{}: set password or password_file, not both", key("password")));
             None
         }
         (Some(p), None) => Some(p.clone()),
         (None, Some(path)) => match std::fs::read_to_string(path) {
             Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_string()),
             Err(e) => {
-                problems.push(format!(
-                    "{}: cannot read {}: {e}",
-                    key("password_file"),
-                    path.display()
-                ));
+                problems.push(format!("{}: cannot read {}: {e}", key("password_file"), path.display()));
                 None
             }
         },
@@ -462,10 +422,7 @@ fn validate_upstream(
             None
         }
         (None, Some(_)) => {
-            problems.push(format!(
-                "{}: password set without username",
-                key("username")
-            ));
+            problems.push(format!("{}: password set without username", key("username")));
             None
         }
         _ => None,

@@ -37,9 +37,7 @@ pub enum Refusal {
     Artifact(String),
     #[error("no child of the index can be converted")]
     NoConvertibleChild,
-    #[error(
-        "the digest names the OCI original, which a client that asked for it by digest would reject if converted"
-    )]
+    #[error("the digest names the OCI original, which a client that asked for it by digest would reject if converted")]
     ByDigestNotAcceptable,
     #[error("manifest cannot be parsed: {0}")]
     Invalid(String),
@@ -79,17 +77,9 @@ pub struct Descriptor {
 pub struct Platform {
     pub architecture: String,
     pub os: String,
-    #[serde(
-        rename = "os.version",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
     pub os_version: Option<String>,
-    #[serde(
-        rename = "os.features",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "os.features", default, skip_serializing_if = "Option::is_none")]
     pub os_features: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -162,12 +152,10 @@ fn to_bytes<T: Serialize>(value: &T) -> Vec<u8> {
 fn layer_type(d: &Descriptor) -> Result<&'static str, Refusal> {
     let t = d.media_type.as_str();
     Ok(match t {
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+        "application/vnd.oci.image.layer.v1.tar+gzip" | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
             "application/vnd.docker.image.rootfs.diff.tar.gzip"
         }
-        "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.docker.image.rootfs.diff.tar" => {
+        "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => {
             "application/vnd.docker.image.rootfs.diff.tar"
         }
         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
@@ -188,8 +176,7 @@ fn layer_type(d: &Descriptor) -> Result<&'static str, Refusal> {
 
 /// Convert an OCI image manifest to Docker schema2 bytes.
 pub fn convert_manifest(bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
-    let m: OciManifest =
-        serde_json::from_slice(bytes).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let m: OciManifest = serde_json::from_slice(bytes).map_err(|e| Refusal::Invalid(e.to_string()))?;
     if let Some(t) = m.artifact_type.filter(|t| !t.is_empty()) {
         return Err(Refusal::Artifact(t));
     }
@@ -226,8 +213,7 @@ pub fn convert_manifest(bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
 
 /// A child of an index, as the index names it.
 pub fn index_children(bytes: &[u8]) -> Result<Vec<Descriptor>, Refusal> {
-    let index: OciIndex =
-        serde_json::from_slice(bytes).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let index: OciIndex = serde_json::from_slice(bytes).map_err(|e| Refusal::Invalid(e.to_string()))?;
     Ok(index.manifests)
 }
 
@@ -262,10 +248,7 @@ pub enum ChildOutcome {
 /// Convert an OCI index to a Docker manifest list, given what became of each
 /// child (by the child's original digest). Order is kept; dropped children and
 /// children without a platform are left out.
-pub fn convert_index(
-    bytes: &[u8],
-    outcomes: &HashMap<String, ChildOutcome>,
-) -> Result<Vec<u8>, Refusal> {
+pub fn convert_index(bytes: &[u8], outcomes: &HashMap<String, ChildOutcome>) -> Result<Vec<u8>, Refusal> {
     let children = index_children(bytes)?;
     let mut entries = Vec::new();
     for child in &children {
@@ -367,8 +350,7 @@ mod tests {
         let m = oci(
             r#"{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip","digest":"sha256:l","size":9,"urls":["https://x/l"]}"#,
         );
-        let v: serde_json::Value =
-            serde_json::from_slice(&convert_manifest(m.as_bytes()).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&convert_manifest(m.as_bytes()).unwrap()).unwrap();
         assert_eq!(
             v["layers"][0]["mediaType"],
             "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
@@ -378,13 +360,8 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let zstd = oci(
-            r#"{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"sha256:z","size":1}"#,
-        );
-        assert_eq!(
-            convert_manifest(zstd.as_bytes()).unwrap_err().reason(),
-            "zstd_layer"
-        );
+        let zstd = oci(r#"{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"sha256:z","size":1}"#);
+        assert_eq!(convert_manifest(zstd.as_bytes()).unwrap_err().reason(), "zstd_layer");
         let enc = oci(
             r#"{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip+encrypted","digest":"sha256:e","size":1}"#,
         );
@@ -392,8 +369,7 @@ mod tests {
             convert_manifest(enc.as_bytes()).unwrap_err().reason(),
             "encrypted_layer"
         );
-        let other =
-            oci(r#"{"mediaType":"application/vnd.in-toto+json","digest":"sha256:i","size":1}"#);
+        let other = oci(r#"{"mediaType":"application/vnd.in-toto+json","digest":"sha256:i","size":1}"#);
         assert_eq!(
             convert_manifest(other.as_bytes()).unwrap_err().reason(),
             "unknown_layer_type"
@@ -403,19 +379,9 @@ mod tests {
             convert_manifest(artifact.as_bytes()).unwrap_err().reason(),
             "non_image_config"
         );
-        let typed = oci("").replacen(
-            "\"config\"",
-            "\"artifactType\":\"application/x\",\"config\"",
-            1,
-        );
-        assert_eq!(
-            convert_manifest(typed.as_bytes()).unwrap_err().reason(),
-            "artifact"
-        );
-        assert_eq!(
-            convert_manifest(b"[]").unwrap_err().reason(),
-            "invalid_manifest"
-        );
+        let typed = oci("").replacen("\"config\"", "\"artifactType\":\"application/x\",\"config\"", 1);
+        assert_eq!(convert_manifest(typed.as_bytes()).unwrap_err().reason(), "artifact");
+        assert_eq!(convert_manifest(b"[]").unwrap_err().reason(), "invalid_manifest");
     }
 
     #[test]
@@ -459,9 +425,7 @@ mod tests {
         assert_eq!(m[1]["digest"], "sha256:b2");
         assert_eq!(m[1]["platform"]["variant"], "v8");
         assert_eq!(
-            convert_index(index.as_bytes(), &HashMap::new())
-                .unwrap_err()
-                .reason(),
+            convert_index(index.as_bytes(), &HashMap::new()).unwrap_err().reason(),
             "no_convertible_child"
         );
     }
@@ -489,8 +453,7 @@ mod tests {
                 proptest::option::of("[a-z]{1,8}"),
             )
                 .prop_map(|(d, size, t, ann)| {
-                    let mut l =
-                        serde_json::json!({"mediaType": LAYER_TYPES[t], "digest": d, "size": size});
+                    let mut l = serde_json::json!({"mediaType": LAYER_TYPES[t], "digest": d, "size": size});
                     if let Some(a) = ann {
                         l["annotations"] = serde_json::json!({"k": a});
                         l["urls"] = serde_json::json!([format!("https://example.com/{a}")]);
@@ -514,8 +477,7 @@ mod tests {
                         "layers": layers,
                     });
                     if annotated {
-                        m["annotations"] =
-                            serde_json::json!({"org.opencontainers.image.created": "now"});
+                        m["annotations"] = serde_json::json!({"org.opencontainers.image.created": "now"});
                     }
                     m
                 })

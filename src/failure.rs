@@ -68,8 +68,8 @@ impl FailureCause {
     pub fn category(self) -> &'static str {
         use FailureCause::*;
         match self {
-            DnsResolution | ConnectionRefused | ConnectTimeout | TlsError | ProxyError
-            | ReadTimeout | ConnectionReset => "network",
+            DnsResolution | ConnectionRefused | ConnectTimeout | TlsError | ProxyError | ReadTimeout
+            | ConnectionReset => "network",
             UpstreamUnavailable | RateLimited => "registry",
             Unauthorized | Forbidden => "auth",
             ManifestUnknown | NameUnknown | BlobUnknown | InvalidReference => "reference",
@@ -88,9 +88,7 @@ impl FailureCause {
         use FailureCause::*;
         match self {
             DnsResolution => "check DNS resolution of the upstream host",
-            ConnectionRefused => {
-                "the upstream refused the connection: a firewall rejects it or the upstream is down"
-            }
+            ConnectionRefused => "the upstream refused the connection: a firewall rejects it or the upstream is down",
             ConnectTimeout => {
                 "no answer to connect: a firewall or route drops traffic to the upstream; check the route and port"
             }
@@ -99,25 +97,19 @@ impl FailureCause {
             ReadTimeout => "the upstream stalled: network loss or an overloaded upstream",
             ConnectionReset => "the connection broke mid-transfer: unstable network",
             UpstreamUnavailable => "upstream outage (5xx); cached content is still served",
-            RateLimited => {
-                "upstream rate limit: authenticate or pull less; see the ratelimit-* headers"
-            }
+            RateLimited => "upstream rate limit: authenticate or pull less; see the ratelimit-* headers",
             Unauthorized => "upstream credentials missing, wrong or rotated",
             Forbidden => "the account or address lacks pull permission upstream",
             ManifestUnknown => "the tag or manifest does not exist upstream: check the spelling",
             NameUnknown => "the repository does not exist upstream, or it is private",
             BlobUnknown => "the upstream does not have this blob",
             InvalidReference => "fix the image reference (lower-case name, valid tag or digest)",
-            DigestMismatch => {
-                "content did not match its digest: corrupted transfer or upstream; nothing was cached"
-            }
+            DigestMismatch => "content did not match its digest: corrupted transfer or upstream; nothing was cached",
             ManifestInvalid => "the upstream manifest is broken",
             UnsupportedMediaType => {
                 "the client cannot accept this media type: enable conversion, or the image uses zstd or artifacts"
             }
-            NotCachedOffline => {
-                "the upstream is unreachable and this content is not cached: seed the cache"
-            }
+            NotCachedOffline => "the upstream is unreachable and this content is not cached: seed the cache",
             UpstreamNotConfigured => "add this registry as an [[upstream]] in berth's config",
             DiskFull => "the cache disk is full: free space or lower cache.max_size",
             StorageError => "cache I/O failed: check the cache directory",
@@ -140,38 +132,31 @@ pub struct FailureRecord {
     pub cause: FailureCause,
     pub upstream: Option<String>,
     pub upstream_status: Option<u16>,
+    pub repository: Option<String>,
+    pub reference: Option<String>,
+    /// Upstream attempts made (0 when the upstream was not asked).
+    pub attempts: u32,
     /// A finer reason within the cause (e.g. why conversion was refused).
     pub reason: Option<&'static str>,
+    /// The upstream's `ratelimit-*` / `retry-after` headers, for rate limits.
+    pub ratelimit: Option<String>,
     pub detail: String,
 }
 
-/// Emit the one `pull_failed` event for a request.
-pub fn log_pull_failed(
-    record: &FailureRecord,
-    method: &str,
-    path: &str,
-    status: u16,
-    client: &str,
-    request_id: &str,
-    elapsed_ms: u128,
-) {
-    tracing::warn!(
-        event = "pull_failed",
-        cause = record.cause.name(),
-        category = record.cause.category(),
-        upstream = record.upstream.as_deref().unwrap_or("-"),
-        upstream_status = record.upstream_status,
-        reason = record.reason,
-        method,
-        path,
-        status,
-        client,
-        request_id,
-        elapsed_ms = elapsed_ms as u64,
-        detail = %record.detail,
-        hint = record.cause.hint(),
-        "pull failed"
-    );
+impl FailureRecord {
+    pub fn new(cause: FailureCause, detail: String) -> Self {
+        Self {
+            cause,
+            upstream: None,
+            upstream_status: None,
+            repository: None,
+            reference: None,
+            attempts: 0,
+            reason: None,
+            ratelimit: None,
+            detail,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,11 +7,7 @@ use berth::config::{Config, LogFormat, Overrides};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "berth",
-    version,
-    about = "A pull-through caching container registry mirror"
-)]
+#[command(name = "berth", version, about = "A pull-through caching container registry mirror")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,10 +76,7 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth: cannot start the runtime: {e}");

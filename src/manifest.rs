@@ -18,8 +18,7 @@ struct Envelope {
 /// `Content-Type` the upstream sent, else schema1 by `schemaVersion`.
 /// An error says why the bytes are not a manifest.
 pub fn media_type(bytes: &[u8], content_type: Option<&str>) -> Result<String, String> {
-    let env: Envelope =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a JSON manifest: {e}"))?;
+    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| format!("not a JSON manifest: {e}"))?;
     let Some(version) = env.schema_version else {
         return Err("no schemaVersion field".into());
     };

@@ -12,8 +12,7 @@ use crate::convert::docker_equivalent;
 pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-pub const DOCKER_MANIFEST_V1_SIGNED: &str =
-    "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub const DOCKER_MANIFEST_V1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
@@ -42,13 +41,7 @@ impl Accept {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|line| line.split(','))
             // q-values and other parameters do not change what berth can serve.
-            .map(|item| {
-                item.split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase()
-            })
+            .map(|item| item.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
             .filter(|t| !t.is_empty())
             .collect();
         Self { types }
@@ -61,11 +54,9 @@ impl Accept {
             return true;
         }
         let media_type = media_type.to_ascii_lowercase();
-        self.types.iter().any(|t| {
-            t == "*/*"
-                || *t == media_type
-                || (t == "application/*" && media_type.starts_with("application/"))
-        })
+        self.types
+            .iter()
+            .any(|t| t == "*/*" || *t == media_type || (t == "application/*" && media_type.starts_with("application/")))
     }
 }
 
@@ -90,13 +81,7 @@ pub enum Negotiation {
 
 /// `by_tag`: the request named a tag; `converted`: the digest asked for is
 /// one berth produced by conversion (served whatever the Accept).
-pub fn negotiate(
-    accept: &Accept,
-    stored: &str,
-    by_tag: bool,
-    mode: ConvertMode,
-    converted: bool,
-) -> Negotiation {
+pub fn negotiate(accept: &Accept, stored: &str, by_tag: bool, mode: ConvertMode, converted: bool) -> Negotiation {
     let original_ok = accept.accepts(stored);
     let Some(docker) = docker_equivalent(stored) else {
         return if original_ok || converted {
@@ -108,9 +93,7 @@ pub fn negotiate(
     if !by_tag {
         return match () {
             _ if original_ok || converted => Negotiation::Original,
-            _ if mode != ConvertMode::Never && accept.accepts(docker) => {
-                Negotiation::ByDigestNotAcceptable
-            }
+            _ if mode != ConvertMode::Never && accept.accepts(docker) => Negotiation::ByDigestNotAcceptable,
             _ => Negotiation::NotAcceptable,
         };
     }
@@ -142,12 +125,7 @@ mod tests {
             &format!("{OCI_INDEX}, {OCI_MANIFEST};q=0.9"),
             DOCKER_MANIFEST_LIST,
         ]));
-        for t in [
-            DOCKER_MANIFEST_V2,
-            OCI_INDEX,
-            OCI_MANIFEST,
-            DOCKER_MANIFEST_LIST,
-        ] {
+        for t in [DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST] {
             assert!(a.accepts(t), "{t}");
         }
         assert!(!a.accepts(DOCKER_MANIFEST_V1));
@@ -187,59 +165,20 @@ mod tests {
             // (accept, stored, by_tag, mode, converted) -> outcome
             (&docker_only, OCI_MANIFEST, true, Auto, false, Convert),
             (&docker_only, OCI_INDEX, true, Auto, false, Convert),
-            (
-                &docker_only,
-                OCI_MANIFEST,
-                true,
-                Never,
-                false,
-                NotAcceptable,
-            ),
-            (
-                &docker_only,
-                OCI_MANIFEST,
-                false,
-                Auto,
-                false,
-                ByDigestNotAcceptable,
-            ),
-            (
-                &docker_only,
-                DOCKER_MANIFEST_V2,
-                false,
-                Auto,
-                true,
-                Original,
-            ),
+            (&docker_only, OCI_MANIFEST, true, Never, false, NotAcceptable),
+            (&docker_only, OCI_MANIFEST, false, Auto, false, ByDigestNotAcceptable),
+            (&docker_only, DOCKER_MANIFEST_V2, false, Auto, true, Original),
             (&oci_only, DOCKER_MANIFEST_V2, false, Auto, true, Original),
-            (
-                &docker_only,
-                DOCKER_MANIFEST_V2,
-                true,
-                Auto,
-                false,
-                Original,
-            ),
+            (&docker_only, DOCKER_MANIFEST_V2, true, Auto, false, Original),
             (&modern, OCI_MANIFEST, true, Auto, false, Original),
             (&modern, OCI_MANIFEST, true, Docker, false, Convert),
             (&modern, OCI_MANIFEST, false, Docker, false, Original),
             (&none, OCI_INDEX, true, Auto, false, Original),
             (&oci_only, OCI_INDEX, true, Auto, false, NotAcceptable),
-            (
-                &oci_only,
-                DOCKER_MANIFEST_V2,
-                true,
-                Auto,
-                false,
-                NotAcceptable,
-            ),
+            (&oci_only, DOCKER_MANIFEST_V2, true, Auto, false, NotAcceptable),
         ];
         for (i, (accept, stored, by_tag, mode, converted, want)) in cases.into_iter().enumerate() {
-            assert_eq!(
-                negotiate(accept, stored, by_tag, mode, converted),
-                want,
-                "case {i}"
-            );
+            assert_eq!(negotiate(accept, stored, by_tag, mode, converted), want, "case {i}");
         }
     }
 

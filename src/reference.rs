@@ -58,9 +58,7 @@ impl RepoName {
 
     /// The name without its first component, if more remain.
     pub fn strip_first_component(&self) -> Option<RepoName> {
-        self.0
-            .split_once('/')
-            .map(|(_, rest)| RepoName(rest.to_string()))
+        self.0.split_once('/').map(|(_, rest)| RepoName(rest.to_string()))
     }
 
     pub fn component_count(&self) -> usize {
@@ -127,9 +125,7 @@ impl Tag {
         let ok = !bytes.is_empty()
             && bytes.len() <= MAX_TAG_LEN
             && word(bytes[0])
-            && bytes[1..]
-                .iter()
-                .all(|&b| word(b) || b == b'.' || b == b'-');
+            && bytes[1..].iter().all(|&b| word(b) || b == b'.' || b == b'-');
         if ok {
             Ok(Self(s.to_string()))
         } else {
@@ -191,10 +187,7 @@ impl Digest {
         if hex.len() != algorithm.hex_len() {
             return bad("wrong hex length for the algorithm");
         }
-        if !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return bad("hex part must be lower-case hexadecimal");
         }
         Ok(Self {
@@ -317,8 +310,8 @@ mod tests {
             assert!(RepoName::parse(ok).is_ok(), "{ok} should parse");
         }
         for bad in [
-            "", "Busybox", "a//b", "/a", "a/", "..", "a/../b", "a/./b", "-a", "a-", "a___b",
-            "a._b", "a b", "a%2fb", "a\\b",
+            "", "Busybox", "a//b", "/a", "a/", "..", "a/../b", "a/./b", "-a", "a-", "a___b", "a._b", "a b", "a%2fb",
+            "a\\b",
         ] {
             assert!(RepoName::parse(bad).is_err(), "{bad:?} should be rejected");
         }

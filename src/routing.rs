@@ -26,11 +26,7 @@ pub struct NotConfigured {
     pub registry: String,
 }
 
-pub fn route(
-    upstreams: &[UpstreamConfig],
-    name: &RepoName,
-    ns: Option<&str>,
-) -> Result<Route, NotConfigured> {
+pub fn route(upstreams: &[UpstreamConfig], name: &RepoName, ns: Option<&str>) -> Result<Route, NotConfigured> {
     let not_configured = |registry: &str| NotConfigured {
         registry: registry.to_string(),
     };
@@ -51,10 +47,7 @@ pub fn route(
             .ok_or_else(|| not_configured(name.first_component()))?;
         // Docker Hub namespaces never contain a dot, so a dotted first
         // component names another registry the operator has not configured.
-        if upstreams[i].name == DOCKER_HUB
-            && name.component_count() > 1
-            && name.first_component().contains('.')
-        {
+        if upstreams[i].name == DOCKER_HUB && name.component_count() > 1 && name.first_component().contains('.') {
             return Err(not_configured(name.first_component()));
         }
         (i, name.clone())
@@ -64,19 +57,14 @@ pub fn route(
     } else {
         repo
     };
-    Ok(Route {
-        upstream: index,
-        repo,
-    })
+    Ok(Route { upstream: index, repo })
 }
 
 fn prefixed_upstream(upstreams: &[UpstreamConfig], name: &RepoName) -> Option<usize> {
     if name.component_count() < 2 {
         return None;
     }
-    upstreams
-        .iter()
-        .position(|u| u.prefix == name.first_component())
+    upstreams.iter().position(|u| u.prefix == name.first_component())
 }
 
 fn strip_prefix(name: &RepoName, prefix: &str) -> RepoName {
@@ -111,8 +99,7 @@ mod tests {
 
     fn r(name: &str, ns: Option<&str>) -> Result<(String, String), NotConfigured> {
         let u = ups();
-        route(&u, &RepoName::parse(name).unwrap(), ns)
-            .map(|r| (u[r.upstream].name.clone(), r.repo.to_string()))
+        route(&u, &RepoName::parse(name).unwrap(), ns).map(|r| (u[r.upstream].name.clone(), r.repo.to_string()))
     }
 
     fn ok(up: &str, repo: &str) -> Result<(String, String), NotConfigured> {
@@ -125,19 +112,10 @@ mod tests {
         assert_eq!(r("org/app", None), ok("docker.io", "org/app"));
         assert_eq!(r("a/b/c", None), ok("docker.io", "a/b/c"));
         assert_eq!(r("ghcr.io/org/img", None), ok("ghcr.io", "org/img"));
-        assert_eq!(
-            r("docker.io/busybox", None),
-            ok("docker.io", "library/busybox")
-        );
+        assert_eq!(r("docker.io/busybox", None), ok("docker.io", "library/busybox"));
         assert_eq!(r("org/img", Some("ghcr.io")), ok("ghcr.io", "org/img"));
-        assert_eq!(
-            r("ghcr.io/org/img", Some("ghcr.io")),
-            ok("ghcr.io", "org/img")
-        );
-        assert_eq!(
-            r("busybox", Some("docker.io")),
-            ok("docker.io", "library/busybox")
-        );
+        assert_eq!(r("ghcr.io/org/img", Some("ghcr.io")), ok("ghcr.io", "org/img"));
+        assert_eq!(r("busybox", Some("docker.io")), ok("docker.io", "library/busybox"));
         // A one-component name equal to a prefix is a repository, not a prefix.
         assert_eq!(r("ghcr.io", None), ok("docker.io", "library/ghcr.io"));
     }

@@ -20,7 +20,8 @@ use tower::ServiceExt;
 use crate::api::{self, AppState, RequestContext};
 use crate::cache::{Cache, CacheError};
 use crate::config::{Config, TlsConfig};
-use crate::failure::{FailureRecord, log_pull_failed};
+use crate::events::{Events, RequestFacts};
+use crate::failure::FailureRecord;
 use crate::upstream::{Upstream, UpstreamError};
 
 #[derive(Debug, Error)]
@@ -30,21 +31,19 @@ pub enum StartError {
     #[error("cannot set up upstream {name}: {source}")]
     Upstream { name: String, source: UpstreamError },
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("tls: {0}")]
     Tls(String),
 }
 
 /// The whole application as a router, ready to serve (tests use it in-process).
 pub fn build(config: Config) -> Result<Router, StartError> {
+    let events = Arc::new(Events::default());
     let upstreams = config
         .upstreams
         .iter()
         .map(|u| {
-            Upstream::new(u)
+            Upstream::new(u, events.clone())
                 .map(Arc::new)
                 .map_err(|source| StartError::Upstream {
                     name: u.name.clone(),
@@ -52,16 +51,20 @@ pub fn build(config: Config) -> Result<Router, StartError> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let cache = Cache::open(&config, upstreams).map_err(|source| StartError::Cache {
+    let cache = Cache::open(&config, upstreams, events.clone()).map_err(|source| StartError::Cache {
         dir: config.cache_dir.display().to_string(),
         source,
     })?;
-    let state = Arc::new(AppState { config, cache });
-    Ok(api::router(state).layer(middleware::from_fn(observe)))
+    let state = Arc::new(AppState { config, cache, events });
+    Ok(api::router(state.clone()).layer(middleware::from_fn_with_state(state, observe)))
 }
 
 /// Give the request an id, and log the failure the response carries, once.
-async fn observe(mut req: Request, next: Next) -> Response {
+async fn observe(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let id = format!("{:016x}", rand::rng().random::<u64>());
     let client = req
         .extensions()
@@ -81,13 +84,45 @@ async fn observe(mut req: Request, next: Next) -> Response {
         resp.headers_mut().insert("x-request-id", v);
     }
     let status = resp.status().as_u16();
-    let elapsed = ctx.started.elapsed().as_millis();
+    let elapsed_ms = ctx.started.elapsed().as_millis() as u64;
+    state
+        .events
+        .metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            method: method.clone(),
+            endpoint: endpoint_kind(&path).into(),
+            status,
+        })
+        .inc();
     if let Some(record) = resp.extensions().get::<FailureRecord>() {
-        log_pull_failed(record, &method, &path, status, &client, &id, elapsed);
+        let facts = RequestFacts {
+            method: &method,
+            path: &path,
+            status,
+            client: &client,
+            request_id: &id,
+            elapsed_ms,
+        };
+        state.events.pull_failed(record, &facts);
     } else {
-        tracing::debug!(method, path, status, client, request_id = %id, elapsed_ms = elapsed as u64, "request");
+        tracing::debug!(method, path, status, client, request_id = %id, elapsed_ms, "request");
     }
     resp
+}
+
+/// A bounded label for the request metric (paths themselves are unbounded).
+fn endpoint_kind(path: &str) -> &'static str {
+    match api::path::parse(path.strip_prefix("/v2/").unwrap_or("")) {
+        _ if !path.starts_with("/v2") => "other",
+        api::path::Endpoint::Base => "base",
+        api::path::Endpoint::Manifest { .. } => "manifest",
+        api::path::Endpoint::Blob { .. } => "blob",
+        api::path::Endpoint::Tags { .. } => "tags",
+        api::path::Endpoint::Referrers { .. } => "referrers",
+        api::path::Endpoint::Upload { .. } => "upload",
+        api::path::Endpoint::Unknown => "unknown",
+    }
 }
 
 /// Bind, then serve until SIGINT/SIGTERM. The bound address is logged as the
@@ -98,14 +133,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let app = build(config)?;
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: listen,
-        source,
-    })?;
+        .map_err(|source| StartError::Listen { addr: listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr: listen, source })?;
     tracing::info!(addr = %addr, tls = tls.is_some(), "listening");
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -120,12 +151,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             },
             _ = &mut shutdown => break,
         };
-        let service = app
-            .clone()
-            .map_request(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
-                req
-            });
+        let service = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(remote));
+            req
+        });
         let service = TowerToHyperService::new(service);
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -138,11 +167,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                         return;
                     }
                 },
-                None => {
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                }
+                None => builder.serve_connection(TokioIo::new(stream), service).await,
             };
             if let Err(e) = result {
                 tracing::debug!(client = %remote, error = %e, "connection ended with an error");
@@ -157,14 +182,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -191,20 +215,13 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, StartError
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| StartError::Tls(format!("tls.key {}: {e}", tls.key.display())))?
-        .ok_or_else(|| {
-            StartError::Tls(format!(
-                "tls.key {}: no PEM private key found",
-                tls.key.display()
-            ))
-        })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| StartError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| StartError::Tls(format!("tls.cert/tls.key do not form a usable pair: {e}")))?;
+        .ok_or_else(|| StartError::Tls(format!("tls.key {}: no PEM private key found", tls.key.display())))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(format!("tls.cert/tls.key do not form a usable pair: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

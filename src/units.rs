@@ -16,13 +16,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
         if digits == 0 {
-            return Err(format!(
-                "{s:?} is not a duration like 30s, 5m, 1h30m, 250ms"
-            ));
+            return Err(format!("{s:?} is not a duration like 30s, 5m, 1h30m, 250ms"));
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{s:?}: number too large"))?;
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("{s:?}: number too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
         let unit = &rest[..unit_len];
@@ -49,9 +45,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if digits == 0 {
         return Err(format!("{s:?} is not a size like 50GiB or 512MB"));
     }
-    let n: u64 = t[..digits]
-        .parse()
-        .map_err(|_| format!("{s:?}: number too large"))?;
+    let n: u64 = t[..digits].parse().map_err(|_| format!("{s:?}: number too large"))?;
     let mult: u64 = match t[digits..].trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1000,
@@ -68,8 +62,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: size too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?}: size too large"))
 }
 
 #[cfg(test)]

@@ -27,10 +27,7 @@ async fn error_code(resp: reqwest::Response) -> (StatusCode, String, String) {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
+    reqwest::Client::builder().no_proxy().build().expect("client")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -44,10 +41,7 @@ async fn spec_errors_headers_ranges_and_tags() {
     // Base endpoint and its version header.
     let r = http.get(url("")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        r.headers()["docker-distribution-api-version"],
-        "registry/2.0"
-    );
+    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
 
     // Manifest headers, by tag, with Accept spread over several lines.
     let oci = &fixtures.oci;
@@ -56,18 +50,17 @@ async fn spec_errors_headers_ranges_and_tags() {
         .get(url(&format!("{name}/manifests/{}", oci.tag)))
         .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
         .header("accept", "application/vnd.docker.distribution.manifest.list.v2+json")
-        .header("accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json;q=0.5")
+        .header(
+            "accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json;q=0.5",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["docker-content-digest"], oci.digest.as_str());
     assert_eq!(r.headers()["content-type"], oci.media_type.as_str());
-    let len: usize = r.headers()["content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let len: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
     let body = r.bytes().await.unwrap();
     assert_eq!(body.len(), len);
     assert_eq!(sha256_hex(&body), oci.digest);
@@ -90,10 +83,7 @@ async fn spec_errors_headers_ranges_and_tags() {
         .await
         .unwrap();
     let (status, code, message) = error_code(r).await;
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
-    );
+    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
     assert!(
         message.contains("OCI manifest found, but accept header does not support OCI manifests"),
         "{message}"
@@ -102,12 +92,7 @@ async fn spec_errors_headers_ranges_and_tags() {
     // A Range on a cold blob answers 206 with the right bytes.
     let layer = oci.blobs.last().expect("a layer");
     let blob_url = url(&format!("{name}/blobs/{layer}"));
-    let r = http
-        .get(&blob_url)
-        .header("range", "bytes=10-19")
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(&blob_url).header("range", "bytes=10-19").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     let content_range = r.headers()["content-range"].to_str().unwrap().to_string();
     assert!(content_range.starts_with("bytes 10-19/"), "{content_range}");
@@ -120,33 +105,18 @@ async fn spec_errors_headers_ranges_and_tags() {
     assert_eq!(&part[..], &whole[10..20]);
     assert_eq!(content_range, format!("bytes 10-19/{}", whole.len()));
     // Warm: a suffix range.
-    let r = http
-        .get(&blob_url)
-        .header("range", "bytes=-5")
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(&blob_url).header("range", "bytes=-5").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(&r.bytes().await.unwrap()[..], &whole[whole.len() - 5..]);
     // HEAD of a blob.
     let r = http.head(&blob_url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        r.headers()["content-length"],
-        whole.len().to_string().as_str()
-    );
+    assert_eq!(r.headers()["content-length"], whole.len().to_string().as_str());
 
     // Tags with pagination.
-    let r = http
-        .get(url(&format!("{name}/tags/list?n=1")))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(url(&format!("{name}/tags/list?n=1"))).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let link = r
-        .headers()
-        .get("link")
-        .map(|v| v.to_str().unwrap().to_string());
+    let link = r.headers().get("link").map(|v| v.to_str().unwrap().to_string());
     let page: serde_json::Value = r.json().await.unwrap();
     assert_eq!(page["name"], name);
     assert_eq!(page["tags"].as_array().unwrap().len(), 1);

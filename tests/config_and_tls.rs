@@ -31,11 +31,7 @@ fn shipped_configs_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
     for dir in ["config", "config/examples", "docker"] {
-        for entry in std::fs::read_dir(root.join(dir))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        for entry in std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("hosts.toml") {
                 let out = berth_cmd(&["check-config", "--config", path.to_str().unwrap()]);
@@ -49,10 +45,7 @@ fn shipped_configs_are_valid() {
             }
         }
     }
-    assert!(
-        checked >= 2,
-        "config/berth.toml and docker/berth.toml at least"
-    );
+    assert!(checked >= 2, "config/berth.toml and docker/berth.toml at least");
 }
 
 #[test]
@@ -134,11 +127,7 @@ async fn serves_https_with_rustls() {
         .arg(&cert)
         .output()
         .expect("openssl");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let berth = Berth::start(&format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://127.0.0.1:9\"]\ndefault = true\n",
         cert.display(),
@@ -150,20 +139,10 @@ async fn serves_https_with_rustls() {
         .add_root_certificate(ca)
         .build()
         .unwrap();
-    let resp = http
-        .get(format!("https://{}/v2/", berth.host()))
-        .send()
-        .await
-        .unwrap();
+    let resp = http.get(format!("https://{}/v2/", berth.host())).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(
-        resp.headers()["docker-distribution-api-version"],
-        "registry/2.0"
-    );
+    assert_eq!(resp.headers()["docker-distribution-api-version"], "registry/2.0");
     // Plain HTTP to the TLS port does not get a registry answer.
-    let plain = http
-        .get(format!("http://{}/v2/", berth.host()))
-        .send()
-        .await;
+    let plain = http.get(format!("http://{}/v2/", berth.host())).send().await;
     assert!(plain.map(|r| r.status().as_u16() != 200).unwrap_or(true));
 }

@@ -24,10 +24,7 @@ const DOCKER_1_13: [&str; 5] = [
 ];
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
+    reqwest::Client::builder().no_proxy().build().expect("client")
 }
 
 struct Fetched {
@@ -38,13 +35,7 @@ struct Fetched {
     body: bytes::Bytes,
 }
 
-async fn fetch(
-    http: &reqwest::Client,
-    method: &str,
-    url: &str,
-    accept: &[&str],
-    rotate: usize,
-) -> Fetched {
+async fn fetch(http: &reqwest::Client, method: &str, url: &str, accept: &[&str], rotate: usize) -> Fetched {
     let mut req = http.request(method.parse().expect("method"), url);
     for i in 0..accept.len() {
         req = req.header("accept", accept[(i + rotate) % accept.len()]);
@@ -85,12 +76,7 @@ fn descriptors(m: &Value) -> Vec<(String, u64)> {
 }
 
 async fn upstream_manifest(http: &reqwest::Client, registry: &Registry, image: &Image) -> Value {
-    let url = format!(
-        "{}/v2/{}/manifests/{}",
-        registry.url(),
-        image.repo,
-        image.digest
-    );
+    let url = format!("{}/v2/{}/manifests/{}", registry.url(), image.repo, image.digest);
     let accept = [
         "application/vnd.oci.image.manifest.v1+json",
         "application/vnd.oci.image.index.v1+json",
@@ -112,11 +98,7 @@ async fn docker_1_13_gets_schema2_and_lists_from_oci_content() {
     let mut berth = Berth::start(&upstreams);
     let http = client();
     let url = |image: &Image, reference: &str| {
-        format!(
-            "{}/v2/{}/manifests/{reference}",
-            berth.url(),
-            client_name(&image.repo)
-        )
+        format!("{}/v2/{}/manifests/{reference}", berth.url(), client_name(&image.repo))
     };
 
     // An OCI manifest by tag.
@@ -135,11 +117,7 @@ async fn docker_1_13_gets_schema2_and_lists_from_oci_content() {
         converted["config"]["mediaType"],
         "application/vnd.docker.container.image.v1+json"
     );
-    assert_eq!(
-        descriptors(&converted),
-        descriptors(&original),
-        "blobs unchanged"
-    );
+    assert_eq!(descriptors(&converted), descriptors(&original), "blobs unchanged");
     eprintln!(
         "original {}:\n{}\nconverted {}:\n{}",
         oci.digest,
@@ -150,11 +128,7 @@ async fn docker_1_13_gets_schema2_and_lists_from_oci_content() {
     // HEAD negotiates the same; the bytes are stable.
     let head = fetch(&http, "HEAD", &url(oci, &oci.tag), &DOCKER_1_13, 3).await;
     assert_eq!(
-        (
-            head.status,
-            head.digest.as_str(),
-            head.content_type.as_str()
-        ),
+        (head.status, head.digest.as_str(), head.content_type.as_str()),
         (StatusCode::OK, got.digest.as_str(), V2)
     );
     let again = fetch(&http, "GET", &url(oci, &oci.tag), &DOCKER_1_13, 4).await;
@@ -164,12 +138,7 @@ async fn docker_1_13_gets_schema2_and_lists_from_oci_content() {
     // An OCI index with an attestation: a manifest list of the two images.
     let att = &conv.attested;
     let list = fetch(&http, "GET", &url(att, &att.tag), &DOCKER_1_13, 2).await;
-    assert_eq!(
-        list.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&list.body)
-    );
+    assert_eq!(list.status, StatusCode::OK, "{}", String::from_utf8_lossy(&list.body));
     assert_eq!(list.content_type, LIST);
     assert_eq!(list.digest, sha256_hex(&list.body));
     let l = json(&list.body);
@@ -205,17 +174,11 @@ async fn docker_1_13_gets_schema2_and_lists_from_oci_content() {
     );
 
     // What cannot be converted: the documented 404.
-    for (image, reason) in [
-        (&conv.zstd, "zstd_layer"),
-        (&conv.artifact, "non_image_config"),
-    ] {
+    for (image, reason) in [(&conv.zstd, "zstd_layer"), (&conv.artifact, "non_image_config")] {
         let got = fetch(&http, "GET", &url(image, &image.tag), &DOCKER_1_13, 0).await;
         assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", image.repo);
         let body = json(&got.body);
-        let message = body["errors"][0]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default().to_string();
         assert_eq!(body["errors"][0]["code"], "MANIFEST_UNKNOWN");
         assert!(
             message.starts_with(
@@ -229,14 +192,8 @@ async fn docker_1_13_gets_schema2_and_lists_from_oci_content() {
         .into_iter()
         .filter(|e| e["event"] == "pull_failed" && e["cause"] == "unsupported_media_type")
         .collect();
-    let reasons: Vec<&str> = refusals
-        .iter()
-        .filter_map(|e| e["reason"].as_str())
-        .collect();
-    assert_eq!(
-        reasons,
-        ["by_digest_not_acceptable", "zstd_layer", "non_image_config"]
-    );
+    let reasons: Vec<&str> = refusals.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert_eq!(reasons, ["by_digest_not_acceptable", "zstd_layer", "non_image_config"]);
 
     // Later, from the cache, with the upstream down, whatever the Accept.
     registry.stop();
@@ -247,11 +204,7 @@ async fn docker_1_13_gets_schema2_and_lists_from_oci_content() {
         &upstreams,
     );
     let url2 = |image: &Image, reference: &str| {
-        format!(
-            "{}/v2/{}/manifests/{reference}",
-            berth2.url(),
-            client_name(&image.repo)
-        )
+        format!("{}/v2/{}/manifests/{reference}", berth2.url(), client_name(&image.repo))
     };
     for (image, digest) in [(oci, &converted_manifest_digest), (att, &list.digest)]
         .into_iter()
@@ -285,9 +238,7 @@ async fn forced_docker_conversion_with_skopeo_and_dockerd() {
     let dir = tempfile::tempdir().expect("dir");
     let src = format!("docker://{}/{name}:{}", berth.host(), att.tag);
     let dest = format!("dir:{}", dir.path().display());
-    tokio::task::block_in_place(|| {
-        skopeo(&["copy", "--all", "--src-tls-verify=false", &src, &dest])
-    });
+    tokio::task::block_in_place(|| skopeo(&["copy", "--all", "--src-tls-verify=false", &src, &dest]));
     let mut manifests = 0;
     for entry in std::fs::read_dir(dir.path()).expect("copy dir") {
         let path = entry.expect("entry").path();
@@ -298,21 +249,11 @@ async fn forced_docker_conversion_with_skopeo_and_dockerd() {
             .to_string();
         let bytes = std::fs::read(&path).expect("read");
         if file.ends_with("manifest.json") {
-            let media_type = json(&bytes)["mediaType"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            assert!(
-                media_type == V2 || media_type == LIST,
-                "{file}: {media_type}"
-            );
+            let media_type = json(&bytes)["mediaType"].as_str().unwrap_or_default().to_string();
+            assert!(media_type == V2 || media_type == LIST, "{file}: {media_type}");
             manifests += 1;
         } else if file.len() == 64 {
-            assert_eq!(
-                sha256_hex(&bytes),
-                format!("sha256:{file}"),
-                "blob {file} verifies"
-            );
+            assert_eq!(sha256_hex(&bytes), format!("sha256:{file}"), "blob {file} verifies");
         }
     }
     assert_eq!(manifests, 3, "the list and its two images");

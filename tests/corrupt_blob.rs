@@ -65,10 +65,7 @@ async fn corrupt_blob_is_not_stored_and_the_response_is_aborted() {
     let resp = http.get(&url).send().await.unwrap();
     // Headers may already say 200; the body must not complete.
     let body = resp.bytes().await;
-    assert!(
-        body.is_err(),
-        "a corrupt blob must not arrive as a complete body"
-    );
+    assert!(body.is_err(), "a corrupt blob must not arrive as a complete body");
 
     let blob_path = berth
         .cache_dir
@@ -76,18 +73,10 @@ async fn corrupt_blob_is_not_stored_and_the_response_is_aborted() {
         .join(&digest["sha256:".len().."sha256:".len() + 2])
         .join(&digest["sha256:".len()..]);
     assert!(!blob_path.exists(), "nothing stored under the digest");
-    let tmp_left: Vec<_> = std::fs::read_dir(berth.cache_dir.join("tmp"))
-        .unwrap()
-        .collect();
-    assert!(
-        tmp_left.is_empty(),
-        "the temp file is removed: {tmp_left:?}"
-    );
+    let tmp_left: Vec<_> = std::fs::read_dir(berth.cache_dir.join("tmp")).unwrap().collect();
+    assert!(tmp_left.is_empty(), "the temp file is removed: {tmp_left:?}");
     let events = berth.events();
-    let failed: Vec<_> = events
-        .iter()
-        .filter(|e| e["event"] == "pull_failed")
-        .collect();
+    let failed: Vec<_> = events.iter().filter(|e| e["event"] == "pull_failed").collect();
     assert_eq!(failed.len(), 1, "one pull_failed event: {events:#?}");
     assert_eq!(failed[0]["cause"], "digest_mismatch");
     task.abort();
@@ -100,9 +89,7 @@ async fn corrupt_blob_is_not_stored_and_the_response_is_aborted() {
     let berth2 = Berth::start_in(
         berth.cache_dir.parent().unwrap(),
         &berth.cache_dir,
-        &format!(
-            "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://{addr2}\"]\ndefault = true\n"
-        ),
+        &format!("[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://{addr2}\"]\ndefault = true\n"),
     );
     let body = http
         .get(format!("{}/v2/blobby/blobs/{digest}", berth2.url()))

@@ -24,19 +24,11 @@ async fn skopeo_pulls_through_berth_and_the_second_pull_is_served_from_cache() {
         for (i, image) in fixtures.all().iter().enumerate() {
             let name = client_name(&image.repo);
             let src = format!("docker://{}/{name}:{}", berth.host(), image.tag);
-            let raw = tokio::task::block_in_place(|| {
-                skopeo(&["inspect", "--raw", "--tls-verify=false", &src]).stdout
-            });
-            assert_eq!(
-                sha256_hex(&raw),
-                image.digest,
-                "{round}: manifest bytes of {src}"
-            );
+            let raw = tokio::task::block_in_place(|| skopeo(&["inspect", "--raw", "--tls-verify=false", &src]).stdout);
+            assert_eq!(sha256_hex(&raw), image.digest, "{round}: manifest bytes of {src}");
             let dir = work.path().join(format!("{round}-{i}"));
             let dest = format!("oci:{}:{}", dir.display(), image.tag);
-            tokio::task::block_in_place(|| {
-                skopeo(&["copy", "--all", "--src-tls-verify=false", &src, &dest])
-            });
+            tokio::task::block_in_place(|| skopeo(&["copy", "--all", "--src-tls-verify=false", &src, &dest]));
             let blobs = verify_oci_dir(&dir);
             // Writing a Docker image into an OCI layout, skopeo re-encodes
             // the config (it verified the original against its digest while

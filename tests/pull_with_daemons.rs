@@ -29,11 +29,7 @@ async fn dockerd_pulls_through_berth_as_registry_mirror() {
     let dockerd = tokio::task::block_in_place(|| Dockerd::start(&berth.host()));
 
     let by_tag = |i: &support::images::Image| format!("{}:{}", client_name(&i.repo), i.tag);
-    let layers_by_digest = format!(
-        "{}@{}",
-        client_name(&fixtures.layers.repo),
-        fixtures.layers.digest
-    );
+    let layers_by_digest = format!("{}@{}", client_name(&fixtures.layers.repo), fixtures.layers.digest);
     let pulls: Vec<(String, &support::images::Image)> = vec![
         (by_tag(&fixtures.v2s2), &fixtures.v2s2),
         (by_tag(&fixtures.oci), &fixtures.oci),
@@ -123,10 +119,7 @@ async fn containerd_pulls_through_berth_with_hosts_toml() {
     let served_blobs = |b: &Berth| {
         b.events()
             .iter()
-            .filter(|e| {
-                e["message"] == "request"
-                    && e["path"].as_str().is_some_and(|p| p.contains("/blobs/"))
-            })
+            .filter(|e| e["message"] == "request" && e["path"].as_str().is_some_and(|p| p.contains("/blobs/")))
             .count()
     };
     let cold_served = served_blobs(&berth);
@@ -142,11 +135,7 @@ async fn containerd_pulls_through_berth_with_hosts_toml() {
             reference(image)
         );
     }
-    assert_eq!(
-        blob_gets(&hub_relay),
-        cold_blobs,
-        "warm pulls fetched no blob upstream"
-    );
+    assert_eq!(blob_gets(&hub_relay), cold_blobs, "warm pulls fetched no blob upstream");
     assert!(
         served_blobs(&berth) > cold_served,
         "containerd fetched the blobs again, from berth"
@@ -159,11 +148,7 @@ async fn containerd_pulls_through_berth_with_hosts_toml() {
     let layers = &ghcr_images.layers;
     let reference = format!("ghcr.io/{}:{}", layers.repo, layers.tag);
     assert_eq!(pull(&prefixed_hosts, &reference), layers.digest);
-    let ns_requests = berth
-        .events()
-        .iter()
-        .filter(|e| e["event"] == "pull_failed")
-        .count();
+    let ns_requests = berth.events().iter().filter(|e| e["event"] == "pull_failed").count();
     assert_eq!(ns_requests, 0, "no request failed: {}", berth.log());
 }
 
@@ -178,8 +163,7 @@ async fn skopeo_uses_berth_through_registries_conf() {
     ));
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = dir.path().join("registries.conf");
-    std::fs::write(&conf, snippet("registries.conf", &berth.host()))
-        .expect("write registries.conf");
+    std::fs::write(&conf, snippet("registries.conf", &berth.host())).expect("write registries.conf");
     let image = &fixtures.v2s2;
     let conf = conf.to_str().expect("utf-8 path");
     let raw = tokio::task::block_in_place(|| {
@@ -194,9 +178,5 @@ async fn skopeo_uses_berth_through_registries_conf() {
     });
     assert_eq!(sha256_hex(&raw), image.digest);
     let path = format!("GET /v2/{}/manifests/{}", image.repo, image.tag);
-    assert_eq!(
-        relay.count(|r| r == path),
-        1,
-        "the mirror in registries.conf was used"
-    );
+    assert_eq!(relay.count(|r| r == path), 1, "the mirror in registries.conf was used");
 }

@@ -17,6 +17,8 @@ declare -A wanted=(
   [/usr/bin/curl]=curl
   [/usr/bin/tar]=tar
   [/usr/bin/gzip]=gzip
+  [/usr/sbin/ip]=iproute2                      # network namespaces for network faults
+  [/usr/sbin/iptables]=iptables                # DROP / REJECT inside those namespaces
 )
 missing=()
 for file in "${!wanted[@]}"; do

@@ -16,16 +16,12 @@ const CLIENTS: usize = 20;
 const SIZE: usize = 32 << 20;
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
+    reqwest::Client::builder().no_proxy().build().expect("client")
 }
 
 async fn setup(seed: u64) -> (Registry, Relay, Berth, String, Vec<u8>) {
     let registry = Registry::start();
-    let (digest, content) =
-        tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", SIZE, seed));
+    let (digest, content) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", SIZE, seed));
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
     let berth = Berth::start(&format!(
         "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
@@ -36,11 +32,7 @@ async fn setup(seed: u64) -> (Registry, Relay, Berth, String, Vec<u8>) {
 
 fn blob_path(berth: &Berth, digest: &str) -> std::path::PathBuf {
     let hex = &digest["sha256:".len()..];
-    berth
-        .cache_dir
-        .join("blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
+    berth.cache_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -51,14 +43,7 @@ async fn twenty_clients_one_upstream_fetch() {
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (http, url) = (http.clone(), url.clone());
-            tokio::spawn(async move {
-                http.get(url)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .bytes()
-                    .await
-            })
+            tokio::spawn(async move { http.get(url).send().await?.error_for_status()?.bytes().await })
         })
         .collect();
     for t in tasks {
@@ -82,19 +67,14 @@ fn blob_responses(berth: &Berth) -> usize {
     berth
         .events()
         .iter()
-        .filter(|e| {
-            e["message"] == "request" && e["path"].as_str().is_some_and(|p| p.contains("/blobs/"))
-        })
+        .filter(|e| e["message"] == "request" && e["path"].as_str().is_some_and(|p| p.contains("/blobs/")))
         .count()
 }
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -126,24 +106,13 @@ async fn a_failed_fetch_fails_every_joined_client_and_stores_nothing() {
         })
         .collect();
     reached.notified().await;
-    wait_for("every client to join the fetch", || {
-        blob_responses(&berth) == CLIENTS
-    })
-    .await;
+    wait_for("every client to join the fetch", || blob_responses(&berth) == CLIENTS).await;
     resume.notify_one();
     for (i, t) in tasks.into_iter().enumerate() {
         let outcome = t.await.expect("task");
-        assert!(
-            outcome.is_err(),
-            "client {i} gets an error, not a complete body"
-        );
+        assert!(outcome.is_err(), "client {i} gets an error, not a complete body");
     }
-    assert_eq!(
-        relay.count(|r| r.contains("/blobs/")),
-        1,
-        "{:#?}",
-        relay.requests()
-    );
+    assert_eq!(relay.count(|r| r.contains("/blobs/")), 1, "{:#?}", relay.requests());
     assert!(!blob_path(&berth, &digest).exists(), "nothing cached");
     let tmp: Vec<_> = std::fs::read_dir(berth.cache_dir.join("tmp"))
         .expect("tmp dir")
@@ -179,24 +148,14 @@ async fn a_client_joining_after_half_the_blob_gets_every_byte() {
     .await;
     let late = {
         let (http, url) = (http.clone(), url.clone());
-        tokio::spawn(async move {
-            http.get(url)
-                .send()
-                .await?
-                .error_for_status()?
-                .bytes()
-                .await
-        })
+        tokio::spawn(async move { http.get(url).send().await?.error_for_status()?.bytes().await })
     };
     wait_for("the late client to join", || blob_responses(&berth) == 2).await;
     resume.notify_one();
     let late = late.await.expect("task").expect("late body");
     let first = first.await.expect("task");
     assert_eq!(late.len(), SIZE);
-    assert!(
-        late[..] == content[..],
-        "the late joiner's bytes are all right"
-    );
+    assert!(late[..] == content[..], "the late joiner's bytes are all right");
     assert_eq!(sha256_hex(&first), digest);
     assert_eq!(relay.count(|r| r.contains("/blobs/")), 1);
 }
@@ -209,14 +168,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_fetch() {
     let url = format!("{}/v2/big/blobs/{digest}", berth.url());
     let spawn = || {
         let (http, url) = (http.clone(), url.clone());
-        tokio::spawn(async move {
-            http.get(url)
-                .send()
-                .await?
-                .error_for_status()?
-                .bytes()
-                .await
-        })
+        tokio::spawn(async move { http.get(url).send().await?.error_for_status()?.bytes().await })
     };
     let leaving = spawn();
     let staying = spawn();
@@ -225,10 +177,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_fetch() {
     leaving.abort();
     let _ = leaving.await;
     resume.notify_one();
-    let body = staying
-        .await
-        .expect("task")
-        .expect("the staying client's body");
+    let body = staying.await.expect("task").expect("the staying client's body");
     assert_eq!(sha256_hex(&body), digest);
     assert!(blob_path(&berth, &digest).exists());
 }
@@ -237,8 +186,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_fetch() {
 async fn an_abandoned_fetch_completes_into_the_cache_unless_configured_not_to() {
     for finish in [true, false] {
         let registry = Registry::start();
-        let (digest, _) =
-            tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", SIZE, 5));
+        let (digest, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", SIZE, 5));
         let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
         let berth = Berth::start(&format!(
             "[cache]\nfinish_abandoned = {finish}\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",

@@ -12,19 +12,11 @@ use support::relay::{Relay, RelayOptions};
 use support::{Berth, client_name, skopeo};
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
+    reqwest::Client::builder().no_proxy().build().expect("client")
 }
 
 async fn manifest_digest(http: &reqwest::Client, url: &str) -> (StatusCode, String) {
-    let r = http
-        .get(url)
-        .header("accept", "*/*")
-        .send()
-        .await
-        .expect("request");
+    let r = http.get(url).header("accept", "*/*").send().await.expect("request");
     let digest = r
         .headers()
         .get("docker-content-digest")
@@ -63,11 +55,7 @@ async fn tags_revalidate_with_head_follow_moves_and_serve_stale() {
         manifest_digest(&http, &url).await,
         (StatusCode::OK, image.digest.clone())
     );
-    assert_eq!(
-        (count("GET"), count("HEAD")),
-        (1, 1),
-        "unchanged tag: one HEAD, no GET"
-    );
+    assert_eq!((count("GET"), count("HEAD")), (1, 1), "unchanged tag: one HEAD, no GET");
 
     // The tag moves upstream: HEAD sees a new digest, GET fetches it.
     let moved_to = &fixtures.nested;
@@ -76,12 +64,7 @@ async fn tags_revalidate_with_head_follow_moves_and_serve_stale() {
             "copy",
             "--src-tls-verify=false",
             "--dest-tls-verify=false",
-            &format!(
-                "docker://{}/{}:{}",
-                registry.host(),
-                moved_to.repo,
-                moved_to.tag
-            ),
+            &format!("docker://{}/{}:{}", registry.host(), moved_to.repo, moved_to.tag),
             &format!("docker://{}/{}:{}", registry.host(), image.repo, image.tag),
         ])
     });
@@ -113,11 +96,7 @@ async fn tags_revalidate_with_head_follow_moves_and_serve_stale() {
     );
     assert_eq!(manifest_digest(&http, &by_digest).await.0, StatusCode::OK);
     // Something never cached fails with a cause, not a hang.
-    let (status, _) = manifest_digest(
-        &http,
-        &format!("{}/v2/busybox/manifests/never-pulled", berth.url()),
-    )
-    .await;
+    let (status, _) = manifest_digest(&http, &format!("{}/v2/busybox/manifests/never-pulled", berth.url())).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -135,36 +114,19 @@ async fn prefix_and_ns_route_to_a_second_upstream() {
     ));
     let http = client();
     let image = &fixtures.nested; // a/b/c:nested, only on "ghcr.io"
-    let by_prefix = format!(
-        "{}/v2/ghcr.io/{}/manifests/{}",
-        berth.url(),
-        image.repo,
-        image.tag
-    );
+    let by_prefix = format!("{}/v2/ghcr.io/{}/manifests/{}", berth.url(), image.repo, image.tag);
     assert_eq!(
         manifest_digest(&http, &by_prefix).await,
         (StatusCode::OK, image.digest.clone())
     );
-    let by_ns = format!(
-        "{}/v2/{}/manifests/{}?ns=ghcr.io",
-        berth.url(),
-        image.repo,
-        image.tag
-    );
+    let by_ns = format!("{}/v2/{}/manifests/{}?ns=ghcr.io", berth.url(), image.repo, image.tag);
     assert_eq!(
         manifest_digest(&http, &by_ns).await,
         (StatusCode::OK, image.digest.clone())
     );
     let expected = format!("GET /v2/{}/manifests/{}", image.repo, image.tag);
-    assert!(
-        ghcr_relay.count(|r| r == expected) >= 1,
-        "{:#?}",
-        ghcr_relay.requests()
-    );
+    assert!(ghcr_relay.count(|r| r == expected) >= 1, "{:#?}", ghcr_relay.requests());
     // The default upstream does not have it.
     let on_hub = format!("{}/v2/{}/manifests/{}", berth.url(), image.repo, image.tag);
-    assert_eq!(
-        manifest_digest(&http, &on_hub).await.0,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(manifest_digest(&http, &on_hub).await.0, StatusCode::NOT_FOUND);
 }

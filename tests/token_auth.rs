@@ -31,15 +31,8 @@ async fn bearer_token_flow_with_credentials() {
     ));
 
     let image = &fixtures.v2s2;
-    let src = format!(
-        "docker://{}/{}:{}",
-        berth.host(),
-        client_name(&image.repo),
-        image.tag
-    );
-    let raw = tokio::task::block_in_place(|| {
-        skopeo(&["inspect", "--raw", "--tls-verify=false", &src]).stdout
-    });
+    let src = format!("docker://{}/{}:{}", berth.host(), client_name(&image.repo), image.tag);
+    let raw = tokio::task::block_in_place(|| skopeo(&["inspect", "--raw", "--tls-verify=false", &src]).stdout);
     assert_eq!(sha256_hex(&raw), image.digest);
     let out = tempfile::tempdir().unwrap();
     let dest = format!("oci:{}:x", out.path().display());

@@ -15,7 +15,8 @@ use super::Request;
 use super::errors::{ApiError, Code, Subject};
 use super::range::{ByteRange, RangeError};
 use crate::cache::{BlobSource, CacheError};
-use crate::failure::{FailureCause, FailureRecord, log_pull_failed};
+use crate::events::RequestFacts;
+use crate::failure::{FailureCause, FailureRecord};
 use crate::reference::Digest;
 
 /// Read size for stored blobs: large reads keep syscalls per GiB low.
@@ -29,10 +30,7 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
     let range = match req.headers.get(header::RANGE) {
         Some(v) => {
             let text = v.to_str().unwrap_or_default().to_string();
-            Some((
-                ByteRange::parse(&text).map_err(|e| range_error(e, None))?,
-                text,
-            ))
+            Some((ByteRange::parse(&text).map_err(|e| range_error(e, None))?, text))
         }
         None => None,
     };
@@ -61,10 +59,7 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
         BlobSource::Fetching { size, .. } => *size,
     };
     let span = match (&range, size) {
-        (Some((r, text)), Some(size)) => Some(
-            r.resolve(size, text)
-                .map_err(|e| range_error(e, Some(size)))?,
-        ),
+        (Some((r, text)), Some(size)) => Some(r.resolve(size, text).map_err(|e| range_error(e, Some(size)))?),
         _ => None,
     };
     let body = match source {
@@ -76,10 +71,7 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
             file.seek(std::io::SeekFrom::Start(start))
                 .await
                 .map_err(|e| ApiError::from_cache(CacheError::from(e), Subject::Blob, &what))?;
-            Body::from_stream(ReaderStream::with_capacity(
-                file.take(end - start),
-                FILE_CHUNK,
-            ))
+            Body::from_stream(ReaderStream::with_capacity(file.take(end - start), FILE_CHUNK))
         }
         BlobSource::Fetching { joined, .. } => {
             let (start, end) = match span {
@@ -87,28 +79,29 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
                 None => (0, size),
             };
             let ctx = req.ctx.clone();
+            let events = req.state.events.clone();
             let path = format!("/v2/{name}/blobs/{digest}");
+            let (repo, reference) = (route.repo.to_string(), digest.to_string());
             let stream = joined.stream(start, end).map(move |item| {
                 item.inspect_err(|e| {
                     // The status is already sent; this is the only place the
                     // failure can still be recorded.
-                    let record = FailureRecord {
-                        cause: e.cause(),
-                        upstream: e.upstream_name().map(str::to_string),
-                        upstream_status: e.upstream_status(),
-                        reason: None,
-                        detail: e.to_string(),
-                    };
+                    let mut record = FailureRecord::new(e.cause(), format!("{path}: {e}"));
+                    record.upstream = e.upstream_name().map(str::to_string);
+                    record.upstream_status = e.upstream_status();
+                    record.attempts = e.attempts();
+                    record.repository = Some(repo.clone());
+                    record.reference = Some(reference.clone());
                     if let Some(ctx) = &ctx {
-                        log_pull_failed(
-                            &record,
-                            "GET",
-                            &path,
-                            200,
-                            &ctx.client,
-                            &ctx.id,
-                            ctx.started.elapsed().as_millis(),
-                        );
+                        let facts = RequestFacts {
+                            method: "GET",
+                            path: &path,
+                            status: 200,
+                            client: &ctx.client,
+                            request_id: &ctx.id,
+                            elapsed_ms: ctx.started.elapsed().as_millis() as u64,
+                        };
+                        events.pull_failed(&record, &facts);
                     }
                 })
             });
@@ -140,10 +133,7 @@ fn common_headers(resp: &mut Response, digest: &Digest) {
         }
     }
     // Content under a digest never changes.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=31536000"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
 }
 
 fn head_response(digest: &Digest, size: Option<u64>) -> Response {
@@ -156,12 +146,7 @@ fn head_response(digest: &Digest, size: Option<u64>) -> Response {
     resp
 }
 
-fn body_response(
-    digest: &Digest,
-    size: Option<u64>,
-    span: Option<(u64, u64)>,
-    body: Body,
-) -> Response {
+fn body_response(digest: &Digest, size: Option<u64>, span: Option<(u64, u64)>, body: Body) -> Response {
     let mut resp = body.into_response();
     common_headers(&mut resp, digest);
     let h = resp.headers_mut();

@@ -87,25 +87,28 @@ pub struct ApiError {
     pub code: Code,
     pub status: StatusCode,
     pub message: String,
-    pub cause: FailureCause,
-    pub upstream: Option<String>,
-    pub upstream_status: Option<u16>,
-    pub reason: Option<&'static str>,
+    /// Everything the failure event needs; `detail` is the client's message.
+    pub record: Box<FailureRecord>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
     pub fn new(code: Code, cause: FailureCause, summary: impl std::fmt::Display) -> Self {
+        let message = format!("{summary} (cause={}): {}", cause.name(), cause.hint());
         Self {
             code,
             status: code.status(),
-            message: format!("{summary} (cause={}): {}", cause.name(), cause.hint()),
-            cause,
-            upstream: None,
-            upstream_status: None,
-            reason: None,
+            record: Box::new(FailureRecord::new(cause, message.clone())),
+            message,
             headers: Vec::new(),
         }
+    }
+
+    /// Name the repository and reference the request was about.
+    pub fn about(mut self, repository: &str, reference: Option<&str>) -> Self {
+        self.record.repository = Some(repository.to_string());
+        self.record.reference = reference.map(str::to_string);
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -121,7 +124,7 @@ impl ApiError {
     }
 
     pub fn with_reason(mut self, reason: &'static str) -> Self {
-        self.reason = Some(reason);
+        self.record.reason = Some(reason);
         self
     }
 
@@ -142,9 +145,7 @@ impl ApiError {
     pub fn from_cache(e: CacheError, subject: Subject, what: &str) -> Self {
         let cause = e.cause();
         let (code, status) = match cause {
-            FailureCause::ManifestUnknown
-            | FailureCause::BlobUnknown
-            | FailureCause::NameUnknown => {
+            FailureCause::ManifestUnknown | FailureCause::BlobUnknown | FailureCause::NameUnknown => {
                 let code = match (cause, subject) {
                     (FailureCause::NameUnknown, _) => Code::NameUnknown,
                     (_, Subject::Blob) => Code::BlobUnknown,
@@ -169,8 +170,13 @@ impl ApiError {
             _ => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
         };
         let mut err = ApiError::new(code, cause, format!("{what}: {e}")).with_status(status);
-        err.upstream = e.upstream_name().map(str::to_string);
-        err.upstream_status = e.upstream_status();
+        err.record.upstream = e.upstream_name().map(str::to_string);
+        err.record.upstream_status = e.upstream_status();
+        err.record.attempts = e.attempts();
+        err.record.ratelimit = e.ratelimit();
+        if let Some(retry_after) = e.retry_after() {
+            err = err.with_header(axum::http::header::RETRY_AFTER, &retry_after.to_string());
+        }
         err
     }
 }
@@ -202,9 +208,9 @@ impl IntoResponse for ApiError {
                 code: self.code.as_str(),
                 message: &self.message,
                 detail: Detail {
-                    cause: self.cause.name(),
-                    hint: self.cause.hint(),
-                    upstream: self.upstream.as_deref(),
+                    cause: self.record.cause.name(),
+                    hint: self.record.cause.hint(),
+                    upstream: self.record.upstream.as_deref(),
                 },
             }],
         };
@@ -218,13 +224,7 @@ impl IntoResponse for ApiError {
         for (name, value) in self.headers {
             resp.headers_mut().insert(name, value);
         }
-        resp.extensions_mut().insert(FailureRecord {
-            cause: self.cause,
-            upstream: self.upstream,
-            upstream_status: self.upstream_status,
-            reason: self.reason,
-            detail: self.message,
-        });
+        resp.extensions_mut().insert(*self.record);
         resp
     }
 }

@@ -33,9 +33,7 @@ pub async fn get(req: &Request<'_>, name: &str, reference: &str) -> Result<Respo
         Negotiation::Convert => match cache.converted(route.upstream, &route.repo, &m).await {
             Ok(c) => Ok(respond(&req.method, c)),
             // convert = "docker" on a client that can read the original anyway.
-            Err(ConvertError::Refused(_)) if accept.accepts(&m.media_type) => {
-                Ok(respond(&req.method, m))
-            }
+            Err(ConvertError::Refused(_)) if accept.accepts(&m.media_type) => Ok(respond(&req.method, m)),
             Err(ConvertError::Refused(r)) => Err(refused(&r, &what)),
             Err(ConvertError::Cache(e)) => Err(ApiError::from_cache(e, Subject::Manifest, &what)),
         },
@@ -66,18 +64,11 @@ fn not_acceptable(m: &CachedManifest, what: &str) -> ApiError {
             m.media_type
         )
     } else {
-        format!(
-            "{what} is {}, which the Accept header does not include",
-            m.media_type
-        )
+        format!("{what} is {}, which the Accept header does not include", m.media_type)
     };
-    ApiError::new(
-        Code::ManifestUnknown,
-        FailureCause::UnsupportedMediaType,
-        summary,
-    )
-    .with_status(StatusCode::NOT_FOUND)
-    .with_reason("not_acceptable")
+    ApiError::new(Code::ManifestUnknown, FailureCause::UnsupportedMediaType, summary)
+        .with_status(StatusCode::NOT_FOUND)
+        .with_reason("not_acceptable")
 }
 
 fn respond(method: &Method, m: CachedManifest) -> Response {

@@ -19,6 +19,7 @@ use axum::routing::any;
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::events::Events;
 use crate::failure::FailureCause;
 use crate::reference::RepoName;
 use crate::routing::{Route, route};
@@ -30,6 +31,7 @@ pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub struct AppState {
     pub config: Config,
     pub cache: Cache,
+    pub events: Arc<Events>,
 }
 
 /// Per-request facts the middleware sets for handlers and streaming bodies.
@@ -45,19 +47,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2", any(base))
         .route("/v2/", any(base))
         .route("/v2/{*rest}", any(dispatch))
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/_berth/failures", axum::routing::get(failures))
         .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.events.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The most recent failures, newest first, with counts by cause.
+async fn failures(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(state.events.report()).into_response()
 }
 
 async fn base(method: Method) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return unsupported(&method);
     }
-    let mut resp = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        "{}",
-    )
-        .into_response();
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response();
     resp.headers_mut()
         .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
     resp
@@ -84,8 +99,7 @@ impl Request<'_> {
     pub fn route(&self, name: &str) -> Result<(RepoName, Route), ApiError> {
         let name = RepoName::parse(name).map_err(ApiError::reference)?;
         let ns = self.query_param("ns");
-        let r = route(&self.state.config.upstreams, &name, ns.as_deref())
-            .map_err(ApiError::not_configured)?;
+        let r = route(&self.state.config.upstreams, &name, ns.as_deref()).map_err(ApiError::not_configured)?;
         Ok((name, r))
     }
 }
@@ -109,6 +123,12 @@ async fn dispatch(
         query,
         ctx: ctx.map(|c| c.0),
     };
+    let about = match &endpoint {
+        Endpoint::Manifest { name, reference } => Some((*name, Some(*reference))),
+        Endpoint::Blob { name, digest } | Endpoint::Referrers { name, digest } => Some((*name, Some(*digest))),
+        Endpoint::Tags { name } | Endpoint::Upload { name } => Some((*name, None)),
+        Endpoint::Base | Endpoint::Unknown => None,
+    };
     let result = match endpoint {
         Endpoint::Base => return base(req.method).await,
         Endpoint::Manifest { name, reference } => manifests::get(&req, name, reference).await,
@@ -126,6 +146,10 @@ async fn dispatch(
         )
         .with_status(StatusCode::NOT_FOUND)),
     };
+    let result = result.map_err(|e| match about {
+        Some((name, reference)) => e.about(name, reference),
+        None => e,
+    });
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     resp.headers_mut()
         .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));

@@ -35,10 +35,7 @@ pub fn parse(rest: &str) -> Endpoint<'_> {
         return Endpoint::Unknown;
     };
     match kind {
-        "manifests" => Endpoint::Manifest {
-            name,
-            reference: last,
-        },
+        "manifests" => Endpoint::Manifest { name, reference: last },
         "blobs" => Endpoint::Blob { name, digest: last },
         "referrers" => Endpoint::Referrers { name, digest: last },
         _ => Endpoint::Unknown,

@@ -42,10 +42,7 @@ impl ByteRange {
                 if end < start {
                     return Err(bad());
                 }
-                Ok(ByteRange::From {
-                    start,
-                    end: Some(end),
-                })
+                Ok(ByteRange::From { start, end: Some(end) })
             }
         }
     }
@@ -87,14 +84,8 @@ mod tests {
 
     #[test]
     fn bad_ranges() {
-        assert!(matches!(
-            r("bytes=100-", 100),
-            Err(RangeError::Unsatisfiable(..))
-        ));
-        assert!(matches!(
-            r("bytes=-0", 100),
-            Err(RangeError::Unsatisfiable(..))
-        ));
+        assert!(matches!(r("bytes=100-", 100), Err(RangeError::Unsatisfiable(..))));
+        assert!(matches!(r("bytes=-0", 100), Err(RangeError::Unsatisfiable(..))));
         for h in [
             "bytes=",
             "bytes=-",
@@ -104,10 +95,7 @@ mod tests {
             "bytes=a-b",
             "bytes=+1-2",
         ] {
-            assert!(
-                matches!(ByteRange::parse(h), Err(RangeError::Malformed(_))),
-                "{h}"
-            );
+            assert!(matches!(ByteRange::parse(h), Err(RangeError::Malformed(_))), "{h}");
         }
     }
 }

@@ -91,18 +91,9 @@ mod tests {
     #[test]
     fn pages() {
         let all = tags(&["a", "b", "c", "d"]);
-        assert_eq!(
-            paginate(all.clone(), None, Some(2)),
-            (tags(&["a", "b"]), true)
-        );
-        assert_eq!(
-            paginate(all.clone(), Some("b"), Some(2)),
-            (tags(&["c", "d"]), false)
-        );
-        assert_eq!(
-            paginate(all.clone(), Some("d"), Some(2)),
-            (tags(&[]), false)
-        );
+        assert_eq!(paginate(all.clone(), None, Some(2)), (tags(&["a", "b"]), true));
+        assert_eq!(paginate(all.clone(), Some("b"), Some(2)), (tags(&["c", "d"]), false));
+        assert_eq!(paginate(all.clone(), Some("d"), Some(2)), (tags(&[]), false));
         assert_eq!(paginate(all.clone(), None, None), (all.clone(), false));
         assert_eq!(paginate(all, None, Some(0)), (tags(&[]), true));
     }

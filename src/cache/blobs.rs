@@ -32,10 +32,7 @@ impl BlobStore {
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.root
-            .join(digest.algorithm().as_str())
-            .join(&hex[..2])
-            .join(hex)
+        self.root.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
     }
 
     /// The size of a stored blob, if present.
@@ -50,10 +47,7 @@ impl BlobStore {
     pub fn temp_file(&self) -> std::io::Result<(PathBuf, std::fs::File)> {
         let name = format!("{:016x}.part", rand::rng().random::<u64>());
         let path = self.tmp.join(name);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
         Ok((path, file))
     }
 

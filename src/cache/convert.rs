@@ -61,17 +61,13 @@ impl Cache {
                 crate::media::DOCKER_MANIFEST_LIST,
             ),
             other => {
-                return Err(
-                    Refusal::Invalid(format!("{other} is not an OCI manifest type")).into(),
-                );
+                return Err(Refusal::Invalid(format!("{other} is not an OCI manifest type")).into());
             }
         };
         let digest = Digest::sha256_of(&bytes);
         self.store.put(&digest, &bytes)?;
-        self.meta
-            .put_manifest(&digest, media_type, bytes.len() as u64)?;
-        self.meta
-            .put_converted(CONVERSION_VERSION, &m.digest, &digest)?;
+        self.meta.put_manifest(&digest, media_type, bytes.len() as u64)?;
+        self.meta.put_converted(CONVERSION_VERSION, &m.digest, &digest)?;
         tracing::info!(original = %m.digest, converted = %digest, media_type, "converted manifest to Docker schema2");
         Ok(CachedManifest {
             bytes: bytes.into(),
@@ -80,12 +76,7 @@ impl Cache {
         })
     }
 
-    async fn convert_index(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        index: &CachedManifest,
-    ) -> Result<Vec<u8>, ConvertError> {
+    async fn convert_index(&self, up: usize, repo: &RepoName, index: &CachedManifest) -> Result<Vec<u8>, ConvertError> {
         let mut outcomes = HashMap::new();
         for child in convert::index_children(&index.bytes)? {
             let outcome = if convert::is_attestation(&child) {
@@ -153,11 +144,7 @@ impl Cache {
     ) -> Result<Option<convert::Platform>, ConvertError> {
         let config = serde_json::from_slice::<serde_json::Value>(manifest)
             .ok()
-            .and_then(|v| {
-                v["config"]["digest"]
-                    .as_str()
-                    .and_then(|d| Digest::parse(d).ok())
-            });
+            .and_then(|v| v["config"]["digest"].as_str().and_then(|d| Digest::parse(d).ok()));
         let Some(config) = config else {
             return Ok(None);
         };

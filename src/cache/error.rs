@@ -18,11 +18,7 @@ pub enum CacheError {
         source: Arc<UpstreamError>,
     },
     #[error("upstream {upstream} ended the blob after {got} of {expected} bytes")]
-    Truncated {
-        upstream: String,
-        expected: u64,
-        got: u64,
-    },
+    Truncated { upstream: String, expected: u64, got: u64 },
     #[error("every client went away and cache.finish_abandoned is false")]
     Abandoned,
     #[error("cache storage: {0}")]
@@ -44,18 +40,36 @@ impl CacheError {
             CacheError::Upstream { source, .. } => source.cause(),
             CacheError::Truncated { .. } => FailureCause::ConnectionReset,
             CacheError::Abandoned => FailureCause::ClientAborted,
-            CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
-                FailureCause::DiskFull
-            }
+            CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => FailureCause::DiskFull,
             CacheError::Io(_) | CacheError::Meta(_) => FailureCause::StorageError,
         }
     }
 
     pub fn upstream_name(&self) -> Option<&str> {
         match self {
-            CacheError::Upstream { upstream, .. } | CacheError::Truncated { upstream, .. } => {
-                Some(upstream)
-            }
+            CacheError::Upstream { upstream, .. } | CacheError::Truncated { upstream, .. } => Some(upstream),
+            _ => None,
+        }
+    }
+
+    /// Upstream attempts behind this error (0: the upstream was not asked).
+    pub fn attempts(&self) -> u32 {
+        match self {
+            CacheError::Upstream { .. } | CacheError::Truncated { .. } => 1,
+            _ => 0,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            CacheError::Upstream { source, .. } => source.retry_after(),
+            _ => None,
+        }
+    }
+
+    pub fn ratelimit(&self) -> Option<String> {
+        match self {
+            CacheError::Upstream { source, .. } => source.ratelimit(),
             _ => None,
         }
     }

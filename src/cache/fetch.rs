@@ -23,6 +23,7 @@ pub struct BlobFetch {
     pub inflight: Arc<Inflight>,
     /// Keep downloading when every client has gone away.
     pub finish_abandoned: bool,
+    pub events: Arc<crate::events::Events>,
 }
 
 impl BlobFetch {
@@ -53,8 +54,7 @@ impl BlobFetch {
             .await
             .map_err(|e| CacheError::upstream(name, e))?;
         let total = resp.content_length();
-        self.fetch
-            .publish(FetchState::Running { written: 0, total });
+        self.fetch.publish(FetchState::Running { written: 0, total });
         let mut writer = tokio::fs::File::from_std(self.writer.try_clone()?);
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written = 0u64;
@@ -66,6 +66,7 @@ impl BlobFetch {
             // Readers follow `written`; the bytes must be in the file first.
             writer.flush().await?;
             written += chunk.len() as u64;
+            self.events.metrics.upstream_bytes.inc_by(chunk.len() as u64);
             if total.is_some_and(|t| written > t) {
                 break;
             }

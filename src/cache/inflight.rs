@@ -203,9 +203,7 @@ impl Reader {
                     let end = self.end.unwrap_or(u64::MAX);
                     (*written.min(&end.saturating_sub(1)), None)
                 }
-                FetchState::Done { size, path } => {
-                    (self.end.unwrap_or(*size).min(*size), Some(path.clone()))
-                }
+                FetchState::Done { size, path } => (self.end.unwrap_or(*size).min(*size), Some(path.clone())),
                 FetchState::Failed(e) => return Err(e.clone()),
             };
             // A reader that could not open the temp file waits for the
@@ -223,11 +221,7 @@ impl Reader {
         }
     }
 
-    async fn read(
-        &mut self,
-        available: u64,
-        done_path: Option<PathBuf>,
-    ) -> Result<Bytes, CacheError> {
+    async fn read(&mut self, available: u64, done_path: Option<PathBuf>) -> Result<Bytes, CacheError> {
         if self.joined.file.is_none() {
             // Joined too late to open the temp file: the blob is committed.
             let path = done_path.ok_or_else(abandoned)?;

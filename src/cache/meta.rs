@@ -83,22 +83,11 @@ impl Meta {
         Ok(())
     }
 
-    pub fn tag(
-        &self,
-        upstream: &str,
-        repo: &RepoName,
-        tag: &str,
-    ) -> Result<Option<TagRecord>, MetaError> {
+    pub fn tag(&self, upstream: &str, repo: &RepoName, tag: &str) -> Result<Option<TagRecord>, MetaError> {
         Self::get(&self.tags, &key(&[upstream, repo.as_str(), tag]))
     }
 
-    pub fn put_tag(
-        &self,
-        upstream: &str,
-        repo: &RepoName,
-        tag: &str,
-        digest: &Digest,
-    ) -> Result<(), MetaError> {
+    pub fn put_tag(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest) -> Result<(), MetaError> {
         let rec = TagRecord {
             digest: digest.to_string(),
             checked_at: now_secs(),
@@ -110,12 +99,7 @@ impl Meta {
         Self::get(&self.manifests, digest.to_string().as_bytes())
     }
 
-    pub fn put_manifest(
-        &self,
-        digest: &Digest,
-        media_type: &str,
-        size: u64,
-    ) -> Result<(), MetaError> {
+    pub fn put_manifest(&self, digest: &Digest, media_type: &str, size: u64) -> Result<(), MetaError> {
         let rec = ManifestRecord {
             media_type: media_type.to_string(),
             size,
@@ -123,20 +107,11 @@ impl Meta {
         Self::put(&self.manifests, digest.to_string().as_bytes(), &rec)
     }
 
-    pub fn tag_list(
-        &self,
-        upstream: &str,
-        repo: &RepoName,
-    ) -> Result<Option<TagListRecord>, MetaError> {
+    pub fn tag_list(&self, upstream: &str, repo: &RepoName) -> Result<Option<TagListRecord>, MetaError> {
         Self::get(&self.tag_lists, &key(&[upstream, repo.as_str()]))
     }
 
-    pub fn put_tag_list(
-        &self,
-        upstream: &str,
-        repo: &RepoName,
-        tags: Vec<String>,
-    ) -> Result<(), MetaError> {
+    pub fn put_tag_list(&self, upstream: &str, repo: &RepoName, tags: Vec<String>) -> Result<(), MetaError> {
         let rec = TagListRecord {
             tags,
             fetched_at: now_secs(),
@@ -146,25 +121,17 @@ impl Meta {
 
     pub fn converted(&self, version: u32, original: &Digest) -> Result<Option<Digest>, MetaError> {
         let k = key(&[&format!("v{version}"), &original.to_string()]);
-        Ok(self.converted.get(k)?.and_then(|v| {
-            std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| Digest::parse(s).ok())
-        }))
+        Ok(self
+            .converted
+            .get(k)?
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| Digest::parse(s).ok())))
     }
 
-    pub fn put_converted(
-        &self,
-        version: u32,
-        original: &Digest,
-        converted: &Digest,
-    ) -> Result<(), MetaError> {
+    pub fn put_converted(&self, version: u32, original: &Digest, converted: &Digest) -> Result<(), MetaError> {
         let k = key(&[&format!("v{version}"), &original.to_string()]);
         self.converted.insert(k, converted.to_string().as_bytes())?;
-        self.converted_from.insert(
-            converted.to_string().as_bytes(),
-            original.to_string().as_bytes(),
-        )?;
+        self.converted_from
+            .insert(converted.to_string().as_bytes(), original.to_string().as_bytes())?;
         // Clients are handed the converted digest right away; the fact that
         // berth made it must survive a crash, so it does not wait for the
         // periodic flush. Conversions are rare, so this costs little.
@@ -175,9 +142,7 @@ impl Meta {
 
     /// Whether berth made this digest by conversion.
     pub fn is_converted(&self, digest: &Digest) -> Result<bool, MetaError> {
-        Ok(self
-            .converted_from
-            .contains_key(digest.to_string().as_bytes())?)
+        Ok(self.converted_from.contains_key(digest.to_string().as_bytes())?)
     }
 
     /// Record that a digest was served, for least-recently-used eviction.

@@ -49,12 +49,14 @@ pub struct Cache {
     upstreams: Vec<Arc<Upstream>>,
     tag_ttl: Duration,
     finish_abandoned: bool,
+    events: Arc<crate::events::Events>,
 }
 
 impl Cache {
     pub fn open(
         config: &crate::config::Config,
         upstreams: Vec<Arc<Upstream>>,
+        events: Arc<crate::events::Events>,
     ) -> Result<Self, CacheError> {
         Ok(Self {
             store: Arc::new(BlobStore::open(&config.cache_dir)?),
@@ -63,6 +65,7 @@ impl Cache {
             upstreams,
             tag_ttl: config.tag_ttl,
             finish_abandoned: config.finish_abandoned,
+            events,
         })
     }
 
@@ -86,8 +89,7 @@ impl Cache {
 
     fn store_manifest(&self, m: &UpstreamManifest) -> Result<(), CacheError> {
         self.store.put(&m.digest, &m.bytes)?;
-        self.meta
-            .put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)?;
+        self.meta.put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)?;
         Ok(())
     }
 
@@ -100,20 +102,17 @@ impl Cache {
         match reference {
             Reference::Digest(d) => {
                 if let Some(m) = self.load_manifest(d).await {
+                    self.events.metrics.hit("manifest");
                     return Ok(m);
                 }
+                self.events.metrics.miss("manifest");
                 self.fetch_manifest(up, repo, &d.to_string()).await
             }
             Reference::Tag(tag) => self.manifest_by_tag(up, repo, tag.as_str()).await,
         }
     }
 
-    async fn fetch_manifest(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        reference: &str,
-    ) -> Result<CachedManifest, CacheError> {
+    async fn fetch_manifest(&self, up: usize, repo: &RepoName, reference: &str) -> Result<CachedManifest, CacheError> {
         let upstream = &self.upstreams[up];
         let m = upstream
             .manifest(repo, reference)
@@ -127,12 +126,7 @@ impl Cache {
         })
     }
 
-    async fn manifest_by_tag(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        tag: &str,
-    ) -> Result<CachedManifest, CacheError> {
+    async fn manifest_by_tag(&self, up: usize, repo: &RepoName, tag: &str) -> Result<CachedManifest, CacheError> {
         let upstream = &self.upstreams[up];
         let known = self.meta.tag(&upstream.name, repo, tag)?;
         let cached = match &known {
@@ -162,15 +156,13 @@ impl Cache {
                 Ok(m)
             }
             Err(e) if serves_stale(&e) => {
-                tracing::warn!(
-                    event = "upstream_degraded",
-                    cause = e.cause().name(),
-                    upstream = %upstream.name,
-                    repository = %repo,
-                    reference = tag,
-                    digest = %cached.digest,
-                    error = %e,
-                    "upstream cannot revalidate the tag; serving the cached digest"
+                self.events.upstream_degraded(
+                    e.cause(),
+                    &upstream.name,
+                    repo.as_str(),
+                    tag,
+                    "upstream cannot revalidate the tag; serving the cached digest",
+                    &format!("{e}; served {}", cached.digest),
                 );
                 Ok(cached)
             }
@@ -179,22 +171,16 @@ impl Cache {
     }
 
     /// A stored blob, or a join on its (possibly new) single-flight fetch.
-    pub async fn blob(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<BlobSource, CacheError> {
+    pub async fn blob(&self, up: usize, repo: &RepoName, digest: &Digest) -> Result<BlobSource, CacheError> {
         if let Some(size) = self.store.size(digest) {
             let _ = self.meta.touch(digest);
+            self.events.metrics.hit("blob");
             return Ok(BlobSource::Stored {
                 path: self.store.path(digest),
                 size,
             });
         }
-        let slot = self
-            .inflight
-            .join_or_lead(digest, || self.store.temp_file())?;
+        let slot = self.inflight.join_or_lead(digest, || self.store.temp_file())?;
         let mut joined = match slot {
             Slot::Follower(joined) => joined,
             Slot::Leader(fetch, writer, joined) => {
@@ -207,6 +193,7 @@ impl Cache {
                     store: self.store.clone(),
                     inflight: self.inflight.clone(),
                     finish_abandoned: self.finish_abandoned,
+                    events: self.events.clone(),
                 };
                 tokio::spawn(task.run());
                 joined
@@ -217,12 +204,7 @@ impl Cache {
     }
 
     /// A blob's size without fetching its body.
-    pub async fn blob_size(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<u64>, CacheError> {
+    pub async fn blob_size(&self, up: usize, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, CacheError> {
         if let Some(size) = self.store.size(digest) {
             return Ok(Some(size));
         }

@@ -114,10 +114,7 @@ impl TokenCache {
 pub fn basic_header(creds: &Credentials) -> String {
     use base64::Engine as _;
     let raw = format!("{}:{}", creds.username, creds.password);
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
 /// Answer a challenge: Basic with the configured credentials, or fetch a
@@ -138,11 +135,7 @@ pub async fn answer(
                 valid_until: Instant::now() + Duration::from_secs(3600),
             })
         }
-        Challenge::Bearer {
-            realm,
-            service,
-            scope,
-        } => {
+        Challenge::Bearer { realm, service, scope } => {
             let mut url = url::Url::parse(realm).map_err(|_| UpstreamError::BadChallenge)?;
             {
                 let mut q = url.query_pairs_mut();
@@ -164,10 +157,7 @@ pub async fn answer(
                 });
             }
             let body: TokenResponse = resp.json().await.map_err(|_| UpstreamError::BadChallenge)?;
-            let token = body
-                .token
-                .or(body.access_token)
-                .ok_or(UpstreamError::BadChallenge)?;
+            let token = body.token.or(body.access_token).ok_or(UpstreamError::BadChallenge)?;
             let lifetime = body
                 .expires_in
                 .map(Duration::from_secs)
@@ -203,13 +193,8 @@ mod tests {
     #[test]
     fn parses_scope_with_commas_and_basic() {
         let c = Challenge::parse(r#"Bearer realm="http://x/t", scope="repository:a:pull,push""#);
-        assert!(
-            matches!(c, Some(Challenge::Bearer { scope: Some(s), .. }) if s == "repository:a:pull,push")
-        );
-        assert_eq!(
-            Challenge::parse(r#"Basic realm="registry""#),
-            Some(Challenge::Basic)
-        );
+        assert!(matches!(c, Some(Challenge::Bearer { scope: Some(s), .. }) if s == "repository:a:pull,push"));
+        assert_eq!(Challenge::parse(r#"Basic realm="registry""#), Some(Challenge::Basic));
         assert_eq!(Challenge::parse("Negotiate"), None);
         assert_eq!(Challenge::parse("Bearer service=x"), None);
     }

@@ -16,6 +16,14 @@ pub enum UpstreamError {
         status: u16,
         /// The first spec error code of the body, when there is one.
         code: Option<String>,
+        /// `Retry-After` in seconds, when sent.
+        retry_after: Option<u64>,
+        /// The `ratelimit-*` headers (Docker Hub), as `name=value` pairs.
+        ratelimit: Option<String>,
+        /// A 401 that came after berth presented a token the token service
+        /// had just issued for the repository: Docker Hub's answer for a
+        /// repository that does not exist (or is private).
+        denied_with_token: bool,
     },
     #[error("token service answered {status}")]
     TokenRefused { status: u16 },
@@ -30,11 +38,23 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            UpstreamError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn ratelimit(&self) -> Option<String> {
+        match self {
+            UpstreamError::Status { ratelimit, .. } => ratelimit.clone(),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
-            UpstreamError::Status { status, .. } | UpstreamError::TokenRefused { status } => {
-                Some(*status)
-            }
+            UpstreamError::Status { status, .. } | UpstreamError::TokenRefused { status } => Some(*status),
             _ => None,
         }
     }
@@ -42,14 +62,17 @@ impl UpstreamError {
     pub fn cause(&self) -> FailureCause {
         match self {
             UpstreamError::Http(e) => classify_reqwest(e),
-            UpstreamError::Status { status, code } => classify_status(*status, code.as_deref()),
+            UpstreamError::Status {
+                status: 401,
+                denied_with_token: true,
+                ..
+            } => FailureCause::NameUnknown,
+            UpstreamError::Status { status, code, .. } => classify_status(*status, code.as_deref()),
             UpstreamError::TokenRefused { status: 429 } => FailureCause::RateLimited,
-            UpstreamError::TokenRefused { status } if *status >= 500 => {
-                FailureCause::UpstreamUnavailable
+            UpstreamError::TokenRefused { status } if *status >= 500 => FailureCause::UpstreamUnavailable,
+            UpstreamError::TokenRefused { .. } | UpstreamError::BadChallenge | UpstreamError::NoCredentials => {
+                FailureCause::Unauthorized
             }
-            UpstreamError::TokenRefused { .. }
-            | UpstreamError::BadChallenge
-            | UpstreamError::NoCredentials => FailureCause::Unauthorized,
             UpstreamError::DigestMismatch { .. } => FailureCause::DigestMismatch,
             UpstreamError::ManifestInvalid(_) => FailureCause::ManifestInvalid,
         }
@@ -58,8 +81,7 @@ impl UpstreamError {
     /// Whether the upstream definitely could not be reached or answered with an
     /// outage, as opposed to a definite "no" about the content.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self.cause().category(), "network" | "registry")
-            || matches!(self, UpstreamError::TokenRefused { .. })
+        matches!(self.cause().category(), "network" | "registry") || matches!(self, UpstreamError::TokenRefused { .. })
     }
 }
 
@@ -77,8 +99,7 @@ fn classify_status(status: u16, code: Option<&str>) -> FailureCause {
 }
 
 fn classify_reqwest(e: &reqwest::Error) -> FailureCause {
-    let io_kind =
-        source_chain(e).find_map(|s| s.downcast_ref::<std::io::Error>().map(|io| io.kind()));
+    let io_kind = source_chain(e).find_map(|s| s.downcast_ref::<std::io::Error>().map(|io| io.kind()));
     let is_tls = source_chain(e).any(|s| s.downcast_ref::<rustls::Error>().is_some());
     if is_tls {
         return FailureCause::TlsError;
@@ -94,9 +115,7 @@ fn classify_reqwest(e: &reqwest::Error) -> FailureCause {
         Some(std::io::ErrorKind::ConnectionRefused) => FailureCause::ConnectionRefused,
         Some(std::io::ErrorKind::TimedOut) => FailureCause::ConnectTimeout,
         Some(
-            std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::UnexpectedEof
-            | std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe,
         ) => FailureCause::ConnectionReset,
         _ if e.is_connect() => FailureCause::ConnectionRefused,
         _ if e.is_body() || e.is_decode() => FailureCause::ConnectionReset,
@@ -104,12 +123,8 @@ fn classify_reqwest(e: &reqwest::Error) -> FailureCause {
     }
 }
 
-fn source_chain<'a>(
-    e: &'a reqwest::Error,
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(e.source(), |s: &&'a (dyn std::error::Error + 'static)| {
-        (*s).source()
-    })
+fn source_chain<'a>(e: &'a reqwest::Error) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(e.source(), |s: &&'a (dyn std::error::Error + 'static)| (*s).source())
 }
 
 #[cfg(test)]
@@ -118,29 +133,14 @@ mod tests {
 
     #[test]
     fn status_classification() {
-        assert_eq!(
-            classify_status(404, Some("NAME_UNKNOWN")),
-            FailureCause::NameUnknown
-        );
+        assert_eq!(classify_status(404, Some("NAME_UNKNOWN")), FailureCause::NameUnknown);
         assert_eq!(
             classify_status(404, Some("MANIFEST_UNKNOWN")),
             FailureCause::ManifestUnknown
         );
-        assert_eq!(
-            classify_status(404, Some("BLOB_UNKNOWN")),
-            FailureCause::BlobUnknown
-        );
-        assert_eq!(
-            classify_status(429, Some("TOOMANYREQUESTS")),
-            FailureCause::RateLimited
-        );
-        assert_eq!(
-            classify_status(503, None),
-            FailureCause::UpstreamUnavailable
-        );
-        assert_eq!(
-            classify_status(403, Some("DENIED")),
-            FailureCause::Forbidden
-        );
+        assert_eq!(classify_status(404, Some("BLOB_UNKNOWN")), FailureCause::BlobUnknown);
+        assert_eq!(classify_status(429, Some("TOOMANYREQUESTS")), FailureCause::RateLimited);
+        assert_eq!(classify_status(503, None), FailureCause::UpstreamUnavailable);
+        assert_eq!(classify_status(403, Some("DENIED")), FailureCause::Forbidden);
     }
 }

@@ -11,16 +11,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE, WWW_AUTHENTICATE,
-};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 
 pub use auth::Challenge;
 pub use error::UpstreamError;
 
+use std::sync::Arc;
+
 use crate::config::{Credentials, UpstreamConfig};
+use crate::events::Events;
 use crate::media::ALL_MANIFEST_TYPES;
 use crate::reference::{Digest, RepoName};
 
@@ -32,12 +33,17 @@ const TAG_PAGE_SIZE: usize = 1000;
 /// Bound on tag-list pages followed, against a Link loop.
 const MAX_TAG_PAGES: usize = 100;
 
+/// Marks a 401 answered to a token issued a moment ago.
+#[derive(Clone, Copy)]
+struct FreshToken;
+
 pub struct Upstream {
     pub name: String,
     endpoints: Vec<url::Url>,
     http: reqwest::Client,
     tokens: auth::TokenCache,
     credentials: Option<Credentials>,
+    events: Arc<Events>,
 }
 
 /// A manifest as the upstream sent it: exact bytes, type, verified digest.
@@ -72,7 +78,7 @@ struct TagList {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, UpstreamError> {
+    pub fn new(cfg: &UpstreamConfig, events: Arc<Events>) -> Result<Self, UpstreamError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)
@@ -86,6 +92,7 @@ impl Upstream {
             http,
             tokens: auth::TokenCache::default(),
             credentials: cfg.credentials.clone(),
+            events,
         })
     }
 
@@ -100,12 +107,15 @@ impl Upstream {
     ) -> Result<Response, UpstreamError> {
         let scope = format!("repository:{repo}:pull");
         let mut last_err = None;
+        let operation = tail.split('/').next().unwrap_or("other");
         for endpoint in &self.endpoints {
-            let url = format!(
-                "{}/v2/{repo}/{tail}",
-                endpoint.as_str().trim_end_matches('/')
-            );
-            match self.send_to(&method, &url, &scope, &headers).await {
+            let url = format!("{}/v2/{repo}/{tail}", endpoint.as_str().trim_end_matches('/'));
+            let started = std::time::Instant::now();
+            let result = self.send_to(&method, &url, &scope, &headers).await;
+            self.events
+                .metrics
+                .upstream_latency(&self.name, operation, started.elapsed());
+            match result {
                 Ok(resp) => return Ok(resp),
                 Err(e @ UpstreamError::Http(_)) => last_err = Some(e),
                 Err(e) => return Err(e),
@@ -122,18 +132,13 @@ impl Upstream {
         headers: &HeaderMap,
     ) -> Result<Response, UpstreamError> {
         let attempt = |auth: Option<String>| {
-            let mut req = self
-                .http
-                .request(method.clone(), url)
-                .headers(headers.clone());
+            let mut req = self.http.request(method.clone(), url).headers(headers.clone());
             if let Some(value) = auth.and_then(|a| HeaderValue::from_str(&a).ok()) {
                 req = req.header(AUTHORIZATION, value);
             }
             req.send()
         };
-        let resp = attempt(self.tokens.get(scope))
-            .await
-            .map_err(UpstreamError::Http)?;
+        let resp = attempt(self.tokens.get(scope)).await.map_err(UpstreamError::Http)?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -145,26 +150,16 @@ impl Upstream {
         else {
             return Ok(resp);
         };
-        let authorization =
-            auth::answer(&self.http, &challenge, scope, self.credentials.as_ref()).await?;
+        let authorization = auth::answer(&self.http, &challenge, scope, self.credentials.as_ref()).await?;
         let header = authorization.header.clone();
         self.tokens.put(scope, authorization);
         attempt(Some(header)).await.map_err(UpstreamError::Http)
     }
 
     /// GET (or HEAD) a manifest by tag or digest, asking for every known type.
-    pub async fn manifest_head(
-        &self,
-        repo: &RepoName,
-        reference: &str,
-    ) -> Result<ManifestHead, UpstreamError> {
+    pub async fn manifest_head(&self, repo: &RepoName, reference: &str) -> Result<ManifestHead, UpstreamError> {
         let resp = self
-            .send(
-                Method::HEAD,
-                repo,
-                &format!("manifests/{reference}"),
-                manifest_accept(),
-            )
+            .send(Method::HEAD, repo, &format!("manifests/{reference}"), manifest_accept())
             .await?;
         let resp = check_status(resp).await?;
         Ok(ManifestHead {
@@ -173,18 +168,9 @@ impl Upstream {
         })
     }
 
-    pub async fn manifest(
-        &self,
-        repo: &RepoName,
-        reference: &str,
-    ) -> Result<UpstreamManifest, UpstreamError> {
+    pub async fn manifest(&self, repo: &RepoName, reference: &str) -> Result<UpstreamManifest, UpstreamError> {
         let resp = self
-            .send(
-                Method::GET,
-                repo,
-                &format!("manifests/{reference}"),
-                manifest_accept(),
-            )
+            .send(Method::GET, repo, &format!("manifests/{reference}"), manifest_accept())
             .await?;
         let resp = check_status(resp).await?;
         let announced = header_digest(resp.headers());
@@ -207,8 +193,8 @@ impl Upstream {
             }
             None => Digest::sha256_of(&bytes),
         };
-        let media_type = crate::manifest::media_type(&bytes, content_type.as_deref())
-            .map_err(UpstreamError::ManifestInvalid)?;
+        let media_type =
+            crate::manifest::media_type(&bytes, content_type.as_deref()).map_err(UpstreamError::ManifestInvalid)?;
         Ok(UpstreamManifest {
             bytes,
             media_type,
@@ -217,12 +203,7 @@ impl Upstream {
     }
 
     /// Start a blob download at byte `from`; the body is left to the caller.
-    pub async fn blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        from: u64,
-    ) -> Result<Response, UpstreamError> {
+    pub async fn blob(&self, repo: &RepoName, digest: &Digest, from: u64) -> Result<Response, UpstreamError> {
         let mut headers = HeaderMap::new();
         if from > 0
             && let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-"))
@@ -236,18 +217,9 @@ impl Upstream {
     }
 
     /// The size of a blob, from a HEAD.
-    pub async fn blob_size(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<u64>, UpstreamError> {
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
         let resp = self
-            .send(
-                Method::HEAD,
-                repo,
-                &format!("blobs/{digest}"),
-                HeaderMap::new(),
-            )
+            .send(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new())
             .await?;
         let resp = check_status(resp).await?;
         Ok(resp.content_length())
@@ -258,14 +230,12 @@ impl Upstream {
         let mut tags = Vec::new();
         let mut tail = format!("tags/list?n={TAG_PAGE_SIZE}");
         for _ in 0..MAX_TAG_PAGES {
-            let resp = self
-                .send(Method::GET, repo, &tail, HeaderMap::new())
-                .await?;
+            let resp = self.send(Method::GET, repo, &tail, HeaderMap::new()).await?;
             let resp = check_status(resp).await?;
             let next = next_page(resp.headers(), repo);
             let body = read_limited(resp, MAX_MANIFEST_SIZE).await?;
-            let page: TagList = serde_json::from_slice(&body)
-                .map_err(|e| UpstreamError::ManifestInvalid(format!("tag list: {e}")))?;
+            let page: TagList =
+                serde_json::from_slice(&body).map_err(|e| UpstreamError::ManifestInvalid(format!("tag list: {e}")))?;
             tags.extend(page.tags.unwrap_or_default());
             match next {
                 Some(n) => tail = n,
@@ -290,6 +260,15 @@ async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
     if status.is_success() {
         return Ok(resp);
     }
+    let retry_after = header_str(resp.headers(), "retry-after").and_then(|v| v.trim().parse().ok());
+    let ratelimit: Vec<String> = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("ratelimit-") || n.as_str() == "docker-ratelimit-source")
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| format!("{n}={v}")))
+        .collect();
+    let ratelimit = (!ratelimit.is_empty()).then(|| ratelimit.join("; "));
+    let denied_with_token = resp.extensions().get::<FreshToken>().is_some();
     let code = match read_limited(resp, 64 << 10).await {
         Ok(body) => serde_json::from_slice::<SpecErrors>(&body)
             .ok()
@@ -300,6 +279,9 @@ async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
     Err(UpstreamError::Status {
         status: status.as_u16(),
         code,
+        retry_after,
+        ratelimit,
+        denied_with_token,
     })
 }
 
@@ -309,9 +291,7 @@ async fn read_limited(resp: Response, limit: usize) -> Result<Bytes, UpstreamErr
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(UpstreamError::Http)?;
         if buf.len() + chunk.len() > limit {
-            return Err(UpstreamError::ManifestInvalid(format!(
-                "larger than {limit} bytes"
-            )));
+            return Err(UpstreamError::ManifestInvalid(format!("larger than {limit} bytes")));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -319,9 +299,7 @@ async fn read_limited(resp: Response, limit: usize) -> Result<Bytes, UpstreamErr
 }
 
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 fn header_digest(h: &HeaderMap) -> Option<Digest> {
@@ -358,10 +336,7 @@ mod tests {
             "link",
             HeaderValue::from_static("</v2/library/busybox/tags/list?last=b&n=2>; rel=\"next\""),
         );
-        assert_eq!(
-            next_page(&h, &repo).as_deref(),
-            Some("tags/list?last=b&n=2")
-        );
+        assert_eq!(next_page(&h, &repo).as_deref(), Some("tags/list?last=b&n=2"));
         h.insert(
             "link",
             HeaderValue::from_static("</v2/other/tags/list?last=b>; rel=\"next\""),

@@ -71,11 +71,7 @@ impl Berth {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("berth exited with {status}: {}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "berth did not start: {}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "berth did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(25));
         }
     }

@@ -14,9 +14,7 @@ pub const SNIPPET_HOST: &str = "berth.example.internal:5000";
 
 /// A snippet from `docker/` with berth's real address put in.
 pub fn snippet(relative: &str, berth_host: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("docker")
-        .join(relative);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker").join(relative);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("read snippet {}: {e}", path.display()))
         .replace(SNIPPET_HOST, berth_host)
@@ -136,13 +134,7 @@ impl Dockerd {
 
     /// `docker image inspect`'s RepoDigests of an image.
     pub fn repo_digests(&self, image: &str) -> Vec<String> {
-        let out = self.docker(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{json .RepoDigests}}",
-            image,
-        ]);
+        let out = self.docker(&["image", "inspect", "--format", "{{json .RepoDigests}}", image]);
         serde_json::from_str(out.trim()).expect("RepoDigests JSON")
     }
 }
@@ -202,13 +194,8 @@ impl Containerd {
     /// A hosts directory built from snippet dirs under `docker/` (e.g.
     /// `containerd`), with berth's address put in.
     pub fn hosts_dir(&self, snippet_dir: &str, berth_host: &str) -> PathBuf {
-        let out = self
-            .dir
-            .path()
-            .join(format!("hosts-{}", snippet_dir.replace('/', "_")));
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("docker")
-            .join(snippet_dir);
+        let out = self.dir.path().join(format!("hosts-{}", snippet_dir.replace('/', "_")));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker").join(snippet_dir);
         for entry in std::fs::read_dir(&src).expect("snippet hosts dir") {
             let registry = entry.expect("entry").file_name();
             let registry = registry.to_str().expect("utf-8 name");

@@ -39,13 +39,7 @@ pub struct Fixtures {
 
 impl Fixtures {
     pub fn all(&self) -> Vec<&Image> {
-        vec![
-            &self.v2s2,
-            &self.oci,
-            &self.index,
-            &self.layers,
-            &self.nested,
-        ]
+        vec![&self.v2s2, &self.oci, &self.index, &self.layers, &self.nested]
     }
 }
 
@@ -64,22 +58,10 @@ pub fn seed(registry: &Registry) -> Fixtures {
     refs.extend(five_layers.iter());
     let five = layout.image("amd64", &refs, "five");
     layout.tag(&five, "five");
-    let nested = layout.image(
-        "amd64",
-        &[&base, &layer(work.path(), "nested", false, 9)],
-        "nested",
-    );
+    let nested = layout.image("amd64", &[&base, &layer(work.path(), "nested", false, 9)], "nested");
     layout.tag(&nested, "nested");
-    let amd = layout.image(
-        "amd64",
-        &[&base, &layer(work.path(), "amd64", false, 10)],
-        "amd64",
-    );
-    let arm = layout.image(
-        "arm64",
-        &[&base, &layer(work.path(), "arm64", false, 11)],
-        "arm64",
-    );
+    let amd = layout.image("amd64", &[&base, &layer(work.path(), "amd64", false, 10)], "amd64");
+    let arm = layout.image("arm64", &[&base, &layer(work.path(), "arm64", false, 11)], "arm64");
     let index = layout.index(&[(&amd, "amd64"), (&arm, "arm64")]);
     layout.tag(&index, "index");
     layout.write_index();
@@ -159,8 +141,7 @@ fn layer(work: &Path, label: &str, with_busybox: bool, seed: u32) -> Layer {
         std::fs::copy("/bin/busybox", root.join("bin/busybox"))
             .expect("copy /bin/busybox (apt-get install busybox-static)");
         for applet in ["sh", "ls", "cat", "echo"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
-                .expect("applet link");
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet link");
         }
     }
     std::fs::write(root.join("etc/berth-layer"), label).expect("label file");
@@ -216,8 +197,7 @@ struct Layout {
 impl Layout {
     fn new(dir: PathBuf) -> Layout {
         std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
-        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-            .expect("oci-layout");
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
         Layout {
             dir,
             refs: Default::default(),
@@ -226,8 +206,7 @@ impl Layout {
 
     fn blob(&self, media_type: &'static str, bytes: &[u8]) -> Desc {
         let digest = sha256_hex(bytes);
-        std::fs::write(self.dir.join("blobs/sha256").join(&digest[7..]), bytes)
-            .expect("write blob");
+        std::fs::write(self.dir.join("blobs/sha256").join(&digest[7..]), bytes).expect("write blob");
         Desc {
             media_type,
             digest,
@@ -260,10 +239,7 @@ impl Layout {
             "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
             "layers": layer_descs,
         });
-        self.blob(
-            OCI_MANIFEST,
-            &serde_json::to_vec(&manifest).expect("manifest json"),
-        )
+        self.blob(OCI_MANIFEST, &serde_json::to_vec(&manifest).expect("manifest json"))
     }
 
     fn index(&self, children: &[(&Desc, &str)]) -> Desc {
@@ -314,16 +290,8 @@ pub fn seed_conversion(registry: &Registry) -> ConversionFixtures {
     let work = tempfile::tempdir().expect("image work dir");
     let layout = Layout::new(work.path().join("layout"));
     let base = layer(work.path(), "busybox", true, 0);
-    let amd = layout.image(
-        "amd64",
-        &[&base, &layer(work.path(), "c-amd64", false, 20)],
-        "c-amd64",
-    );
-    let arm = layout.image(
-        "arm64",
-        &[&base, &layer(work.path(), "c-arm64", false, 21)],
-        "c-arm64",
-    );
+    let amd = layout.image("amd64", &[&base, &layer(work.path(), "c-amd64", false, 20)], "c-amd64");
+    let arm = layout.image("arm64", &[&base, &layer(work.path(), "c-arm64", false, 21)], "c-arm64");
     layout.tag(&amd, "amd");
     layout.write_index();
 
@@ -390,14 +358,8 @@ pub fn seed_conversion(registry: &Registry) -> ConversionFixtures {
         .collect();
 
     // An artifact: a manifest whose config is not an image config.
-    let art_config = layout.blob(
-        "application/vnd.example.thing.config.v1+json",
-        br#"{"thing":true}"#,
-    );
-    let art_layer = layout.blob(
-        "application/vnd.example.thing.layer.v1+json",
-        br#"{"payload":1}"#,
-    );
+    let art_config = layout.blob("application/vnd.example.thing.config.v1+json", br#"{"thing":true}"#);
+    let art_layer = layout.blob("application/vnd.example.thing.layer.v1+json", br#"{"payload":1}"#);
     let artifact = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -426,8 +388,7 @@ pub fn seed_conversion(registry: &Registry) -> ConversionFixtures {
 
 /// Push a manifest's config and layers, then the manifest (by digest).
 fn push_manifest_tree(registry: &Registry, layout: &Layout, repo: &str, manifest: &Desc) {
-    let bytes = std::fs::read(layout.dir.join("blobs/sha256").join(&manifest.digest[7..]))
-        .expect("read manifest");
+    let bytes = std::fs::read(layout.dir.join("blobs/sha256").join(&manifest.digest[7..])).expect("read manifest");
     let m: Value = serde_json::from_slice(&bytes).expect("manifest json");
     let mut blobs = vec![m["config"].clone()];
     blobs.extend(m["layers"].as_array().cloned().unwrap_or_default());
@@ -440,28 +401,12 @@ fn push_manifest_tree(registry: &Registry, layout: &Layout, repo: &str, manifest
         };
         push_blob(registry, repo, layout, &d);
     }
-    put_manifest(
-        registry,
-        repo,
-        &manifest.digest,
-        manifest.media_type,
-        &bytes,
-    );
+    put_manifest(registry, repo, &manifest.digest, manifest.media_type, &bytes);
 }
 
 fn curl(args: &[&str]) -> String {
     let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-H",
-            "Expect:",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-        ])
+        .args(["-sS", "--noproxy", "*", "-H", "Expect:", "-D", "-", "-o", "/dev/null"])
         .args(args)
         .output()
         .expect("run curl");
@@ -475,15 +420,8 @@ fn curl(args: &[&str]) -> String {
 
 /// Push `size` bytes of deterministic pseudo-random content as a blob of
 /// `repo`; returns (digest, content).
-pub fn push_random_blob(
-    registry: &Registry,
-    repo: &str,
-    size: usize,
-    seed: u64,
-) -> (String, Vec<u8>) {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+pub fn push_random_blob(registry: &Registry, repo: &str, size: usize, seed: u64) -> (String, Vec<u8>) {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let content: Vec<u8> = (0..size)
         .map(|_| {
             state = state
@@ -501,17 +439,10 @@ pub fn push_random_blob(
 
 /// Monolithic blob upload: POST to start, PUT with the digest to finish.
 fn push_blob(registry: &Registry, repo: &str, layout: &Layout, d: &Desc) {
-    let headers = curl(&[
-        "-X",
-        "POST",
-        &format!("{}/v2/{repo}/blobs/uploads/", registry.url()),
-    ]);
+    let headers = curl(&["-X", "POST", &format!("{}/v2/{repo}/blobs/uploads/", registry.url())]);
     let location = headers
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("Location: ")
-                .or_else(|| l.strip_prefix("location: "))
-        })
+        .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
         .expect("upload Location header")
         .trim()
         .to_string();

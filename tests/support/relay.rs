@@ -74,9 +74,7 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(upstream_url: &str, options: RelayOptions) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind relay");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let addr = listener.local_addr().expect("relay addr");
         let shared = Arc::new(Shared {
             upstream: upstream_url.trim_end_matches('/').to_string(),
@@ -153,11 +151,7 @@ async fn token(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
     );
-    if headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(expected.as_str())
-    {
+    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
         return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
     }
     let token = format!("tok-{}", rand::random::<u64>());
@@ -171,9 +165,7 @@ fn take_fault(s: &Shared, line: &str) -> Option<Fault> {
     let i = rules.iter().position(|r| line.contains(&r.pattern))?;
     let fault = rules[i].fault.clone();
     let remaining = match &mut rules[i].fault {
-        Fault::Status { times, .. }
-        | Fault::ResetAfter { times, .. }
-        | Fault::FlipByte { times, .. } => {
+        Fault::Status { times, .. } | Fault::ResetAfter { times, .. } | Fault::FlipByte { times, .. } => {
             *times = times.saturating_sub(1);
             Some(*times)
         }
@@ -225,9 +217,7 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
     }
     let fault = take_fault(&s, &line);
     if let Some(Fault::Status {
-        status,
-        retry_after,
-        ..
+        status, retry_after, ..
     }) = &fault
     {
         let mut resp = (
@@ -236,8 +226,7 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
         )
             .into_response();
         if let Some(secs) = retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, (*secs).into());
+            resp.headers_mut().insert(header::RETRY_AFTER, (*secs).into());
         }
         return resp;
     }
@@ -262,9 +251,7 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let counted = s.clone();
     let upstream = resp.bytes_stream().map(move |chunk| {
         if let Ok(c) = &chunk {
-            counted
-                .body_bytes
-                .fetch_add(c.len() as u64, Ordering::Relaxed);
+            counted.body_bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
         }
         chunk.map_err(std::io::Error::other)
     });

@@ -1,0 +1,176 @@
+//! Prometheus metrics, exposed at `/metrics` in the OpenMetrics text format.
+//! Names follow Prometheus conventions: `_total` counters, `_seconds`
+//! histograms, `_bytes` units.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: String,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub endpoint: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+    pub operation: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s: loopback answers to slow cross-ocean registries.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub pull_failures: Family<CauseLabels, Counter>,
+    pub upstream_degraded: Family<CauseLabels, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub cache_hits: Family<KindLabels, Counter>,
+    pub cache_misses: Family<KindLabels, Counter>,
+    pub served_bytes: Counter,
+    pub upstream_bytes: Counter,
+    upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let pull_failures = Family::<CauseLabels, Counter>::default();
+        let upstream_degraded = Family::<CauseLabels, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let cache_hits = Family::<KindLabels, Counter>::default();
+        let cache_misses = Family::<KindLabels, Counter>::default();
+        let served_bytes = Counter::default();
+        let upstream_bytes = Counter::default();
+        let upstream_latency =
+            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let mut r = Registry::default();
+        r.register(
+            "berth_pull_failures",
+            "Requests that ended in an error, by failure cause",
+            pull_failures.clone(),
+        );
+        r.register(
+            "berth_upstream_degraded",
+            "Upstream problems berth hid from clients (stale served, retried, failed over)",
+            upstream_degraded.clone(),
+        );
+        r.register("berth_http_requests", "HTTP requests answered", requests.clone());
+        r.register(
+            "berth_cache_hits",
+            "Manifests and blobs served from the cache",
+            cache_hits.clone(),
+        );
+        r.register(
+            "berth_cache_misses",
+            "Manifests and blobs fetched from an upstream",
+            cache_misses.clone(),
+        );
+        r.register("berth_served_bytes", "Blob bytes sent to clients", served_bytes.clone());
+        r.register(
+            "berth_upstream_bytes",
+            "Blob bytes received from upstreams",
+            upstream_bytes.clone(),
+        );
+        r.register(
+            "berth_upstream_request_duration_seconds",
+            "Time to an upstream's response headers",
+            upstream_latency.clone(),
+        );
+        Metrics {
+            registry: r,
+            pull_failures,
+            upstream_degraded,
+            requests,
+            cache_hits,
+            cache_misses,
+            served_bytes,
+            upstream_bytes,
+            upstream_latency,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn failure(&self, cause: &str, upstream: &str) {
+        self.pull_failures
+            .get_or_create(&CauseLabels {
+                cause: cause.into(),
+                upstream: upstream.into(),
+            })
+            .inc();
+    }
+
+    pub fn degraded(&self, cause: &str, upstream: &str) {
+        self.upstream_degraded
+            .get_or_create(&CauseLabels {
+                cause: cause.into(),
+                upstream: upstream.into(),
+            })
+            .inc();
+    }
+
+    pub fn hit(&self, kind: &str) {
+        self.cache_hits.get_or_create(&KindLabels { kind: kind.into() }).inc();
+    }
+
+    pub fn miss(&self, kind: &str) {
+        self.cache_misses.get_or_create(&KindLabels { kind: kind.into() }).inc();
+    }
+
+    pub fn upstream_latency(&self, upstream: &str, operation: &str, took: Duration) {
+        self.upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.into(),
+                operation: operation.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_conventional_names() {
+        let m = Metrics::default();
+        m.failure("connect_timeout", "docker.io");
+        m.degraded("rate_limited", "docker.io");
+        m.hit("blob");
+        m.upstream_latency("docker.io", "manifest", Duration::from_millis(20));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"berth_pull_failures_total{cause="connect_timeout",upstream="docker.io"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"berth_upstream_degraded_total{cause="rate_limited",upstream="docker.io"} 1"#));
+        assert!(text.contains(r#"berth_cache_hits_total{kind="blob"} 1"#));
+        assert!(text.contains("berth_upstream_request_duration_seconds_bucket"));
+    }
+}
