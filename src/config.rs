@@ -29,6 +29,19 @@ const DEFAULT_TAG_TTL: &str = "5m";
 const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
 /// Maximum silence on an open upstream connection before it counts as stalled.
 const DEFAULT_READ_TIMEOUT: &str = "30s";
+/// Upstream attempts per request: enough to ride out a restart or a brief
+/// 503 burst, few enough that a dead upstream is given up on quickly.
+const DEFAULT_ATTEMPTS: u32 = 4;
+/// First backoff ceiling; doubled per attempt up to the maximum (full jitter).
+const DEFAULT_RETRY_BASE: &str = "200ms";
+const DEFAULT_RETRY_MAX: &str = "5s";
+/// Bound on all attempts of one request, waits included: a client (docker
+/// pull) gives up on its own after about a minute.
+const DEFAULT_DEADLINE: &str = "45s";
+/// Consecutive failed attempts after which the upstream is treated as down.
+const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// How long a down upstream is left alone before one probe is let through.
+const DEFAULT_BREAKER_COOLDOWN: &str = "30s";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -49,6 +62,9 @@ struct RawConfig {
     cache_dir: String,
     #[serde(default = "d_log_format")]
     log_format: String,
+    /// Serve only from the cache; never contact an upstream.
+    #[serde(default)]
+    offline: bool,
     #[serde(default)]
     cache: RawCache,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +129,20 @@ struct RawUpstream {
     connect_timeout: String,
     #[serde(default = "d_read_timeout")]
     read_timeout: String,
+    #[serde(default = "d_attempts")]
+    attempts: u32,
+    #[serde(default = "d_retry_base")]
+    retry_base_delay: String,
+    #[serde(default = "d_retry_max")]
+    retry_max_delay: String,
+    #[serde(default = "d_deadline")]
+    deadline: String,
+    #[serde(default = "d_breaker_threshold")]
+    breaker_threshold: u32,
+    #[serde(default = "d_breaker_cooldown")]
+    breaker_cooldown: String,
+    #[serde(default)]
+    offline: bool,
 }
 
 fn d_listen() -> String {
@@ -138,6 +168,24 @@ fn d_connect_timeout() -> String {
 }
 fn d_read_timeout() -> String {
     DEFAULT_READ_TIMEOUT.into()
+}
+fn d_attempts() -> u32 {
+    DEFAULT_ATTEMPTS
+}
+fn d_retry_base() -> String {
+    DEFAULT_RETRY_BASE.into()
+}
+fn d_retry_max() -> String {
+    DEFAULT_RETRY_MAX.into()
+}
+fn d_deadline() -> String {
+    DEFAULT_DEADLINE.into()
+}
+fn d_breaker_threshold() -> u32 {
+    DEFAULT_BREAKER_THRESHOLD
+}
+fn d_breaker_cooldown() -> String {
+    DEFAULT_BREAKER_COOLDOWN.into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +230,20 @@ pub struct UpstreamConfig {
     pub convert: ConvertMode,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    pub retry: RetryConfig,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+    /// Never contact this upstream (set per upstream or globally).
+    pub offline: bool,
+}
+
+/// How hard berth tries one upstream request.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryConfig {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    pub deadline: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +377,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         .iter()
         .enumerate()
         .filter_map(|(i, u)| validate_upstream(i, u, &mut problems))
+        .map(|mut u| {
+            u.offline |= raw.offline;
+            u
+        })
         .collect();
     if raw.upstream.iter().filter(|u| u.default).count() > 1 {
         problems.push("upstream.default: only one upstream may be the default".into());
@@ -393,6 +459,19 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Vec<String>) -> O
     };
     let connect_timeout = duration("connect_timeout", &u.connect_timeout);
     let read_timeout = duration("read_timeout", &u.read_timeout);
+    let retry = RetryConfig {
+        attempts: u.attempts,
+        base_delay: duration("retry_base_delay", &u.retry_base_delay),
+        max_delay: duration("retry_max_delay", &u.retry_max_delay),
+        deadline: duration("deadline", &u.deadline),
+    };
+    let breaker_cooldown = duration("breaker_cooldown", &u.breaker_cooldown);
+    if u.attempts == 0 {
+        problems.push(format!("{}: must be at least 1", key("attempts")));
+    }
+    if u.breaker_threshold == 0 {
+        problems.push(format!("{}: must be at least 1", key("breaker_threshold")));
+    }
     let password = match (&u.password, &u.password_file) {
         (Some(_), Some(_)) => {
             problems.push(format!("{}: set password or password_file, not both", key("password")));
@@ -436,6 +515,10 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Vec<String>) -> O
         convert,
         connect_timeout,
         read_timeout,
+        retry,
+        breaker_threshold: u.breaker_threshold,
+        breaker_cooldown,
+        offline: u.offline,
     })
 }
 

@@ -149,6 +149,29 @@ impl Events {
         self.metrics.degraded(cause.name(), upstream);
     }
 
+    /// The cache could not store something; the pull went on without it.
+    pub fn storage_degraded(
+        &self,
+        cause: FailureCause,
+        upstream: &str,
+        repository: &str,
+        reference: &str,
+        detail: &str,
+    ) {
+        tracing::warn!(
+            event = "storage_degraded",
+            cause = cause.name(),
+            category = cause.category(),
+            upstream,
+            repository,
+            reference,
+            detail,
+            hint = cause.hint(),
+            "cache write failed; served without storing"
+        );
+        self.metrics.degraded(cause.name(), upstream);
+    }
+
     pub fn report(&self) -> FailuresReport {
         FailuresReport {
             failures: self

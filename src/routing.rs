@@ -90,6 +90,15 @@ mod tests {
             convert: ConvertMode::Auto,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            retry: crate::config::RetryConfig {
+                attempts: 1,
+                base_delay: Duration::ZERO,
+                max_delay: Duration::ZERO,
+                deadline: Duration::from_secs(1),
+            },
+            breaker_threshold: 1,
+            breaker_cooldown: Duration::ZERO,
+            offline: false,
         }
     }
 

@@ -38,4 +38,4 @@ fi
 # everything but loopback.
 export HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost
 
-cargo test --all-targets
+cargo test --all-targets --no-fail-fast

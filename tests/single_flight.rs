@@ -107,12 +107,28 @@ async fn a_failed_fetch_fails_every_joined_client_and_stores_nothing() {
         .collect();
     reached.notified().await;
     wait_for("every client to join the fetch", || blob_responses(&berth) == CLIENTS).await;
+    // The connection breaks mid-blob, and the resume finds the blob gone: a
+    // definite failure that no retry can mend.
+    relay.clear_faults();
+    relay.fault(
+        "/blobs/",
+        Fault::Status {
+            status: 404,
+            times: 100,
+            retry_after: None,
+        },
+    );
     resume.notify_one();
     for (i, t) in tasks.into_iter().enumerate() {
         let outcome = t.await.expect("task");
         assert!(outcome.is_err(), "client {i} gets an error, not a complete body");
     }
-    assert_eq!(relay.count(|r| r.contains("/blobs/")), 1, "{:#?}", relay.requests());
+    assert_eq!(
+        relay.count(|r| r.contains("/blobs/")),
+        2,
+        "one fetch and its one resume attempt: {:#?}",
+        relay.requests()
+    );
     assert!(!blob_path(&berth, &digest).exists(), "nothing cached");
     let tmp: Vec<_> = std::fs::read_dir(berth.cache_dir.join("tmp"))
         .expect("tmp dir")

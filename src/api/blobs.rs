@@ -56,7 +56,7 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
                 .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?
                 .0,
         ),
-        BlobSource::Fetching { size, .. } => *size,
+        BlobSource::Fetching { size, .. } | BlobSource::PassThrough { size, .. } => *size,
     };
     let span = match (&range, size) {
         (Some((r, text)), Some(size)) => Some(r.resolve(size, text).map_err(|e| range_error(e, Some(size)))?),
@@ -74,41 +74,66 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
             Body::from_stream(ReaderStream::with_capacity(file.take(end - start), FILE_CHUNK))
         }
         BlobSource::Fetching { joined, .. } => {
-            let (start, end) = match span {
-                Some((s, e)) => (s, Some(e)),
-                None => (0, size),
-            };
-            let ctx = req.ctx.clone();
-            let events = req.state.events.clone();
-            let path = format!("/v2/{name}/blobs/{digest}");
-            let (repo, reference) = (route.repo.to_string(), digest.to_string());
-            let stream = joined.stream(start, end).map(move |item| {
-                item.inspect_err(|e| {
-                    // The status is already sent; this is the only place the
-                    // failure can still be recorded.
-                    let mut record = FailureRecord::new(e.cause(), format!("{path}: {e}"));
-                    record.upstream = e.upstream_name().map(str::to_string);
-                    record.upstream_status = e.upstream_status();
-                    record.attempts = e.attempts();
-                    record.repository = Some(repo.clone());
-                    record.reference = Some(reference.clone());
-                    if let Some(ctx) = &ctx {
-                        let facts = RequestFacts {
-                            method: "GET",
-                            path: &path,
-                            status: 200,
-                            client: &ctx.client,
-                            request_id: &ctx.id,
-                            elapsed_ms: ctx.started.elapsed().as_millis() as u64,
-                        };
-                        events.pull_failed(&record, &facts);
-                    }
-                })
-            });
-            Body::from_stream(stream)
+            let (start, end) = window(span, size);
+            Body::from_stream(record_failures(
+                req,
+                name,
+                &route.repo,
+                &digest,
+                joined.stream(start, end),
+            ))
+        }
+        BlobSource::PassThrough { pass, .. } => {
+            let (start, end) = window(span, size);
+            let stream = (*pass).window(start, end).into_stream();
+            Body::from_stream(record_failures(req, name, &route.repo, &digest, stream))
         }
     };
     Ok(body_response(&digest, size, span, body))
+}
+
+/// The `[start, end)` of the blob a response carries.
+fn window(span: Option<(u64, u64)>, size: Option<u64>) -> (u64, Option<u64>) {
+    match span {
+        Some((s, e)) => (s, Some(e)),
+        None => (0, size),
+    }
+}
+
+/// Record a failure that happens after the status went out: the body ends
+/// abnormally, and this is the only place the `pull_failed` event can come from.
+fn record_failures(
+    req: &Request<'_>,
+    name: &str,
+    repo: &crate::reference::RepoName,
+    digest: &Digest,
+    stream: impl futures_util::Stream<Item = Result<bytes::Bytes, CacheError>> + Send + 'static,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, CacheError>> + Send + 'static {
+    let ctx = req.ctx.clone();
+    let events = req.state.events.clone();
+    let path = format!("/v2/{name}/blobs/{digest}");
+    let (repo, reference) = (repo.to_string(), digest.to_string());
+    stream.map(move |item| {
+        item.inspect_err(|e| {
+            let mut record = FailureRecord::new(e.cause(), format!("{path}: {e}"));
+            record.upstream = e.upstream_name().map(str::to_string);
+            record.upstream_status = e.upstream_status();
+            record.attempts = e.attempts();
+            record.repository = Some(repo.clone());
+            record.reference = Some(reference.clone());
+            if let Some(ctx) = &ctx {
+                let facts = RequestFacts {
+                    method: "GET",
+                    path: &path,
+                    status: 200,
+                    client: &ctx.client,
+                    request_id: &ctx.id,
+                    elapsed_ms: ctx.started.elapsed().as_millis() as u64,
+                };
+                events.pull_failed(&record, &facts);
+            }
+        })
+    })
 }
 
 fn range_error(e: RangeError, size: Option<u64>) -> ApiError {

@@ -152,6 +152,16 @@ impl Cache {
             BlobSource::Stored { path, size } if size <= MAX_CONFIG_SIZE => path,
             BlobSource::Stored { .. } => return Ok(None),
             BlobSource::Fetching { mut joined, .. } => joined.done().await?.1,
+            BlobSource::PassThrough { mut pass, .. } => {
+                let mut bytes = Vec::new();
+                while let Some(chunk) = pass.next_chunk().await? {
+                    if bytes.len() + chunk.len() > MAX_CONFIG_SIZE as usize {
+                        return Ok(None);
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                return Ok(convert::platform_from_config(&bytes));
+            }
         };
         let bytes = tokio::fs::read(path).await.map_err(CacheError::from)?;
         Ok(convert::platform_from_config(&bytes))

@@ -45,6 +45,19 @@ impl CacheError {
         }
     }
 
+    /// The upstream's own trouble behind this error (see `UpstreamError::upstream_cause`).
+    pub fn upstream_cause(&self) -> FailureCause {
+        match self {
+            CacheError::Upstream { source, .. } => source.upstream_cause(),
+            other => other.cause(),
+        }
+    }
+
+    /// The cache itself failed (disk full, I/O, metadata), not the upstream.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, CacheError::Io(_) | CacheError::Meta(_))
+    }
+
     pub fn upstream_name(&self) -> Option<&str> {
         match self {
             CacheError::Upstream { upstream, .. } | CacheError::Truncated { upstream, .. } => Some(upstream),
@@ -55,7 +68,8 @@ impl CacheError {
     /// Upstream attempts behind this error (0: the upstream was not asked).
     pub fn attempts(&self) -> u32 {
         match self {
-            CacheError::Upstream { .. } | CacheError::Truncated { .. } => 1,
+            CacheError::Upstream { source, .. } => source.attempts(),
+            CacheError::Truncated { .. } => 1,
             _ => 0,
         }
     }

@@ -11,7 +11,12 @@ use super::blobs::BlobStore;
 use super::error::CacheError;
 use super::inflight::{Fetch, FetchState, Inflight};
 use crate::reference::{Digest, Hasher, RepoName};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Upstream, UpstreamError, is_retryable};
+
+/// Resumes of one broken blob transfer before giving up.
+const MAX_RESUMES: u32 = 5;
+/// Pause before a resume, times the number of resumes so far.
+const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct BlobFetch {
     pub fetch: Arc<Fetch>,
@@ -39,6 +44,16 @@ impl BlobFetch {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(self.fetch.temp_path());
+                if e.is_storage() {
+                    // Readers stream on from the upstream; the pull goes on.
+                    self.events.storage_degraded(
+                        e.cause(),
+                        &self.upstream.name,
+                        self.repo.as_str(),
+                        &self.digest.to_string(),
+                        &e.to_string(),
+                    );
+                }
                 FetchState::Failed(e)
             }
         };
@@ -48,37 +63,93 @@ impl BlobFetch {
 
     async fn download(&self) -> Result<u64, CacheError> {
         let name = &self.upstream.name;
-        let resp = self
-            .upstream
-            .blob(&self.repo, &self.digest, 0)
-            .await
-            .map_err(|e| CacheError::upstream(name, e))?;
-        let total = resp.content_length();
-        self.fetch.publish(FetchState::Running { written: 0, total });
         let mut writer = tokio::fs::File::from_std(self.writer.try_clone()?);
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written = 0u64;
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| CacheError::upstream(name, UpstreamError::Http(e)))?;
-            hasher.update(&chunk);
-            writer.write_all(&chunk).await?;
-            // Readers follow `written`; the bytes must be in the file first.
-            writer.flush().await?;
-            written += chunk.len() as u64;
-            self.events.metrics.upstream_bytes.inc_by(chunk.len() as u64);
-            if total.is_some_and(|t| written > t) {
-                break;
+        let mut total = None;
+        let mut resumes = 0u32;
+        let mut first_break: Option<CacheError> = None;
+        loop {
+            let resp = self
+                .upstream
+                .blob(&self.repo, &self.digest, written)
+                .await
+                .map_err(|e| CacheError::upstream(name, e))?;
+            // Bytes at the start of this body that were already written.
+            let mut skip = 0u64;
+            if written == 0 {
+                total = resp.content_length();
+                self.fetch.publish(FetchState::Running { written: 0, total });
+            } else if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+                match content_range_start(resp.headers()) {
+                    Some(start) if start <= written => skip = written - start,
+                    _ => {
+                        return Err(first_break.unwrap_or(CacheError::Truncated {
+                            upstream: name.clone(),
+                            expected: total.unwrap_or_default(),
+                            got: written,
+                        }));
+                    }
+                }
+            } else {
+                // The upstream ignored the Range: the whole blob again.
+                skip = written;
             }
-            self.fetch.publish(FetchState::Running { written, total });
-            if !self.finish_abandoned && self.fetch.waiters() == 0 {
-                return Err(CacheError::Abandoned);
+            let mut body = resp.bytes_stream();
+            let broke = loop {
+                let mut chunk = match body.next().await {
+                    None => break None,
+                    Some(Err(e)) => break Some(CacheError::upstream(name, UpstreamError::Http(e))),
+                    Some(Ok(chunk)) => chunk,
+                };
+                if skip > 0 {
+                    let n = skip.min(chunk.len() as u64);
+                    chunk = chunk.slice(n as usize..);
+                    skip -= n;
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                }
+                hasher.update(&chunk);
+                writer.write_all(&chunk).await?;
+                // Readers follow `written`; the bytes must be in the file first.
+                writer.flush().await?;
+                written += chunk.len() as u64;
+                self.events.metrics.upstream_bytes.inc_by(chunk.len() as u64);
+                if total.is_some_and(|t| written > t) {
+                    break None;
+                }
+                self.fetch.publish(FetchState::Running { written, total });
+                if !self.finish_abandoned && self.fetch.waiters() == 0 {
+                    return Err(CacheError::Abandoned);
+                }
+            };
+            let error = match broke {
+                None if total.is_none_or(|t| written >= t) => break,
+                None => CacheError::Truncated {
+                    upstream: name.clone(),
+                    expected: total.unwrap_or_default(),
+                    got: written,
+                },
+                Some(e) => e,
+            };
+            let resumable = match &error {
+                CacheError::Truncated { .. } => true,
+                CacheError::Upstream { source, .. } => is_retryable(source),
+                _ => false,
+            };
+            if !resumable || resumes >= MAX_RESUMES {
+                return Err(error);
             }
+            resumes += 1;
+            tracing::info!(upstream = %name, repo = %self.repo, digest = %self.digest, written, error = %error, "blob transfer broke; resuming with Range");
+            first_break.get_or_insert(error);
+            tokio::time::sleep(RESUME_PAUSE * resumes).await;
         }
-        if let Some(expected) = total.filter(|&t| t != written) {
+        if let Some(total) = total.filter(|&t| t != written) {
             return Err(CacheError::Truncated {
                 upstream: name.clone(),
-                expected,
+                expected: total,
                 got: written,
             });
         }
@@ -94,6 +165,22 @@ impl BlobFetch {
                 },
             ));
         }
+        if let Some(e) = first_break {
+            self.events.upstream_degraded(
+                e.cause(),
+                name,
+                self.repo.as_str(),
+                &self.digest.to_string(),
+                &format!("blob transfer resumed with Range {resumes} time(s)"),
+                &e.to_string(),
+            );
+        }
         Ok(written)
     }
+}
+
+/// The first byte position of a `Content-Range: bytes <start>-<end>/<size>`.
+fn content_range_start(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    let v = h.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
 }

@@ -18,7 +18,9 @@ use futures_util::Stream;
 use tokio::sync::watch;
 
 use super::error::CacheError;
-use crate::reference::Digest;
+use super::passthrough::PassThrough;
+use crate::reference::{Digest, Hasher, RepoName};
+use crate::upstream::Upstream;
 
 /// Bytes read from the file per chunk sent to a client.
 const READ_CHUNK: usize = 256 << 10;
@@ -68,6 +70,16 @@ impl Fetch {
 pub struct Joined {
     pub state: watch::Receiver<FetchState>,
     file: Option<std::fs::File>,
+    /// Where to get the rest of the bytes when the fetch fails because the
+    /// cache cannot be written: straight from the upstream.
+    pub fallback: Option<Fallback>,
+}
+
+#[derive(Clone)]
+pub struct Fallback {
+    pub upstream: Arc<Upstream>,
+    pub repo: RepoName,
+    pub digest: Digest,
 }
 
 #[derive(Default)]
@@ -98,6 +110,7 @@ impl Inflight {
             return Ok(Slot::Follower(Joined {
                 state: fetch.subscribe(),
                 file,
+                fallback: None,
             }));
         }
         let (temp_path, writer) = make_temp()?;
@@ -114,6 +127,7 @@ impl Inflight {
             Joined {
                 state: rx,
                 file: Some(file),
+                fallback: None,
             },
         ))
     }
@@ -168,6 +182,9 @@ impl Joined {
             pos: start,
             end,
             seeked: false,
+            seen_written: 0,
+            seen_total: None,
+            pass: None,
         };
         futures_util::stream::unfold(Some(reader), |reader| async move {
             let mut reader = reader?;
@@ -191,21 +208,37 @@ struct Reader {
     pos: u64,
     end: Option<u64>,
     seeked: bool,
+    /// The fetch's progress as last seen: bytes surely in the temp file.
+    seen_written: u64,
+    seen_total: Option<u64>,
+    /// Set once the fetch failed to store and this reader streams the rest
+    /// from the upstream itself.
+    pass: Option<PassThrough>,
 }
 
 impl Reader {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, CacheError> {
         loop {
+            if let Some(pass) = &mut self.pass {
+                return pass.next_chunk().await;
+            }
             let (limit, done_path) = match &*self.joined.state.borrow_and_update() {
                 FetchState::Starting => (self.pos, None),
                 // Hold back the response's last byte until verification.
-                FetchState::Running { written, .. } => {
+                FetchState::Running { written, total } => {
+                    self.seen_written = *written;
+                    self.seen_total = *total;
                     let end = self.end.unwrap_or(u64::MAX);
                     (*written.min(&end.saturating_sub(1)), None)
                 }
                 FetchState::Done { size, path } => (self.end.unwrap_or(*size).min(*size), Some(path.clone())),
+                FetchState::Failed(e) if e.is_storage() && self.joined.fallback.is_some() => (u64::MAX, None),
                 FetchState::Failed(e) => return Err(e.clone()),
             };
+            if limit == u64::MAX {
+                self.pass_through().await?;
+                continue;
+            }
             // A reader that could not open the temp file waits for the
             // committed file rather than reading from nowhere.
             let readable = self.joined.file.is_some() || done_path.is_some();
@@ -219,6 +252,54 @@ impl Reader {
                 return Err(abandoned());
             }
         }
+    }
+
+    /// The cache could not store the blob: hash what this reader can still
+    /// read of the temp file, and take the rest from the upstream directly.
+    async fn pass_through(&mut self) -> Result<(), CacheError> {
+        let fallback = self.joined.fallback.clone().ok_or_else(abandoned)?;
+        let mut have = if self.joined.file.is_some() {
+            self.seen_written
+        } else {
+            0
+        };
+        // Ask for at least one byte: a Range starting at the end is unsatisfiable.
+        if self.seen_total.is_some_and(|t| have >= t) {
+            have = have.saturating_sub(1);
+        }
+        let mut hasher = Hasher::new(fallback.digest.algorithm());
+        if have > 0 {
+            let mut file = self.joined.file.take().ok_or_else(abandoned)?;
+            let (file, hasher_result) = tokio::task::spawn_blocking(move || {
+                let r = (|| {
+                    file.seek(SeekFrom::Start(0))?;
+                    let mut buf = vec![0u8; READ_CHUNK];
+                    let mut left = have;
+                    while left > 0 {
+                        let n = file.read(&mut buf[..left.min(READ_CHUNK as u64) as usize])?;
+                        if n == 0 {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "temp file shorter than written",
+                            ));
+                        }
+                        hasher.update(&buf[..n]);
+                        left -= n as u64;
+                    }
+                    Ok::<_, std::io::Error>(hasher)
+                })();
+                (file, r)
+            })
+            .await
+            .map_err(|e| CacheError::from(std::io::Error::other(e)))?;
+            self.joined.file = Some(file);
+            self.seeked = false;
+            hasher = hasher_result?;
+        }
+        tracing::info!(repo = %fallback.repo, digest = %fallback.digest, from = have, "cache cannot store this blob; streaming it from the upstream without storing");
+        let pass = PassThrough::open(&fallback.upstream, &fallback.repo, &fallback.digest, have, hasher).await?;
+        self.pass = Some(pass.window(self.pos, self.end));
+        Ok(())
     }
 
     async fn read(&mut self, available: u64, done_path: Option<PathBuf>) -> Result<Bytes, CacheError> {

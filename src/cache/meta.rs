@@ -57,11 +57,21 @@ fn key(parts: &[&str]) -> Vec<u8> {
 }
 
 impl Meta {
+    /// Open the metadata; a database that cannot be opened (torn by a crash,
+    /// from an incompatible version) is moved aside and started afresh, since
+    /// everything in it can be learned again from the upstream.
     pub fn open(cache_dir: &Path) -> Result<Self, MetaError> {
-        let db = sled::Config::new()
-            .path(cache_dir.join("meta"))
-            .flush_every_ms(Some(500))
-            .open()?;
+        let path = cache_dir.join("meta");
+        let open = || sled::Config::new().path(&path).flush_every_ms(Some(500)).open();
+        let db = match open() {
+            Ok(db) => db,
+            Err(e) => {
+                let aside = cache_dir.join(format!("meta.broken-{}", now_secs()));
+                tracing::warn!(error = %e, aside = %aside.display(), "cache metadata unreadable; moved aside, starting empty");
+                std::fs::rename(&path, &aside).map_err(sled::Error::Io)?;
+                open()?
+            }
+        };
         Ok(Self {
             tags: db.open_tree("tags")?,
             manifests: db.open_tree("manifests")?,
@@ -143,6 +153,49 @@ impl Meta {
     /// Whether berth made this digest by conversion.
     pub fn is_converted(&self, digest: &Digest) -> Result<bool, MetaError> {
         Ok(self.converted_from.contains_key(digest.to_string().as_bytes())?)
+    }
+
+    /// Drop records that point at content no longer on disk (a crash between
+    /// writing the record and the file, or files removed by hand), so no
+    /// request trusts them. Returns how many records were removed.
+    pub fn repair(&self, present: impl Fn(&Digest) -> bool) -> Result<usize, MetaError> {
+        let missing = |text: &[u8]| {
+            std::str::from_utf8(text)
+                .ok()
+                .and_then(|s| Digest::parse(s).ok())
+                .is_none_or(|d| !present(&d))
+        };
+        let mut removed = 0;
+        for entry in self.manifests.iter() {
+            let (k, _) = entry?;
+            if missing(&k) {
+                self.manifests.remove(k)?;
+                removed += 1;
+            }
+        }
+        for entry in self.tags.iter() {
+            let (k, v) = entry?;
+            let rec: Option<TagRecord> = serde_json::from_slice(&v).ok();
+            if rec.is_none_or(|r| missing(r.digest.as_bytes())) {
+                self.tags.remove(k)?;
+                removed += 1;
+            }
+        }
+        for entry in self.converted.iter() {
+            let (k, v) = entry?;
+            if missing(&v) {
+                self.converted.remove(k)?;
+                removed += 1;
+            }
+        }
+        for entry in self.converted_from.iter() {
+            let (k, _) = entry?;
+            if missing(&k) {
+                self.converted_from.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Record that a digest was served, for least-recently-used eviction.

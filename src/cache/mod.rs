@@ -9,6 +9,7 @@ mod error;
 mod fetch;
 mod inflight;
 mod meta;
+mod passthrough;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,12 +20,13 @@ use bytes::Bytes;
 pub use convert::ConvertError;
 pub use error::CacheError;
 pub use inflight::Joined;
+pub use passthrough::PassThrough;
 
 use crate::failure::FailureCause;
 use crate::reference::{Digest, Reference, RepoName};
 use crate::upstream::{Upstream, UpstreamManifest};
 use blobs::BlobStore;
-use inflight::{Inflight, Slot};
+use inflight::{Fallback, Inflight, Slot};
 use meta::{Meta, now_secs};
 
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub enum BlobSource {
     Stored { path: PathBuf, size: u64 },
     /// Being fetched; `size` is the upstream's announced length, if any.
     Fetching { joined: Joined, size: Option<u64> },
+    /// The cache cannot store it: streamed from the upstream, not stored.
+    PassThrough { pass: Box<PassThrough>, size: Option<u64> },
 }
 
 pub struct Cache {
@@ -58,9 +62,18 @@ impl Cache {
         upstreams: Vec<Arc<Upstream>>,
         events: Arc<crate::events::Events>,
     ) -> Result<Self, CacheError> {
+        let store = Arc::new(BlobStore::open(&config.cache_dir)?);
+        let meta = Meta::open(&config.cache_dir)?;
+        let removed = meta.repair(|d| store.size(d).is_some())?;
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                "cache metadata pointed at missing content; those records were dropped"
+            );
+        }
         Ok(Self {
-            store: Arc::new(BlobStore::open(&config.cache_dir)?),
-            meta: Meta::open(&config.cache_dir)?,
+            store,
+            meta,
             inflight: Arc::default(),
             upstreams,
             tag_ttl: config.tag_ttl,
@@ -87,10 +100,23 @@ impl Cache {
         })
     }
 
-    fn store_manifest(&self, m: &UpstreamManifest) -> Result<(), CacheError> {
-        self.store.put(&m.digest, &m.bytes)?;
-        self.meta.put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)?;
-        Ok(())
+    /// Store a fetched manifest. A cache that cannot be written does not fail
+    /// the pull: the manifest is served anyway and the problem logged.
+    fn store_manifest(&self, upstream: &str, repo: &RepoName, m: &UpstreamManifest) {
+        let stored = self
+            .store
+            .put(&m.digest, &m.bytes)
+            .map_err(CacheError::from)
+            .and_then(|_| Ok(self.meta.put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)?));
+        if let Err(e) = stored {
+            self.events.storage_degraded(
+                e.cause(),
+                upstream,
+                repo.as_str(),
+                &m.digest.to_string(),
+                &e.to_string(),
+            );
+        }
     }
 
     pub async fn manifest(
@@ -118,7 +144,7 @@ impl Cache {
             .manifest(repo, reference)
             .await
             .map_err(|e| CacheError::upstream(&upstream.name, e))?;
-        self.store_manifest(&m)?;
+        self.store_manifest(&upstream.name, repo, &m);
         Ok(CachedManifest {
             bytes: m.bytes,
             media_type: m.media_type,
@@ -138,10 +164,11 @@ impl Cache {
         };
         let Some((cached, checked_at)) = cached else {
             let m = self.fetch_manifest(up, repo, tag).await?;
-            self.meta.put_tag(&upstream.name, repo, tag, &m.digest)?;
+            self.remember_tag(&upstream.name, repo, tag, &m.digest);
             return Ok(m);
         };
-        if now_secs().saturating_sub(checked_at) < self.tag_ttl.as_secs() {
+        // Offline, the cached digest is the answer: nothing to revalidate against.
+        if upstream.is_offline() || now_secs().saturating_sub(checked_at) < self.tag_ttl.as_secs() {
             return Ok(cached);
         }
         // Revalidate with HEAD: it does not count against Docker Hub's limit.
@@ -152,12 +179,12 @@ impl Cache {
         };
         match fresh {
             Ok(m) => {
-                self.meta.put_tag(&upstream.name, repo, tag, &m.digest)?;
+                self.remember_tag(&upstream.name, repo, tag, &m.digest);
                 Ok(m)
             }
             Err(e) if serves_stale(&e) => {
                 self.events.upstream_degraded(
-                    e.cause(),
+                    e.upstream_cause(),
                     &upstream.name,
                     repo.as_str(),
                     tag,
@@ -167,6 +194,15 @@ impl Cache {
                 Ok(cached)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Record what a tag resolved to; failing to is logged, not fatal.
+    fn remember_tag(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest) {
+        if let Err(e) = self.meta.put_tag(upstream, repo, tag, digest) {
+            let e = CacheError::from(e);
+            self.events
+                .storage_degraded(e.cause(), upstream, repo.as_str(), tag, &e.to_string());
         }
     }
 
@@ -180,7 +216,27 @@ impl Cache {
                 size,
             });
         }
-        let slot = self.inflight.join_or_lead(digest, || self.store.temp_file())?;
+        let upstream = &self.upstreams[up];
+        let slot = match self.inflight.join_or_lead(digest, || self.store.temp_file()) {
+            Ok(slot) => slot,
+            Err(e) => {
+                let e = CacheError::from(e);
+                self.events.storage_degraded(
+                    e.cause(),
+                    &upstream.name,
+                    repo.as_str(),
+                    &digest.to_string(),
+                    &e.to_string(),
+                );
+                let hasher = crate::reference::Hasher::new(digest.algorithm());
+                let pass = PassThrough::open(upstream, repo, digest, 0, hasher).await?;
+                let size = pass.total();
+                return Ok(BlobSource::PassThrough {
+                    pass: Box::new(pass),
+                    size,
+                });
+            }
+        };
         let mut joined = match slot {
             Slot::Follower(joined) => joined,
             Slot::Leader(fetch, writer, joined) => {
@@ -199,6 +255,11 @@ impl Cache {
                 joined
             }
         };
+        joined.fallback = Some(Fallback {
+            upstream: upstream.clone(),
+            repo: repo.clone(),
+            digest: digest.clone(),
+        });
         let size = joined.started().await?;
         Ok(BlobSource::Fetching { joined, size })
     }

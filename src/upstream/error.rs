@@ -35,25 +35,52 @@ pub enum UpstreamError {
     DigestMismatch { expected: String, actual: String },
     #[error("upstream manifest is invalid: {0}")]
     ManifestInvalid(String),
+    #[error("{last} (after {attempts} attempts)")]
+    Retried {
+        attempts: u32,
+        #[source]
+        last: Box<UpstreamError>,
+    },
+    #[error("upstream considered down after repeated failures ({cause}); not asked, content not cached")]
+    CircuitOpen { cause: FailureCause },
+    #[error("berth runs offline; the upstream is not asked and this content is not cached")]
+    Offline,
 }
 
 impl UpstreamError {
-    pub fn retry_after(&self) -> Option<u64> {
+    /// The error of the last attempt, under any retry wrapper.
+    pub fn root(&self) -> &UpstreamError {
         match self {
+            UpstreamError::Retried { last, .. } => last.root(),
+            other => other,
+        }
+    }
+
+    /// Requests sent to the upstream for this outcome.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            UpstreamError::Retried { attempts, .. } => *attempts,
+            UpstreamError::CircuitOpen { .. } | UpstreamError::Offline => 0,
+            _ => 1,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        match self.root() {
             UpstreamError::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
 
     pub fn ratelimit(&self) -> Option<String> {
-        match self {
+        match self.root() {
             UpstreamError::Status { ratelimit, .. } => ratelimit.clone(),
             _ => None,
         }
     }
 
     pub fn status(&self) -> Option<u16> {
-        match self {
+        match self.root() {
             UpstreamError::Status { status, .. } | UpstreamError::TokenRefused { status } => Some(*status),
             _ => None,
         }
@@ -61,6 +88,8 @@ impl UpstreamError {
 
     pub fn cause(&self) -> FailureCause {
         match self {
+            UpstreamError::Retried { last, .. } => UpstreamError::cause(last),
+            UpstreamError::CircuitOpen { .. } | UpstreamError::Offline => FailureCause::NotCachedOffline,
             UpstreamError::Http(e) => classify_reqwest(e),
             UpstreamError::Status {
                 status: 401,
@@ -78,10 +107,21 @@ impl UpstreamError {
         }
     }
 
+    /// The cause behind the upstream's trouble: for a circuit that is open,
+    /// the failure that opened it (what an operator needs when stale content
+    /// was served), otherwise `cause()`.
+    pub fn upstream_cause(&self) -> FailureCause {
+        match self.root() {
+            UpstreamError::CircuitOpen { cause } => *cause,
+            _ => self.cause(),
+        }
+    }
+
     /// Whether the upstream definitely could not be reached or answered with an
     /// outage, as opposed to a definite "no" about the content.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self.cause().category(), "network" | "registry") || matches!(self, UpstreamError::TokenRefused { .. })
+        matches!(self.cause().category(), "network" | "registry" | "availability")
+            || matches!(self.root(), UpstreamError::TokenRefused { .. })
     }
 }
 

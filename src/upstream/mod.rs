@@ -5,7 +5,9 @@
 //! This layer knows nothing about the cache or the client's request.
 
 mod auth;
+mod breaker;
 mod error;
+mod retry;
 
 use std::time::Duration;
 
@@ -17,13 +19,17 @@ use serde::Deserialize;
 
 pub use auth::Challenge;
 pub use error::UpstreamError;
+pub use retry::is_retryable;
 
 use std::sync::Arc;
 
-use crate::config::{Credentials, UpstreamConfig};
+use crate::config::{Credentials, RetryConfig, UpstreamConfig};
 use crate::events::Events;
+use crate::failure::FailureCause;
 use crate::media::ALL_MANIFEST_TYPES;
 use crate::reference::{Digest, RepoName};
+use breaker::{Breaker, Transition};
+use retry::Backoff;
 
 /// Distribution refuses manifests over 4 MiB; so does berth, so a hostile
 /// upstream cannot make it buffer without bound.
@@ -43,6 +49,9 @@ pub struct Upstream {
     http: reqwest::Client,
     tokens: auth::TokenCache,
     credentials: Option<Credentials>,
+    retry: RetryConfig,
+    breaker: Breaker,
+    offline: bool,
     events: Arc<Events>,
 }
 
@@ -92,12 +101,22 @@ impl Upstream {
             http,
             tokens: auth::TokenCache::default(),
             credentials: cfg.credentials.clone(),
+            retry: cfg.retry,
+            breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown),
+            offline: cfg.offline,
             events,
         })
     }
 
-    /// Send a request for `/v2/<repo>/<tail>`, answering an auth challenge once,
-    /// trying the next endpoint when one cannot be reached.
+    /// Whether this upstream is never to be contacted.
+    pub fn is_offline(&self) -> bool {
+        self.offline
+    }
+
+    /// Send a request for `/v2/<repo>/<tail>`: endpoints in order, retries
+    /// with backoff for faults that may pass, the circuit breaker consulted
+    /// before every attempt. A problem hidden by a later success is reported
+    /// as `upstream_degraded`.
     async fn send(
         &self,
         method: Method,
@@ -105,21 +124,97 @@ impl Upstream {
         tail: &str,
         headers: HeaderMap,
     ) -> Result<Response, UpstreamError> {
+        if self.offline {
+            return Err(UpstreamError::Offline);
+        }
         let scope = format!("repository:{repo}:pull");
-        let mut last_err = None;
+        let mut backoff = Backoff::new(self.retry);
+        let mut hidden: Option<(FailureCause, String)> = None;
+        let mut last: Option<UpstreamError> = None;
+        loop {
+            if let Err(open) = self.breaker.admit() {
+                return Err(match last {
+                    Some(e) => retried(e, backoff.attempts),
+                    None => UpstreamError::CircuitOpen { cause: open.cause },
+                });
+            }
+            match self
+                .try_endpoints(&method, repo, tail, &scope, &headers, &mut backoff)
+                .await
+            {
+                Ok((resp, endpoint, skipped)) => {
+                    if let Some(e) = skipped {
+                        hidden.get_or_insert_with(|| (e.cause(), e.to_string()));
+                    }
+                    if self.breaker.success() == Transition::Closed {
+                        tracing::info!(upstream = %self.name, "upstream answers again; circuit closed");
+                    }
+                    if let Some((cause, detail)) = hidden.take() {
+                        let what = if endpoint > 0 {
+                            format!("failed over to endpoint {}", endpoint + 1)
+                        } else {
+                            format!("succeeded after {} attempts", backoff.attempts)
+                        };
+                        let reference = tail.rsplit('/').next().unwrap_or(tail);
+                        self.events
+                            .upstream_degraded(cause, &self.name, repo.as_str(), reference, &what, &detail);
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    if counts_against_upstream(&e) && self.breaker.failure(e.cause()) == Transition::Opened {
+                        tracing::warn!(upstream = %self.name, cause = e.cause().name(), "upstream considered down; circuit open");
+                    }
+                    let delay = backoff.next_delay(&e);
+                    hidden.get_or_insert_with(|| (e.cause(), e.to_string()));
+                    match delay {
+                        Some(delay) => {
+                            last = Some(e);
+                            tokio::time::sleep(delay).await;
+                        }
+                        None => return Err(retried(e, backoff.attempts)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round over the endpoints, in order. Returns the first answer that
+    /// is not a fault, with the index of the endpoint that gave it and the
+    /// fault of the endpoint before it, if any.
+    async fn try_endpoints(
+        &self,
+        method: &Method,
+        repo: &RepoName,
+        tail: &str,
+        scope: &str,
+        headers: &HeaderMap,
+        backoff: &mut Backoff,
+    ) -> Result<(Response, usize, Option<UpstreamError>), UpstreamError> {
         let operation = tail.split('/').next().unwrap_or("other");
-        for endpoint in &self.endpoints {
+        let mut last_err = None;
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
             let url = format!("{}/v2/{repo}/{tail}", endpoint.as_str().trim_end_matches('/'));
+            backoff.attempts += 1;
             let started = std::time::Instant::now();
-            let result = self.send_to(&method, &url, &scope, &headers).await;
+            let result = self.send_to(method, &url, scope, headers).await;
             self.events
                 .metrics
                 .upstream_latency(&self.name, operation, started.elapsed());
-            match result {
-                Ok(resp) => return Ok(resp),
-                Err(e @ UpstreamError::Http(_)) => last_err = Some(e),
-                Err(e) => return Err(e),
+            let err = match result {
+                Ok(resp) if retry::is_retryable_status(resp.status().as_u16()) => match check_status(resp).await {
+                    Ok(resp) => return Ok((resp, index, last_err)),
+                    Err(e) => e,
+                },
+                Ok(resp) => return Ok((resp, index, last_err)),
+                Err(e) => e,
+            };
+            // Another endpoint may answer what this one could not reach; a
+            // definite answer (bad credentials) would be the same everywhere.
+            if !counts_against_upstream(&err) {
+                return Err(err);
             }
+            last_err = Some(err);
         }
         Err(last_err.unwrap_or(UpstreamError::BadChallenge))
     }
@@ -243,6 +338,29 @@ impl Upstream {
             }
         }
         Ok(tags)
+    }
+}
+
+/// Wrap the last error with the attempt count when there was more than one.
+fn retried(e: UpstreamError, attempts: u32) -> UpstreamError {
+    if attempts > 1 {
+        UpstreamError::Retried {
+            attempts,
+            last: Box::new(e),
+        }
+    } else {
+        e
+    }
+}
+
+/// Faults that say the upstream (or the way to it) is not working, as
+/// opposed to a definite answer about the content or the credentials.
+fn counts_against_upstream(e: &UpstreamError) -> bool {
+    match e.root() {
+        UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
+        UpstreamError::TokenRefused { status } => *status == 429 || *status >= 500,
+        UpstreamError::Http(_) => e.cause().category() == "network",
+        _ => false,
     }
 }
 

@@ -62,6 +62,8 @@ struct Shared {
     addr: String,
     log: Mutex<Vec<String>>,
     tokens: Mutex<Vec<String>>,
+    /// The `Range` header of every request that had one.
+    ranges: Mutex<Vec<String>>,
     rules: Mutex<Vec<Rule>>,
     body_bytes: AtomicU64,
 }
@@ -87,6 +89,7 @@ impl Relay {
             addr: format!("http://{addr}"),
             log: Mutex::default(),
             tokens: Mutex::default(),
+            ranges: Mutex::default(),
             rules: Mutex::default(),
             body_bytes: AtomicU64::new(0),
         });
@@ -111,6 +114,11 @@ impl Relay {
 
     pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
         self.requests().iter().filter(|r| pred(r)).count()
+    }
+
+    /// The `Range` headers sent to the upstream, in order.
+    pub fn ranges(&self) -> Vec<String> {
+        self.shared.ranges.lock().expect("relay ranges").clone()
     }
 
     pub fn tokens_issued(&self) -> usize {
@@ -203,6 +211,9 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
         .unwrap_or_default();
     let line = format!("{} {path_q}", req.method());
     s.log.lock().expect("relay log").push(line.clone());
+    if let Some(range) = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        s.ranges.lock().expect("relay ranges").push(range.to_string());
+    }
     if s.options.token_auth.is_some() && req.uri().path().starts_with("/v2/") {
         let presented = req
             .headers()

@@ -1,0 +1,139 @@
+//! A circuit breaker per upstream: after `threshold` consecutive failed
+//! attempts the upstream is considered down, and requests are refused at once
+//! (so cached content is served without waiting on timeouts, and cache misses
+//! fail fast) until `cooldown` has passed; then one probe is let through, and
+//! its outcome closes or reopens the circuit.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::failure::FailureCause;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+        cause: FailureCause,
+    },
+    /// One probe is out; everyone else is refused until it returns.
+    Probing {
+        cause: FailureCause,
+    },
+}
+
+pub struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<State>,
+}
+
+/// A refusal: why the upstream is considered down.
+#[derive(Debug, Clone, Copy)]
+pub struct Open {
+    pub cause: FailureCause,
+}
+
+/// What a state change means for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Opened,
+    Closed,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            cooldown,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
+    }
+
+    /// May a request go to the upstream now?
+    pub fn admit(&self) -> Result<(), Open> {
+        let Ok(mut state) = self.state.lock() else {
+            return Ok(());
+        };
+        match *state {
+            State::Closed { .. } => Ok(()),
+            State::Open { until, cause } if Instant::now() >= until => {
+                *state = State::Probing { cause };
+                Ok(())
+            }
+            State::Open { cause, .. } | State::Probing { cause } => Err(Open { cause }),
+        }
+    }
+
+    pub fn success(&self) -> Transition {
+        let Ok(mut state) = self.state.lock() else {
+            return Transition::None;
+        };
+        let was_down = !matches!(*state, State::Closed { .. });
+        *state = State::Closed { failures: 0 };
+        if was_down { Transition::Closed } else { Transition::None }
+    }
+
+    pub fn failure(&self, cause: FailureCause) -> Transition {
+        let Ok(mut state) = self.state.lock() else {
+            return Transition::None;
+        };
+        let open = State::Open {
+            until: Instant::now() + self.cooldown,
+            cause,
+        };
+        match *state {
+            State::Closed { failures } if failures + 1 >= self.threshold => {
+                *state = open;
+                Transition::Opened
+            }
+            State::Closed { failures } => {
+                *state = State::Closed { failures: failures + 1 };
+                Transition::None
+            }
+            State::Probing { .. } => {
+                *state = open;
+                Transition::Opened
+            }
+            State::Open { .. } => Transition::None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_and_probes_after_cooldown() {
+        let b = Breaker::new(3, Duration::ZERO);
+        assert_eq!(b.failure(FailureCause::ConnectTimeout), Transition::None);
+        assert_eq!(b.failure(FailureCause::ConnectTimeout), Transition::None);
+        assert!(b.admit().is_ok());
+        assert_eq!(b.failure(FailureCause::ConnectTimeout), Transition::Opened);
+        // Cool-down of zero: the next caller is the probe, the one after waits.
+        assert!(b.admit().is_ok());
+        assert!(b.admit().is_err());
+        assert_eq!(b.success(), Transition::Closed);
+        assert!(b.admit().is_ok());
+    }
+
+    #[test]
+    fn open_refuses_until_cooldown() {
+        let b = Breaker::new(1, Duration::from_secs(3600));
+        assert_eq!(b.failure(FailureCause::ConnectionRefused), Transition::Opened);
+        let refused = b.admit().expect_err("open");
+        assert_eq!(refused.cause, FailureCause::ConnectionRefused);
+    }
+
+    #[test]
+    fn a_failed_probe_reopens() {
+        let b = Breaker::new(1, Duration::ZERO);
+        b.failure(FailureCause::UpstreamUnavailable);
+        assert!(b.admit().is_ok());
+        assert_eq!(b.failure(FailureCause::UpstreamUnavailable), Transition::Opened);
+    }
+}

@@ -1,0 +1,455 @@
+//! Outages don't stop pulls: berth in front of a real Distribution upstream,
+//! with faults injected by the relay (statuses, resets, flipped bytes, slow
+//! bodies), a stopped upstream, a refused first endpoint, `kill -9` of berth
+//! itself, and a cache on a full disk. Each scenario asserts what the client
+//! got and what is (or is not) in the cache.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::daemons::Dockerd;
+use support::images::{push_random_blob, seed};
+use support::registry::Registry;
+use support::relay::{Fault, Relay, RelayOptions};
+use support::{Berth, client_name, sha256_hex, skopeo_try, verify_oci_dir};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("client")
+}
+
+/// An `[[upstream]]` named docker.io at `endpoints`, with fast retries so the
+/// tests do not wait on production backoff, plus `extra` keys.
+fn upstream_toml(endpoints: &[String], extra: &str) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[[upstream]]\nname = \"docker.io\"\nendpoints = [{}]\ndefault = true\n\
+         retry_base_delay = \"50ms\"\nretry_max_delay = \"200ms\"\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+fn blob_path(cache_dir: &Path, digest: &str) -> PathBuf {
+    let hex = &digest["sha256:".len()..];
+    cache_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+fn events_named(berth: &Berth, name: &str) -> Vec<serde_json::Value> {
+    berth.events().into_iter().filter(|e| e["event"] == name).collect()
+}
+
+async fn get_blob(berth: &Berth, name: &str, digest: &str) -> reqwest::Result<bytes::Bytes> {
+    client()
+        .get(format!("{}/v2/{name}/blobs/{digest}", berth.url()))
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await
+}
+
+fn copy_to_dir(berth: &Berth, reference: &str, dir: &Path) -> std::process::Output {
+    let src = format!("docker://{}/{reference}", berth.host());
+    let dest = format!("oci:{}", dir.display());
+    skopeo_try(&["copy", "--all", "--src-tls-verify=false", &src, &dest])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_stopped_after_a_warm_pull_still_serves_cached_images() {
+    let mut registry = Registry::start();
+    let fixtures = tokio::task::block_in_place(|| seed(&registry));
+    // tag_ttl 0: every tag pull asks the upstream, so the outage is noticed.
+    let berth = Berth::start(&format!(
+        "[cache]\ntag_ttl = \"0s\"\n{}",
+        upstream_toml(
+            &[registry.url()],
+            "attempts = 2\nbreaker_threshold = 3\nbreaker_cooldown = \"10m\""
+        )
+    ));
+    let dockerd = tokio::task::block_in_place(|| Dockerd::start(&berth.host()));
+    let v2s2 = format!("{}:{}", client_name(&fixtures.v2s2.repo), fixtures.v2s2.tag);
+    let oci = format!("{}:{}", client_name(&fixtures.oci.repo), fixtures.oci.tag);
+    let layers_by_digest = format!("{}@{}", client_name(&fixtures.layers.repo), fixtures.layers.digest);
+    let work = tempfile::tempdir().expect("work dir");
+
+    // Warm: dockerd pulls one image, skopeo copies one by tag and one by digest.
+    tokio::task::block_in_place(|| {
+        dockerd.docker(&["pull", &v2s2]);
+        for (i, reference) in [&oci, &layers_by_digest].iter().enumerate() {
+            let out = copy_to_dir(&berth, reference, &work.path().join(format!("warm{i}")));
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
+
+    registry.stop();
+
+    tokio::task::block_in_place(|| {
+        dockerd.docker(&["rmi", &v2s2]);
+        dockerd.docker(&["pull", &v2s2]);
+        let digests = dockerd.repo_digests(&v2s2);
+        let want = format!("{}@{}", client_name(&fixtures.v2s2.repo), fixtures.v2s2.digest);
+        assert!(digests.contains(&want), "{digests:?}");
+        for (i, reference) in [&oci, &layers_by_digest].iter().enumerate() {
+            let dir = work.path().join(format!("offline{i}"));
+            let out = copy_to_dir(&berth, reference, &dir);
+            assert!(
+                out.status.success(),
+                "{reference} with the upstream down: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!verify_oci_dir(&dir).is_empty());
+        }
+    });
+    let degraded = events_named(&berth, "upstream_degraded");
+    assert!(
+        degraded
+            .iter()
+            .any(|e| e["cause"] == "connection_refused" && e["upstream"] == "docker.io"),
+        "stale serving is logged with its cause: {degraded:#?}"
+    );
+
+    // A cold image cannot be served; once the breaker is open that is said at
+    // once, with the cause that tells the operator to seed the cache.
+    let cold = format!(
+        "{}/v2/{}/manifests/{}",
+        berth.url(),
+        fixtures.nested.repo,
+        fixtures.nested.tag
+    );
+    // The first miss may still be the one that opens the circuit.
+    let _ = client().get(&cold).send().await;
+    let started = Instant::now();
+    let resp = client().get(&cold).send().await.expect("response");
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.expect("body");
+    assert!(body.contains("not_cached_offline"), "{body}");
+    assert!(elapsed < Duration::from_secs(2), "a cold miss fails fast: {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_503s_are_retried_and_the_pull_succeeds() {
+    let registry = Registry::start();
+    let fixtures = tokio::task::block_in_place(|| seed(&registry));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let berth = Berth::start(&upstream_toml(&[relay.url()], ""));
+    relay.fault(
+        "/manifests/",
+        Fault::Status {
+            status: 503,
+            times: 2,
+            retry_after: None,
+        },
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let reference = format!("{}:{}", client_name(&fixtures.oci.repo), fixtures.oci.tag);
+    let out = tokio::task::block_in_place(|| copy_to_dir(&berth, &reference, &dir.path().join("oci")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(verify_oci_dir(&dir.path().join("oci")).contains(&fixtures.oci.blobs[0]));
+    let tag_gets = relay.count(|r| r.starts_with("GET ") && r.contains(&format!("/manifests/{}", fixtures.oci.tag)));
+    assert_eq!(tag_gets, 3, "two 503s, then the answer: {:#?}", relay.requests());
+    let degraded = events_named(&berth, "upstream_degraded");
+    assert!(
+        degraded.iter().any(|e| e["cause"] == "upstream_unavailable"),
+        "{degraded:#?}"
+    );
+    assert!(events_named(&berth, "pull_failed").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_429_with_retry_after_is_waited_out() {
+    let registry = Registry::start();
+    let (digest, content) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/limited", 1 << 20, 5));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let berth = Berth::start(&upstream_toml(&[relay.url()], ""));
+    relay.fault(
+        "/blobs/",
+        Fault::Status {
+            status: 429,
+            times: 1,
+            retry_after: Some(2),
+        },
+    );
+    let started = Instant::now();
+    let body = get_blob(&berth, "limited", &digest).await.expect("blob after the wait");
+    let elapsed = started.elapsed();
+    assert_eq!(body.len(), content.len());
+    assert_eq!(sha256_hex(&body), digest);
+    assert!(elapsed >= Duration::from_secs(2), "Retry-After honoured: {elapsed:?}");
+    let degraded = events_named(&berth, "upstream_degraded");
+    assert!(degraded.iter().any(|e| e["cause"] == "rate_limited"), "{degraded:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reset_halfway_through_a_64_mib_blob_resumes_with_range() {
+    const SIZE: usize = 64 << 20;
+    let registry = Registry::start();
+    let (digest, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", SIZE, 6));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let berth = Berth::start(&upstream_toml(&[relay.url()], ""));
+    relay.fault(
+        "/blobs/",
+        Fault::ResetAfter {
+            bytes: (SIZE / 2) as u64,
+            times: 1,
+        },
+    );
+    let body = get_blob(&berth, "big", &digest).await.expect("one unbroken body");
+    assert_eq!(body.len(), SIZE);
+    assert_eq!(sha256_hex(&body), digest);
+    assert_eq!(
+        relay.ranges(),
+        vec![format!("bytes={}-", SIZE / 2)],
+        "the second request asked for the rest only"
+    );
+    assert!(
+        blob_path(&berth.cache_dir, &digest).exists(),
+        "the resumed blob is cached"
+    );
+    let degraded = events_named(&berth, "upstream_degraded");
+    assert!(
+        degraded.iter().any(|e| e["cause"] == "connection_reset"),
+        "{degraded:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flipped_byte_is_an_error_stores_nothing_and_the_next_pull_is_clean() {
+    let registry = Registry::start();
+    let (digest, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/flip", 4 << 20, 7));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let berth = Berth::start(&upstream_toml(&[relay.url()], ""));
+    relay.fault("/blobs/", Fault::FlipByte { offset: 1000, times: 1 });
+    assert!(
+        get_blob(&berth, "flip", &digest).await.is_err(),
+        "the client sees an error, not a complete corrupt body"
+    );
+    assert!(!blob_path(&berth.cache_dir, &digest).exists(), "nothing stored");
+    let failed = events_named(&berth, "pull_failed");
+    assert!(failed.iter().any(|e| e["cause"] == "digest_mismatch"), "{failed:#?}");
+    let body = get_blob(&berth, "flip", &digest).await.expect("clean pull");
+    assert_eq!(sha256_hex(&body), digest);
+    assert!(blob_path(&berth.cache_dir, &digest).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_second_endpoint_serves_when_the_first_refuses() {
+    let registry = Registry::start();
+    let fixtures = tokio::task::block_in_place(|| seed(&registry));
+    // A port nothing listens on: connections are refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let berth = Berth::start(&upstream_toml(&[format!("http://{closed}"), registry.url()], ""));
+    let dir = tempfile::tempdir().expect("dir");
+    let reference = format!("{}:{}", client_name(&fixtures.layers.repo), fixtures.layers.tag);
+    let out = tokio::task::block_in_place(|| copy_to_dir(&berth, &reference, &dir.path().join("oci")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = verify_oci_dir(&dir.path().join("oci"));
+    for blob in &fixtures.layers.blobs {
+        assert!(got.contains(blob), "{blob} copied");
+    }
+    let degraded = events_named(&berth, "upstream_degraded");
+    assert!(
+        degraded
+            .iter()
+            .any(|e| e["cause"] == "connection_refused" && e["message"].as_str().unwrap_or("").contains("failed over")),
+        "{degraded:#?}"
+    );
+    assert!(events_named(&berth, "pull_failed").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_ten_cold_pulls_then_restart_serves_only_verified_content() {
+    const BLOBS: usize = 10;
+    const SIZE: usize = 8 << 20;
+    let registry = Registry::start();
+    let blobs: Vec<(String, Vec<u8>)> = tokio::task::block_in_place(|| {
+        (0..BLOBS)
+            .map(|i| push_random_blob(&registry, "library/crash", SIZE, 100 + i as u64))
+            .collect()
+    });
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let work = tempfile::tempdir().expect("work dir");
+    let cache = work.path().join("cache");
+    let config = upstream_toml(&[relay.url()], "");
+    let mut berth = Berth::start_in(work.path(), &cache, &config);
+    // Slow bodies, so the kill lands in the middle of the transfers.
+    relay.fault(
+        "/blobs/",
+        Fault::Drip {
+            chunk: 64 << 10,
+            delay: Duration::from_millis(5),
+        },
+    );
+    let pulls: Vec<_> = blobs
+        .iter()
+        .map(|(digest, _)| {
+            let url = format!("{}/v2/crash/blobs/{digest}", berth.url());
+            tokio::spawn(async move { client().get(url).send().await?.bytes().await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.body_bytes() < (SIZE as u64) * 2 {
+        assert!(Instant::now() < deadline, "transfers did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    berth.kill(); // SIGKILL
+    for p in pulls {
+        let _ = p.await;
+    }
+    let parts = std::fs::read_dir(cache.join("tmp")).map(|d| d.count()).unwrap_or(0);
+    eprintln!("killed with {parts} partial downloads in flight");
+
+    relay.clear_faults();
+    let berth = Berth::start_in(work.path(), &cache, &config);
+    let leftovers: Vec<_> = std::fs::read_dir(cache.join("tmp")).expect("tmp").collect();
+    assert!(leftovers.is_empty(), "temp files cleaned on restart: {leftovers:?}");
+    let rehash = || {
+        let mut n = 0;
+        for shard in std::fs::read_dir(cache.join("blobs/sha256")).expect("blobs dir") {
+            for file in std::fs::read_dir(shard.expect("shard").path()).expect("shard dir") {
+                let path = file.expect("file").path();
+                let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+                let bytes = std::fs::read(&path).expect("read blob");
+                assert_eq!(
+                    sha256_hex(&bytes),
+                    format!("sha256:{name}"),
+                    "{} re-hashes",
+                    path.display()
+                );
+                n += 1;
+            }
+        }
+        n
+    };
+    let stored_before = rehash();
+    eprintln!("{stored_before} blobs were complete and verified before the kill");
+    for (digest, content) in &blobs {
+        let body = get_blob(&berth, "crash", digest).await.expect("pull after restart");
+        assert_eq!(body.len(), content.len());
+        assert_eq!(sha256_hex(&body), *digest);
+    }
+    assert_eq!(rehash(), BLOBS);
+}
+
+/// A tmpfs of a few MiB mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("mount point");
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).expect("mount dir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("run mount (the tests run as root)");
+        assert!(status.success(), "mount a tmpfs (needs root)");
+        SmallDisk { path, _dir: dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_cache_disk_does_not_stop_pulls() {
+    let registry = Registry::start();
+    let fixtures = tokio::task::block_in_place(|| seed(&registry));
+    let (small, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", 2 << 20, 8));
+    let (big, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", 24 << 20, 9));
+    let disk = SmallDisk::mount("8m");
+    let work = tempfile::tempdir().expect("work dir");
+    let berth = Berth::start_in(
+        work.path(),
+        &disk.path.join("cache"),
+        &upstream_toml(&[registry.url()], ""),
+    );
+
+    // Fits: cached as usual.
+    let body = get_blob(&berth, "big", &small).await.expect("small blob");
+    assert_eq!(sha256_hex(&body), small);
+    assert!(blob_path(&berth.cache_dir, &small).exists());
+
+    // Fills the disk halfway through: streamed on from the upstream, verified.
+    let body = get_blob(&berth, "big", &big)
+        .await
+        .expect("big blob despite the full disk");
+    assert_eq!(body.len(), 24 << 20);
+    assert_eq!(sha256_hex(&body), big);
+    assert!(!blob_path(&berth.cache_dir, &big).exists(), "not stored");
+    let storage = events_named(&berth, "storage_degraded");
+    assert!(storage.iter().any(|e| e["cause"] == "disk_full"), "{storage:#?}");
+
+    // A whole image while the disk is full.
+    let dir = tempfile::tempdir().expect("dir");
+    let ballast = disk.path.join("ballast");
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", ballast.display()),
+            "bs=1M",
+            "count=64",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let reference = format!("{}:{}", client_name(&fixtures.layers.repo), fixtures.layers.tag);
+    let out = tokio::task::block_in_place(|| copy_to_dir(&berth, &reference, &dir.path().join("oci")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(verify_oci_dir(&dir.path().join("oci")).contains(&fixtures.layers.blobs[0]));
+    assert!(
+        events_named(&berth, "pull_failed").is_empty(),
+        "{:#?}",
+        events_named(&berth, "pull_failed")
+    );
+    drop(berth);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_mode_serves_the_cache_and_never_asks_the_upstream() {
+    let registry = Registry::start();
+    let fixtures = tokio::task::block_in_place(|| seed(&registry));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let work = tempfile::tempdir().expect("work dir");
+    let cache = work.path().join("cache");
+    let reference = format!("{}:{}", client_name(&fixtures.oci.repo), fixtures.oci.tag);
+    {
+        let berth = Berth::start_in(work.path(), &cache, &upstream_toml(&[relay.url()], ""));
+        let out = tokio::task::block_in_place(|| copy_to_dir(&berth, &reference, &work.path().join("seed")));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let before = relay.requests().len();
+    let berth = Berth::start_in(
+        work.path(),
+        &cache,
+        &format!(
+            "offline = true\n[cache]\ntag_ttl = \"0s\"\n{}",
+            upstream_toml(&[relay.url()], "")
+        ),
+    );
+    let out = tokio::task::block_in_place(|| copy_to_dir(&berth, &reference, &work.path().join("offline")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cold = format!("{}:{}", client_name(&fixtures.nested.repo), fixtures.nested.tag);
+    let out = tokio::task::block_in_place(|| {
+        skopeo_try(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/{cold}", berth.host()),
+        ])
+    });
+    assert!(!out.status.success());
+    assert_eq!(relay.requests().len(), before, "offline: no upstream request at all");
+    let failed = events_named(&berth, "pull_failed");
+    assert!(failed.iter().any(|e| e["cause"] == "not_cached_offline"), "{failed:#?}");
+}
