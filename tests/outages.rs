@@ -199,11 +199,16 @@ async fn a_reset_halfway_through_a_64_mib_blob_resumes_with_range() {
     let body = get_blob(&berth, "big", &digest).await.expect("one unbroken body");
     assert_eq!(body.len(), SIZE);
     assert_eq!(sha256_hex(&body), digest);
-    assert_eq!(
-        relay.ranges(),
-        vec![format!("bytes={}-", SIZE / 2)],
-        "the second request asked for the rest only"
-    );
+    // Bytes in flight when the connection broke are lost, so the resume starts
+    // at what berth had received: at most half, and well past the start.
+    let ranges = relay.ranges();
+    assert_eq!(ranges.len(), 1, "one resume: {ranges:?}");
+    let from: usize = ranges[0]
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("an open-ended range: {ranges:?}"));
+    assert!(SIZE / 4 < from && from <= SIZE / 2, "resumed from byte {from}");
     assert!(
         blob_path(&berth.cache_dir, &digest).exists(),
         "the resumed blob is cached"
@@ -309,7 +314,10 @@ async fn kill_9_during_ten_cold_pulls_then_restart_serves_only_verified_content(
     assert!(leftovers.is_empty(), "temp files cleaned on restart: {leftovers:?}");
     let rehash = || {
         let mut n = 0;
-        for shard in std::fs::read_dir(cache.join("blobs/sha256")).expect("blobs dir") {
+        let Ok(shards) = std::fs::read_dir(cache.join("blobs/sha256")) else {
+            return 0;
+        };
+        for shard in shards {
             for file in std::fs::read_dir(shard.expect("shard").path()).expect("shard dir") {
                 let path = file.expect("file").path();
                 let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_string();
@@ -384,7 +392,7 @@ async fn a_full_cache_disk_does_not_stop_pulls() {
     // Fills the disk halfway through: streamed on from the upstream, verified.
     let body = get_blob(&berth, "big", &big)
         .await
-        .expect("big blob despite the full disk");
+        .unwrap_or_else(|e| panic!("big blob despite the full disk: {e}\n{}", berth.log()));
     assert_eq!(body.len(), 24 << 20);
     assert_eq!(sha256_hex(&body), big);
     assert!(!blob_path(&berth.cache_dir, &big).exists(), "not stored");
@@ -405,7 +413,12 @@ async fn a_full_cache_disk_does_not_stop_pulls() {
         .status();
     let reference = format!("{}:{}", client_name(&fixtures.layers.repo), fixtures.layers.tag);
     let out = tokio::task::block_in_place(|| copy_to_dir(&berth, &reference, &dir.path().join("oci")));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{:#?}",
+        String::from_utf8_lossy(&out.stderr),
+        events_named(&berth, "pull_failed")
+    );
     assert!(verify_oci_dir(&dir.path().join("oci")).contains(&fixtures.layers.blobs[0]));
     assert!(
         events_named(&berth, "pull_failed").is_empty(),

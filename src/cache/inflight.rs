@@ -182,7 +182,6 @@ impl Joined {
             pos: start,
             end,
             seeked: false,
-            seen_written: 0,
             seen_total: None,
             pass: None,
         };
@@ -208,8 +207,7 @@ struct Reader {
     pos: u64,
     end: Option<u64>,
     seeked: bool,
-    /// The fetch's progress as last seen: bytes surely in the temp file.
-    seen_written: u64,
+    /// The fetch's announced size, as last seen.
     seen_total: Option<u64>,
     /// Set once the fetch failed to store and this reader streams the rest
     /// from the upstream itself.
@@ -226,7 +224,6 @@ impl Reader {
                 FetchState::Starting => (self.pos, None),
                 // Hold back the response's last byte until verification.
                 FetchState::Running { written, total } => {
-                    self.seen_written = *written;
                     self.seen_total = *total;
                     let end = self.end.unwrap_or(u64::MAX);
                     (*written.min(&end.saturating_sub(1)), None)
@@ -258,11 +255,10 @@ impl Reader {
     /// read of the temp file, and take the rest from the upstream directly.
     async fn pass_through(&mut self) -> Result<(), CacheError> {
         let fallback = self.joined.fallback.clone().ok_or_else(abandoned)?;
-        let mut have = if self.joined.file.is_some() {
-            self.seen_written
-        } else {
-            0
-        };
+        // Verify from what this client already has: the bytes before `pos`
+        // came from the temp file (re-read here for the hash), the rest
+        // comes from the upstream.
+        let mut have = if self.joined.file.is_some() { self.pos } else { 0 };
         // Ask for at least one byte: a Range starting at the end is unsatisfiable.
         if self.seen_total.is_some_and(|t| have >= t) {
             have = have.saturating_sub(1);

@@ -102,7 +102,12 @@ impl Meta {
             digest: digest.to_string(),
             checked_at: now_secs(),
         };
-        Self::put(&self.tags, &key(&[upstream, repo.as_str(), tag]), &rec)
+        Self::put(&self.tags, &key(&[upstream, repo.as_str(), tag]), &rec)?;
+        // What a tag resolved to is what an offline restart serves; it must
+        // not be lost to a crash in the flush interval. Tags resolve at most
+        // once per tag_ttl, so the fsync is rare.
+        self.tags.flush()?;
+        Ok(())
     }
 
     pub fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
@@ -203,5 +208,50 @@ impl Meta {
         self.access
             .insert(digest.to_string().as_bytes(), &now_secs().to_be_bytes())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repair_drops_records_pointing_at_missing_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        let repo = RepoName::parse("library/app").unwrap();
+        let (kept, lost) = (Digest::sha256_of(b"kept"), Digest::sha256_of(b"lost"));
+        for d in [&kept, &lost] {
+            meta.put_manifest(d, "application/vnd.oci.image.manifest.v1+json", 4)
+                .unwrap();
+        }
+        meta.put_tag("docker.io", &repo, "ok", &kept).unwrap();
+        meta.put_tag("docker.io", &repo, "gone", &lost).unwrap();
+        meta.put_converted(1, &kept, &lost).unwrap();
+
+        let removed = meta.repair(|d| *d == kept).unwrap();
+        assert_eq!(
+            removed, 4,
+            "manifest, tag, and both conversion records of the lost digest"
+        );
+        assert!(meta.manifest(&kept).unwrap().is_some());
+        assert!(meta.manifest(&lost).unwrap().is_none());
+        assert!(meta.tag("docker.io", &repo, "ok").unwrap().is_some());
+        assert!(meta.tag("docker.io", &repo, "gone").unwrap().is_none());
+        assert!(meta.converted(1, &kept).unwrap().is_none());
+        assert!(!meta.is_converted(&lost).unwrap());
+    }
+
+    #[test]
+    fn an_unreadable_database_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("meta"), b"not a sled database").unwrap();
+        let meta = Meta::open(dir.path()).expect("starts afresh");
+        assert!(meta.manifest(&Digest::sha256_of(b"x")).unwrap().is_none());
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("meta.broken-"));
+        assert!(aside, "the broken database is kept for inspection");
     }
 }

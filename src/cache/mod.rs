@@ -228,13 +228,7 @@ impl Cache {
                     &digest.to_string(),
                     &e.to_string(),
                 );
-                let hasher = crate::reference::Hasher::new(digest.algorithm());
-                let pass = PassThrough::open(upstream, repo, digest, 0, hasher).await?;
-                let size = pass.total();
-                return Ok(BlobSource::PassThrough {
-                    pass: Box::new(pass),
-                    size,
-                });
+                return self.pass_through(up, repo, digest).await;
             }
         };
         let mut joined = match slot {
@@ -260,8 +254,23 @@ impl Cache {
             repo: repo.clone(),
             digest: digest.clone(),
         });
-        let size = joined.started().await?;
-        Ok(BlobSource::Fetching { joined, size })
+        match joined.started().await {
+            Ok(size) => Ok(BlobSource::Fetching { joined, size }),
+            // The fetch could not store what it got before this request read
+            // anything: stream it from the upstream instead.
+            Err(e) if e.is_storage() => self.pass_through(up, repo, digest).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn pass_through(&self, up: usize, repo: &RepoName, digest: &Digest) -> Result<BlobSource, CacheError> {
+        let hasher = crate::reference::Hasher::new(digest.algorithm());
+        let pass = PassThrough::open(&self.upstreams[up], repo, digest, 0, hasher).await?;
+        let size = pass.total();
+        Ok(BlobSource::PassThrough {
+            pass: Box::new(pass),
+            size,
+        })
     }
 
     /// A blob's size without fetching its body.
