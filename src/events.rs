@@ -169,7 +169,7 @@ impl Events {
             hint = cause.hint(),
             "cache write failed; served without storing"
         );
-        self.metrics.degraded(cause.name(), upstream);
+        self.metrics.cache_write_failed(cause.name(), upstream);
     }
 
     pub fn report(&self) -> FailuresReport {

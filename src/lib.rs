@@ -10,6 +10,7 @@ pub mod config;
 pub mod convert;
 pub mod events;
 pub mod failure;
+pub mod failures_table;
 pub mod manifest;
 pub mod media;
 pub mod metrics;

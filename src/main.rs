@@ -31,6 +31,15 @@ enum Command {
         #[command(flatten)]
         opts: ConfigOpts,
     },
+    /// Show the recent failed pulls of a running berth, with their causes.
+    Failures {
+        /// Base URL of the berth to ask.
+        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        url: String,
+        /// Print the raw JSON report instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -42,6 +51,9 @@ struct ConfigOpts {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Failures { url, json } = &cli.command {
+        return failures(url, *json);
+    }
     let env = Overrides::from_env(|k| std::env::var(k).ok());
     let (opts, flags) = match &cli.command {
         Command::Serve {
@@ -57,6 +69,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::CheckConfig { opts } => (opts, Overrides::default()),
+        Command::Failures { .. } => return ExitCode::FAILURE,
     };
     let config = match Config::load(opts.config.as_deref(), env.then(flags)) {
         Ok(c) => c,
@@ -71,6 +84,44 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve { .. } => serve(config),
+        Command::Failures { .. } => ExitCode::FAILURE,
+    }
+}
+
+fn failures(url: &str, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let url = format!("{}/_berth/failures", url.trim_end_matches('/'));
+        return match runtime.block_on(async { reqwest::get(&url).await?.error_for_status()?.text().await }) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berth: {url}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match runtime.block_on(berth::failures_table::fetch(url)) {
+        Ok(report) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default();
+            print!("{}", berth::failures_table::render(&report, now));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

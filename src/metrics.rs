@@ -43,6 +43,7 @@ pub struct Metrics {
     registry: Registry,
     pub pull_failures: Family<CauseLabels, Counter>,
     pub upstream_degraded: Family<CauseLabels, Counter>,
+    pub cache_write_failures: Family<CauseLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub cache_hits: Family<KindLabels, Counter>,
     pub cache_misses: Family<KindLabels, Counter>,
@@ -55,6 +56,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let pull_failures = Family::<CauseLabels, Counter>::default();
         let upstream_degraded = Family::<CauseLabels, Counter>::default();
+        let cache_write_failures = Family::<CauseLabels, Counter>::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let cache_hits = Family::<KindLabels, Counter>::default();
         let cache_misses = Family::<KindLabels, Counter>::default();
@@ -72,6 +74,11 @@ impl Default for Metrics {
             "berth_upstream_degraded",
             "Upstream problems berth hid from clients (stale served, retried, failed over)",
             upstream_degraded.clone(),
+        );
+        r.register(
+            "berth_cache_write_failures",
+            "Content served without being stored because the cache could not be written",
+            cache_write_failures.clone(),
         );
         r.register("berth_http_requests", "HTTP requests answered", requests.clone());
         r.register(
@@ -99,6 +106,7 @@ impl Default for Metrics {
             registry: r,
             pull_failures,
             upstream_degraded,
+            cache_write_failures,
             requests,
             cache_hits,
             cache_misses,
@@ -121,6 +129,15 @@ impl Metrics {
 
     pub fn degraded(&self, cause: &str, upstream: &str) {
         self.upstream_degraded
+            .get_or_create(&CauseLabels {
+                cause: cause.into(),
+                upstream: upstream.into(),
+            })
+            .inc();
+    }
+
+    pub fn cache_write_failed(&self, cause: &str, upstream: &str) {
+        self.cache_write_failures
             .get_or_create(&CauseLabels {
                 cause: cause.into(),
                 upstream: upstream.into(),

@@ -5,12 +5,15 @@ use std::error::Error as _;
 
 use thiserror::Error;
 
+use super::dns::DnsError;
 use crate::failure::FailureCause;
 
 #[derive(Debug, Error)]
 pub enum UpstreamError {
     #[error("{0}")]
     Http(#[source] reqwest::Error),
+    #[error("HTTP proxy: {0}")]
+    Proxy(#[source] reqwest::Error),
     #[error("upstream answered {status}{}", .code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
     Status {
         status: u16,
@@ -91,6 +94,7 @@ impl UpstreamError {
             UpstreamError::Retried { last, .. } => UpstreamError::cause(last),
             UpstreamError::CircuitOpen { .. } | UpstreamError::Offline => FailureCause::NotCachedOffline,
             UpstreamError::Http(e) => classify_reqwest(e),
+            UpstreamError::Proxy(_) => FailureCause::ProxyError,
             UpstreamError::Status {
                 status: 401,
                 denied_with_token: true,
@@ -140,7 +144,17 @@ fn classify_status(status: u16, code: Option<&str>) -> FailureCause {
 
 fn classify_reqwest(e: &reqwest::Error) -> FailureCause {
     let io_kind = source_chain(e).find_map(|s| s.downcast_ref::<std::io::Error>().map(|io| io.kind()));
-    let is_tls = source_chain(e).any(|s| s.downcast_ref::<rustls::Error>().is_some());
+    if source_chain(e).any(|s| s.downcast_ref::<DnsError>().is_some()) {
+        return FailureCause::DnsResolution;
+    }
+    // rustls reports through an io::Error wrapping a rustls::Error, which
+    // io::Error's `source()` skips over: look inside with `get_ref`.
+    let is_tls = source_chain(e).any(|s| {
+        s.downcast_ref::<rustls::Error>().is_some()
+            || s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    });
     if is_tls {
         return FailureCause::TlsError;
     }

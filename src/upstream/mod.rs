@@ -6,7 +6,9 @@
 
 mod auth;
 mod breaker;
+mod dns;
 mod error;
+mod proxy;
 mod retry;
 
 use std::time::Duration;
@@ -46,6 +48,8 @@ struct FreshToken;
 pub struct Upstream {
     pub name: String,
     endpoints: Vec<url::Url>,
+    /// Per endpoint: whether requests to it go through an HTTP proxy.
+    proxied: Vec<bool>,
     http: reqwest::Client,
     tokens: auth::TokenCache,
     credentials: Option<Credentials>,
@@ -93,11 +97,17 @@ impl Upstream {
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            .dns_resolver(Arc::new(dns::SystemResolver))
             .build()
             .map_err(UpstreamError::Http)?;
         Ok(Self {
             name: cfg.name.clone(),
             endpoints: cfg.endpoints.clone(),
+            proxied: cfg
+                .endpoints
+                .iter()
+                .map(|u| proxy::is_proxied(u, |k| std::env::var(k).ok()))
+                .collect(),
             http,
             tokens: auth::TokenCache::default(),
             credentials: cfg.credentials.clone(),
@@ -207,6 +217,10 @@ impl Upstream {
                     Err(e) => e,
                 },
                 Ok(resp) => return Ok((resp, index, last_err)),
+                // Through a proxy, failing to connect means failing to reach the proxy.
+                Err(UpstreamError::Http(e)) if e.is_connect() && self.proxied.get(index) == Some(&true) => {
+                    UpstreamError::Proxy(e)
+                }
                 Err(e) => e,
             };
             // Another endpoint may answer what this one could not reach; a
@@ -359,7 +373,7 @@ fn counts_against_upstream(e: &UpstreamError) -> bool {
     match e.root() {
         UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
         UpstreamError::TokenRefused { status } => *status == 429 || *status >= 500,
-        UpstreamError::Http(_) => e.cause().category() == "network",
+        UpstreamError::Http(_) | UpstreamError::Proxy(_) => e.cause().category() == "network",
         _ => false,
     }
 }
