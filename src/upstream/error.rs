@@ -149,12 +149,7 @@ fn classify_reqwest(e: &reqwest::Error) -> FailureCause {
     }
     // rustls reports through an io::Error wrapping a rustls::Error, which
     // io::Error's `source()` skips over: look inside with `get_ref`.
-    let is_tls = source_chain(e).any(|s| {
-        s.downcast_ref::<rustls::Error>().is_some()
-            || s.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-    });
+    let is_tls = source_chain(e).any(is_rustls);
     if is_tls {
         return FailureCause::TlsError;
     }
@@ -174,6 +169,17 @@ fn classify_reqwest(e: &reqwest::Error) -> FailureCause {
         _ if e.is_connect() => FailureCause::ConnectionRefused,
         _ if e.is_body() || e.is_decode() => FailureCause::ConnectionReset,
         _ => FailureCause::UpstreamUnavailable,
+    }
+}
+
+/// A rustls error, possibly inside (nested) io::Errors.
+fn is_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        Some(inner) => is_rustls(inner),
+        None => false,
     }
 }
 

@@ -28,6 +28,29 @@ impl Berth {
 
     /// Start with a given work dir and cache dir (to restart on the same cache).
     pub fn start_in(work: &Path, cache_dir: &Path, extra_toml: &str) -> Berth {
+        Berth::launch(work, cache_dir, extra_toml, None, &[])
+    }
+
+    /// Start inside the network namespace `netns` (a fresh temp dir), with
+    /// extra environment variables.
+    pub fn start_in_netns(netns: &str, extra_toml: &str, env: &[(&str, &str)]) -> Berth {
+        let dir = tempfile::tempdir().expect("temp dir for berth");
+        let cache = dir.path().join("cache");
+        let mut b = Berth::launch(dir.path(), &cache, extra_toml, Some(netns), env);
+        b._dir = Some(dir);
+        b
+    }
+
+    /// Start with extra environment variables (they override the dead proxy).
+    pub fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> Berth {
+        let dir = tempfile::tempdir().expect("temp dir for berth");
+        let cache = dir.path().join("cache");
+        let mut b = Berth::launch(dir.path(), &cache, extra_toml, None, env);
+        b._dir = Some(dir);
+        b
+    }
+
+    fn launch(work: &Path, cache_dir: &Path, extra_toml: &str, netns: Option<&str>, env: &[(&str, &str)]) -> Berth {
         let config = work.join("berth.toml");
         let text = format!(
             "listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\nlog_format = \"json\"\n{extra_toml}\n",
@@ -36,17 +59,25 @@ impl Berth {
         std::fs::write(&config, text).expect("write berth config");
         let log_path = work.join(format!("berth-{}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).expect("create berth log");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
+        // `ip netns exec` execs berth in place: the child's pid is berth's.
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_berth")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_berth")),
+        };
+        cmd.args(["serve", "--config"])
             .arg(&config)
             .env("HTTP_PROXY", DEAD_PROXY)
             .env("HTTPS_PROXY", DEAD_PROXY)
             .env("NO_PROXY", NO_PROXY)
             .env("RUST_LOG", "info,berth=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn berth");
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn berth");
         let mut b = Berth {
             addr: "127.0.0.1:1".parse().expect("placeholder addr"),
             child,

@@ -487,3 +487,48 @@ fn put_manifest(registry: &Registry, repo: &str, reference: &str, media_type: &s
         "manifest PUT {repo}:{reference}: {headers}"
     );
 }
+
+/// A one-layer image pushed straight to `repo:tag` (faster than `seed`):
+/// returns (manifest digest, config digest, layer digest). `oci` picks the
+/// OCI media types, otherwise Docker schema2.
+pub fn push_tiny_image(registry: &Registry, repo: &str, tag: &str, oci: bool) -> (String, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = Layout::new(dir.path().to_path_buf());
+    let config_bytes = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "config": {}
+    }))
+    .expect("config json");
+    let (config_type, layer_type, manifest_type) = if oci {
+        (
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+    } else {
+        (
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+    };
+    let config = layout.blob(config_type, &config_bytes);
+    let layer = layout.blob(layer_type, format!("layer of {repo}:{tag}").as_bytes());
+    push_blob(registry, repo, &layout, &config);
+    push_blob(registry, repo, &layout, &layer);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "digest": config.digest, "size": config_bytes.len()},
+        "layers": [{"mediaType": layer_type, "digest": layer.digest, "size": layer.size}]
+    }))
+    .expect("manifest json");
+    put_manifest(registry, repo, tag, manifest_type, &manifest);
+    let digest = {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&manifest)))
+    };
+    (digest, config.digest, layer.digest)
+}

@@ -5,6 +5,7 @@
 pub mod berth;
 pub mod daemons;
 pub mod images;
+pub mod netns;
 pub mod registry;
 pub mod relay;
 

@@ -38,6 +38,8 @@ pub enum Fault {
     Stall,
     /// Send the body `chunk` bytes at a time with `delay` between chunks.
     Drip { chunk: usize, delay: Duration },
+    /// Answer 200 with this body (and no Docker-Content-Digest) instead.
+    Body { bytes: Bytes, times: usize },
     /// Flip the lowest bit of the byte at `offset` of the body.
     FlipByte { offset: u64, times: usize },
     /// Send `bytes`, notify `reached`, wait for `resume`, then the rest (or
@@ -173,7 +175,10 @@ fn take_fault(s: &Shared, line: &str) -> Option<Fault> {
     let i = rules.iter().position(|r| line.contains(&r.pattern))?;
     let fault = rules[i].fault.clone();
     let remaining = match &mut rules[i].fault {
-        Fault::Status { times, .. } | Fault::ResetAfter { times, .. } | Fault::FlipByte { times, .. } => {
+        Fault::Status { times, .. }
+        | Fault::ResetAfter { times, .. }
+        | Fault::FlipByte { times, .. }
+        | Fault::Body { times, .. } => {
             *times = times.saturating_sub(1);
             Some(*times)
         }
@@ -241,6 +246,14 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
         return resp;
     }
+    if let Some(Fault::Body { bytes, .. }) = &fault {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/vnd.oci.image.manifest.v1+json")],
+            bytes.clone(),
+        )
+            .into_response();
+    }
     let mut out = s
         .client
         .request(req.method().clone(), format!("{}{path_q}", s.upstream));
@@ -267,7 +280,7 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
         chunk.map_err(std::io::Error::other)
     });
     let body = match fault {
-        None | Some(Fault::Status { .. }) => Body::from_stream(upstream),
+        None | Some(Fault::Status { .. }) | Some(Fault::Body { .. }) => Body::from_stream(upstream),
         Some(fault) => Body::from_stream(faulty(upstream, fault)),
     };
     builder
