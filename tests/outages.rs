@@ -466,3 +466,184 @@ async fn offline_mode_serves_the_cache_and_never_asks_the_upstream() {
     let failed = events_named(&berth, "pull_failed");
     assert!(failed.iter().any(|e| e["cause"] == "not_cached_offline"), "{failed:#?}");
 }
+
+/// GET through curl inside a namespace: (status, body, elapsed).
+fn curl_in(ns: &support::netns::NetNs, url: &str) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let out = tokio::task::block_in_place(|| {
+        ns.exec(
+            "curl",
+            &["-s", "--noproxy", "*", "--max-time", "60", "-w", "\n%{http_code}", url],
+        )
+    });
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string(), elapsed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_behind_drop_opens_the_breaker_and_misses_fail_fast() {
+    let ns = support::netns::NetNs::create("breaker");
+    ns.iptables(&["-A", "OUTPUT", "-p", "tcp", "--dport", "5998", "-j", "DROP"]);
+    let berth = Berth::start_in_netns(
+        &ns.name,
+        &upstream_toml(
+            &["http://127.0.0.1:5998".to_string()],
+            "connect_timeout = \"2s\"\nattempts = 2\nbreaker_threshold = 2\nbreaker_cooldown = \"10m\"",
+        ),
+        &[],
+    );
+    let url = format!("{}/v2/library/app/manifests/v1", berth.url());
+    let (status, body, first) = curl_in(&ns, &url);
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("connect_timeout"), "{body}");
+    assert!(
+        first >= Duration::from_secs(2),
+        "the first miss waited for the connect timeout: {first:?}"
+    );
+    // The breaker is open now: no more waiting on a dead upstream.
+    let (status, body, second) = curl_in(&ns, &url);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not_cached_offline"), "{body}");
+    assert!(
+        second < Duration::from_secs(1),
+        "a miss fails fast once the breaker is open: {second:?}"
+    );
+    assert!(
+        berth.log().contains("circuit open"),
+        "the breaker opening is logged: {}",
+        berth.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_behind_reject_is_refused_and_the_next_endpoint_serves() {
+    let content: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let digest = sha256_hex(&content);
+    let ns = support::netns::NetNs::create("reject");
+    ns.iptables(&[
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "5997",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    // The namespace cannot see the host's loopback, so the working endpoint
+    // is a Distribution started inside the namespace.
+    let inner = tempfile::tempdir().expect("dir");
+    let port = 5996;
+    let config = inner.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            inner.path().join("data").display()
+        ),
+    )
+    .expect("registry config");
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "docker-registry", "serve"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry in the namespace");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl_in(&ns, &format!("http://127.0.0.1:{port}/v2/")).0 != 200 {
+        assert!(Instant::now() < deadline, "registry in the namespace did not start");
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("registry exited: {s}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _registry = Kill(child);
+    // Push the blob inside the namespace with curl: POST for an upload
+    // location, PUT the bytes with the digest.
+    let blob_file = inner.path().join("blob");
+    std::fs::write(&blob_file, &content).expect("blob file");
+    let post = ns.exec(
+        "curl",
+        &[
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            &format!("http://127.0.0.1:{port}/v2/library/app/blobs/uploads/"),
+        ],
+    );
+    let headers = String::from_utf8_lossy(&post.stdout).to_string();
+    let location = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("Location: "))
+        .unwrap_or_else(|| panic!("upload location: {headers}"))
+        .trim()
+        .to_string();
+    let put = ns.exec(
+        "curl",
+        &[
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", blob_file.display()),
+            &format!("{location}&digest={digest}"),
+        ],
+    );
+    let headers = String::from_utf8_lossy(&put.stdout);
+    assert!(headers.starts_with("HTTP/1.1 201"), "push in the namespace: {headers}");
+
+    let berth = Berth::start_in_netns(
+        &ns.name,
+        &upstream_toml(
+            &["http://127.0.0.1:5997".to_string(), format!("http://127.0.0.1:{port}")],
+            "",
+        ),
+        &[],
+    );
+    let fetched = inner.path().join("fetched");
+    let out = ns.exec(
+        "curl",
+        &[
+            "-s",
+            "--noproxy",
+            "*",
+            "-o",
+            &fetched.display().to_string(),
+            "-w",
+            "%{http_code}",
+            &format!("{}/v2/library/app/blobs/{digest}", berth.url()),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", berth.log());
+    let body = std::fs::read(&fetched).expect("fetched blob");
+    assert_eq!(sha256_hex(&body), digest, "a verified body from the second endpoint");
+    let degraded = events_named(&berth, "upstream_degraded");
+    assert!(
+        degraded.iter().any(|e| e["cause"] == "connection_refused"),
+        "the refused first endpoint is logged: {degraded:#?}"
+    );
+}
