@@ -103,6 +103,7 @@ fn expect_cause(client: &Client, path: &str, headers: &[&str], cause: &str, stat
     assert_eq!(events.len(), 1, "{cause}: exactly one pull_failed event: {events:#?}");
     assert!(events[0]["request_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert_eq!(client.failures_metric(cause), before + 1, "{cause}: metric up by one");
+    eprintln!("{cause}: {status} {message}");
     message.to_string()
 }
 

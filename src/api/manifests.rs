@@ -16,7 +16,12 @@ use crate::reference::Reference;
 pub async fn get(req: &Request<'_>, name: &str, reference: &str) -> Result<Response, ApiError> {
     let (_, route) = req.route(name)?;
     let reference = Reference::parse(reference).map_err(ApiError::reference)?;
-    let what = format!("manifest {}:{reference}", route.repo);
+    let sep = if matches!(reference, Reference::Digest(_)) {
+        '@'
+    } else {
+        ':'
+    };
+    let what = format!("manifest {}{sep}{reference}", route.repo);
     let cache = &req.state.cache;
     let m = cache
         .manifest(route.upstream, &route.repo, &reference)
