@@ -511,3 +511,68 @@ async fn disk_full() {
         assert_eq!(client.failures_metric("disk_full"), 0);
     }
 }
+
+/// `berth failures` against a berth that has seen several kinds of failure:
+/// the table names each, with counts and hints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_failures_prints_the_recent_failures_as_a_table() {
+    let (_registry, relay, digest) = upstream_with_image().await;
+    relay.fault("/manifests/limited", status_fault(429));
+    relay.fault("/manifests/down", status_fault(503));
+    relay.fault("/manifests/sha256:", Fault::FlipByte { offset: 10, times: 100 });
+    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let client = Client::on_host(&berth);
+    let missing_blob = format!("sha256:{}", "cd".repeat(32));
+    let provoked = [
+        ("/v2/library/app/manifests/no-such-tag", "manifest_unknown"),
+        ("/v2/library/app/manifests/limited", "rate_limited"),
+        ("/v2/library/app/manifests/down", "upstream_unavailable"),
+        (
+            &format!("/v2/library/app/manifests/{digest}") as &str,
+            "digest_mismatch",
+        ),
+        (&format!("/v2/library/app/blobs/{missing_blob}"), "blob_unknown"),
+        ("/v2/library/nothing-here/tags/list", "name_unknown"),
+        ("/v2/Bad/Name/manifests/v1", "invalid_reference"),
+        ("/v2/org/app/manifests/v1?ns=quay.io", "upstream_not_configured"),
+        ("/v2/library/app/manifests/no-such-tag", "manifest_unknown"),
+    ];
+    for (path, cause) in provoked {
+        let (status, body) = client.get(path, &[]);
+        assert!(status >= 400 && body.contains(cause), "{path}: {status} {body}");
+    }
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["failures", "--url", &berth.url()])
+            .env("NO_PROXY", "127.0.0.1")
+            .output()
+            .expect("berth failures")
+    });
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{table}");
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("TIME") && header.contains("CAUSE") && header.contains("REQUEST"),
+        "{table}"
+    );
+    let rows: Vec<&str> = table.lines().skip(1).take_while(|l| !l.starts_with('(')).collect();
+    assert_eq!(rows.len(), provoked.len(), "one row per failed request: {table}");
+    // Newest first.
+    assert!(
+        rows[0].contains("manifest_unknown") && rows[1].contains("upstream_not_configured"),
+        "{table}"
+    );
+    let counts = table.split("Failures by cause since start:").nth(1).unwrap_or_default();
+    for (_, cause) in provoked {
+        assert!(counts.contains(cause), "{cause} counted: {table}");
+    }
+    let manifest_unknown = counts
+        .lines()
+        .find(|l| l.trim_start().starts_with("manifest_unknown"))
+        .unwrap_or_default();
+    assert!(
+        manifest_unknown.split_whitespace().nth(1) == Some("2"),
+        "two manifest_unknown: {manifest_unknown}"
+    );
+}
