@@ -280,6 +280,36 @@ async fn rate_limited() {
         "rate_limited",
         429,
     );
+    let event = &events_with(&berth, "pull_failed", "rate_limited")[0];
+    let ratelimit = event["ratelimit"].as_str().unwrap_or_default();
+    assert!(
+        ratelimit.contains("ratelimit-remaining=0;w=21600") && ratelimit.contains("ratelimit-limit=100;w=21600"),
+        "Docker Hub's rate-limit headers are in the event: {event}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_unknown_from_docker_hubs_401() {
+    // Docker Hub answers a repository that does not exist (or is private)
+    // with 401 even to a freshly issued token.
+    let registry = Registry::start();
+    let relay = Relay::start(
+        &registry.url(),
+        RelayOptions {
+            token_auth: Some(("user".into(), "secret".into())),
+            hub_missing_repos: vec!["library/ghost".into()],
+        },
+    )
+    .await;
+    let berth = Berth::start(&upstream(&relay.url(), "username = \"user\"\npassword = \"secret\""));
+    let message = expect_cause(
+        &Client::on_host(&berth),
+        "/v2/library/ghost/manifests/latest",
+        &[],
+        "name_unknown",
+        404,
+    );
+    assert!(message.contains("private"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,6 +321,7 @@ async fn unauthorized() {
         &registry.url(),
         RelayOptions {
             token_auth: Some(("user".into(), "secret".into())),
+            ..RelayOptions::default()
         },
     )
     .await;

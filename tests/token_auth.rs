@@ -18,6 +18,7 @@ async fn bearer_token_flow_with_credentials() {
         &registry.url(),
         RelayOptions {
             token_auth: Some(("puller".into(), secret.into())),
+            ..RelayOptions::default()
         },
     )
     .await;

@@ -262,7 +262,14 @@ impl Upstream {
         let authorization = auth::answer(&self.http, &challenge, scope, self.credentials.as_ref()).await?;
         let header = authorization.header.clone();
         self.tokens.put(scope, authorization);
-        attempt(Some(header)).await.map_err(UpstreamError::Http)
+        let mut resp = attempt(Some(header)).await.map_err(UpstreamError::Http)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // Refused with a token issued for this very scope a moment ago:
+            // Docker Hub's way of saying the repository does not exist (or
+            // is private), not a credentials problem.
+            resp.extensions_mut().insert(FreshToken);
+        }
+        Ok(resp)
     }
 
     /// GET (or HEAD) a manifest by tag or digest, asking for every known type.

@@ -21,6 +21,9 @@ use tokio::sync::Notify;
 pub struct RelayOptions {
     /// Require Bearer tokens issued by the relay's `/token` for these credentials.
     pub token_auth: Option<(String, String)>,
+    /// Repositories answered 401 even with a valid token, as Docker Hub
+    /// answers for a repository that does not exist (or is private).
+    pub hub_missing_repos: Vec<String>,
 }
 
 /// A fault applied to requests whose "METHOD /path" contains a pattern.
@@ -230,6 +233,14 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
         if !valid {
             return challenge(&s, req.uri().path());
         }
+        let path = req.uri().path();
+        if s.options
+            .hub_missing_repos
+            .iter()
+            .any(|r| path.starts_with(&format!("/v2/{r}/")))
+        {
+            return challenge(&s, path);
+        }
     }
     let fault = take_fault(&s, &line);
     if let Some(Fault::Status {
@@ -243,6 +254,13 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
             .into_response();
         if let Some(secs) = retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, (*secs).into());
+        }
+        if *status == 429 {
+            // What Docker Hub sends with its pull-limit answers.
+            let h = resp.headers_mut();
+            h.insert("ratelimit-limit", header::HeaderValue::from_static("100;w=21600"));
+            h.insert("ratelimit-remaining", header::HeaderValue::from_static("0;w=21600"));
+            h.insert("docker-ratelimit-source", header::HeaderValue::from_static("127.0.0.1"));
         }
         return resp;
     }
