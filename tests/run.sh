@@ -34,6 +34,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Crates are fetched before the dead proxy below is set (cargo honours it too).
+cargo fetch --locked
+
 # Nothing a test starts may reach beyond this machine: a dead proxy for
 # everything but loopback.
 export HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost
