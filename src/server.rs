@@ -79,7 +79,10 @@ async fn observe(
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
-    let mut resp = next.run(req).await;
+    // Events logged while the request is handled (upstream_degraded,
+    // storage_degraded) carry its id and client through this span.
+    let span = tracing::info_span!("request", request_id = %id, client = %client);
+    let mut resp = tracing::Instrument::instrument(next.run(req), span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }

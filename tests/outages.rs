@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::daemons::Dockerd;
-use support::images::{push_random_blob, seed};
+use support::images::{push_random_blob, push_tiny_image, seed};
 use support::registry::Registry;
 use support::relay::{Fault, Relay, RelayOptions};
 use support::{Berth, client_name, sha256_hex, skopeo_try, verify_oci_dir};
@@ -158,6 +158,77 @@ async fn two_503s_are_retried_and_the_pull_succeeds() {
     assert!(events_named(&berth, "pull_failed").is_empty());
 }
 
+/// (status, Docker-Content-Digest) of a manifest GET.
+async fn manifest_digest(url: &str) -> (u16, String) {
+    let r = client()
+        .get(url)
+        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .expect("request");
+    let digest = r
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (r.status().as_u16(), digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cached_tag_is_served_stale_through_5xx_and_429() {
+    let registry = Registry::start();
+    let (digest, _, _) = tokio::task::block_in_place(|| push_tiny_image(&registry, "library/app", "v1", false));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    // Every tag request revalidates; one attempt, so each fault is final.
+    let berth = Berth::start(&format!(
+        "[cache]\ntag_ttl = \"0s\"\n{}",
+        upstream_toml(&[relay.url()], "attempts = 1\nbreaker_threshold = 1000")
+    ));
+    let url = format!("{}/v2/app/manifests/v1", berth.url());
+    assert_eq!(manifest_digest(&url).await, (200, digest.clone()));
+    for (status, cause) in [
+        (503, "upstream_unavailable"),
+        (502, "upstream_unavailable"),
+        (429, "rate_limited"),
+    ] {
+        let revalidations = relay.count(|r| r == "HEAD /v2/library/app/manifests/v1");
+        relay.fault(
+            "/manifests/",
+            Fault::Status {
+                status,
+                times: 1,
+                retry_after: None,
+            },
+        );
+        assert_eq!(
+            manifest_digest(&url).await,
+            (200, digest.clone()),
+            "{status}: the cached digest is served"
+        );
+        assert_eq!(
+            relay.count(|r| r == "HEAD /v2/library/app/manifests/v1"),
+            revalidations + 1,
+            "{status}: the tag was revalidated (and got the fault)"
+        );
+        let degraded = events_named(&berth, "upstream_degraded");
+        let matching = degraded
+            .iter()
+            .filter(|e| e["cause"] == cause && e["reference"] == "v1")
+            .count();
+        assert!(
+            matching >= 1,
+            "{status}: upstream_degraded with cause {cause}: {degraded:#?}"
+        );
+    }
+    assert_eq!(
+        events_named(&berth, "upstream_degraded").len(),
+        3,
+        "one event per hidden fault"
+    );
+    assert!(events_named(&berth, "pull_failed").is_empty(), "{}", berth.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_429_with_retry_after_is_waited_out() {
     let registry = Registry::start();
@@ -179,7 +250,15 @@ async fn a_429_with_retry_after_is_waited_out() {
     assert_eq!(sha256_hex(&body), digest);
     assert!(elapsed >= Duration::from_secs(2), "Retry-After honoured: {elapsed:?}");
     let degraded = events_named(&berth, "upstream_degraded");
-    assert!(degraded.iter().any(|e| e["cause"] == "rate_limited"), "{degraded:#?}");
+    let limited = degraded
+        .iter()
+        .find(|e| e["cause"] == "rate_limited")
+        .unwrap_or_else(|| panic!("a rate_limited upstream_degraded event: {degraded:#?}"));
+    // The fetch runs in its own task; its event still names the request.
+    assert!(
+        limited["span"]["request_id"].as_str().is_some_and(|id| id.len() == 16),
+        "the event carries the request id: {limited:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -141,6 +141,9 @@ async fn containerd_pulls_through_berth_with_hosts_toml() {
         "containerd fetched the blobs again, from berth"
     );
     // A second registry host, routed by the ns= parameter containerd sends.
+    // Both upstreams hold the same fixtures, so the digests alone cannot tell
+    // which one answered: the hub must see nothing, ghcr's log the requests.
+    let hub_requests = hub_relay.requests().len();
     let nested = &ghcr_images.nested;
     let reference = format!("ghcr.io/{}:{}", nested.repo, nested.tag);
     assert_eq!(pull(&hosts, &reference), nested.digest);
@@ -148,6 +151,18 @@ async fn containerd_pulls_through_berth_with_hosts_toml() {
     let layers = &ghcr_images.layers;
     let reference = format!("ghcr.io/{}:{}", layers.repo, layers.tag);
     assert_eq!(pull(&prefixed_hosts, &reference), layers.digest);
+    assert_eq!(
+        hub_relay.requests()[hub_requests..],
+        [] as [String; 0],
+        "ghcr.io pulls never reached the docker.io upstream"
+    );
+    let ghcr_log = ghcr.log();
+    for path in [
+        format!("/v2/{}/manifests/{}", nested.repo, nested.tag),
+        format!("/v2/{}/manifests/{}", layers.repo, layers.tag),
+    ] {
+        assert!(ghcr_log.contains(&path), "the ghcr.io upstream was asked for {path}");
+    }
     let ns_requests = berth.events().iter().filter(|e| e["event"] == "pull_failed").count();
     assert_eq!(ns_requests, 0, "no request failed: {}", berth.log());
 }

@@ -71,7 +71,11 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
             file.seek(std::io::SeekFrom::Start(start))
                 .await
                 .map_err(|e| ApiError::from_cache(CacheError::from(e), Subject::Blob, &what))?;
-            Body::from_stream(ReaderStream::with_capacity(file.take(end - start), FILE_CHUNK))
+            let served = req.state.events.metrics.served_bytes.clone();
+            Body::from_stream(
+                ReaderStream::with_capacity(file.take(end - start), FILE_CHUNK)
+                    .inspect(move |chunk| count_served(&served, chunk)),
+            )
         }
         BlobSource::Fetching { joined, .. } => {
             let (start, end) = window(span, size);
@@ -113,7 +117,9 @@ fn record_failures(
     let events = req.state.events.clone();
     let path = format!("/v2/{name}/blobs/{digest}");
     let (repo, reference) = (repo.to_string(), digest.to_string());
+    let served = req.state.events.metrics.served_bytes.clone();
     stream.map(move |item| {
+        count_served(&served, &item);
         item.inspect_err(|e| {
             let mut record = FailureRecord::new(e.cause(), format!("{path}: {e}"));
             record.upstream = e.upstream_name().map(str::to_string);
@@ -134,6 +140,12 @@ fn record_failures(
             }
         })
     })
+}
+
+fn count_served<E>(counter: &prometheus_client::metrics::counter::Counter, chunk: &Result<bytes::Bytes, E>) {
+    if let Ok(bytes) = chunk {
+        counter.inc_by(bytes.len() as u64);
+    }
 }
 
 fn range_error(e: RangeError, size: Option<u64>) -> ApiError {

@@ -59,6 +59,7 @@ fn refused(r: &Refusal, what: &str) -> ApiError {
     )
     .with_status(StatusCode::NOT_FOUND)
     .with_reason(r.reason())
+    .with_header(header::VARY, "Accept")
 }
 
 /// The client cannot read the stored type and berth will not convert it.
@@ -74,6 +75,7 @@ fn not_acceptable(m: &CachedManifest, what: &str) -> ApiError {
     ApiError::new(Code::ManifestUnknown, FailureCause::UnsupportedMediaType, summary)
         .with_status(StatusCode::NOT_FOUND)
         .with_reason("not_acceptable")
+        .with_header(header::VARY, "Accept")
 }
 
 fn respond(method: &Method, m: CachedManifest) -> Response {

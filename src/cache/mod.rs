@@ -87,6 +87,11 @@ impl Cache {
     }
 
     async fn load_manifest(&self, digest: &Digest) -> Option<CachedManifest> {
+        // Blobs share the store: a manifest request naming a large layer's
+        // digest must not read the layer into memory.
+        if self.store.size(digest)? > crate::upstream::MAX_MANIFEST_SIZE as u64 {
+            return None;
+        }
         let bytes = tokio::fs::read(self.store.path(digest)).await.ok()?;
         let media_type = match self.meta.manifest(digest).ok().flatten() {
             Some(rec) => rec.media_type,
@@ -163,18 +168,26 @@ impl Cache {
             None => None,
         };
         let Some((cached, checked_at)) = cached else {
+            self.events.metrics.miss("manifest");
             let m = self.fetch_manifest(up, repo, tag).await?;
             self.remember_tag(&upstream.name, repo, tag, &m.digest);
             return Ok(m);
         };
         // Offline, the cached digest is the answer: nothing to revalidate against.
         if upstream.is_offline() || now_secs().saturating_sub(checked_at) < self.tag_ttl.as_secs() {
+            self.events.metrics.hit("manifest");
             return Ok(cached);
         }
         // Revalidate with HEAD: it does not count against Docker Hub's limit.
         let fresh = match upstream.manifest_head(repo, tag).await {
-            Ok(head) if head.digest.as_ref() == Some(&cached.digest) => Ok(cached.clone()),
-            Ok(_) => self.fetch_manifest(up, repo, tag).await,
+            Ok(head) if head.digest.as_ref() == Some(&cached.digest) => {
+                self.events.metrics.hit("manifest");
+                Ok(cached.clone())
+            }
+            Ok(_) => {
+                self.events.metrics.miss("manifest");
+                self.fetch_manifest(up, repo, tag).await
+            }
             Err(e) => Err(CacheError::upstream(&upstream.name, e)),
         };
         match fresh {
@@ -216,6 +229,7 @@ impl Cache {
                 size,
             });
         }
+        self.events.metrics.miss("blob");
         let upstream = &self.upstreams[up];
         let slot = match self.inflight.join_or_lead(digest, || self.store.temp_file()) {
             Ok(slot) => slot,
@@ -245,7 +259,9 @@ impl Cache {
                     finish_abandoned: self.finish_abandoned,
                     events: self.events.clone(),
                 };
-                tokio::spawn(task.run());
+                // The fetch outlives the request that started it; its events
+                // name that request.
+                tokio::spawn(tracing::Instrument::in_current_span(task.run()));
                 joined
             }
         };
@@ -290,7 +306,13 @@ impl Cache {
         let upstream = &self.upstreams[up];
         match upstream.tags(repo).await {
             Ok(tags) => {
-                self.meta.put_tag_list(&upstream.name, repo, tags.clone())?;
+                // The list is only a fallback for outages: failing to record
+                // it does not fail the request.
+                if let Err(e) = self.meta.put_tag_list(&upstream.name, repo, tags.clone()) {
+                    let e = CacheError::from(e);
+                    self.events
+                        .storage_degraded(e.cause(), &upstream.name, repo.as_str(), "tags/list", &e.to_string());
+                }
                 Ok(tags)
             }
             Err(e) => {

@@ -13,6 +13,8 @@ use crate::config::Credentials;
 
 /// Token lifetime the distribution token spec tells clients to assume when the
 /// server does not say.
+/// The largest token response berth reads.
+const TOKEN_RESPONSE_LIMIT: usize = 1 << 20;
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// Renew a little early so a token never expires between check and use.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
@@ -156,7 +158,14 @@ pub async fn answer(
                     status: status.as_u16(),
                 });
             }
-            let body: TokenResponse = resp.json().await.map_err(|_| UpstreamError::BadChallenge)?;
+            // Tokens are a few KiB; a token service sending more is broken.
+            let bytes = super::read_limited(resp, TOKEN_RESPONSE_LIMIT)
+                .await
+                .map_err(|e| match e {
+                    UpstreamError::Http(e) => UpstreamError::Http(e),
+                    _ => UpstreamError::BadChallenge,
+                })?;
+            let body: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| UpstreamError::BadChallenge)?;
             let token = body.token.or(body.access_token).ok_or(UpstreamError::BadChallenge)?;
             let lifetime = body
                 .expires_in

@@ -2,7 +2,9 @@
 //! attempts the upstream is considered down, and requests are refused at once
 //! (so cached content is served without waiting on timeouts, and cache misses
 //! fail fast) until `cooldown` has passed; then one probe is let through, and
-//! its outcome closes or reopens the circuit.
+//! its outcome closes or reopens the circuit. A probe that never reports (its
+//! request was cancelled) stops counting after another `cooldown`, and the
+//! next request probes instead: the circuit can never stay shut for good.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,9 +20,11 @@ enum State {
         until: Instant,
         cause: FailureCause,
     },
-    /// One probe is out; everyone else is refused until it returns.
+    /// One probe is out since `since`; everyone else is refused until it
+    /// returns or is presumed lost.
     Probing {
         cause: FailureCause,
+        since: Instant,
     },
 }
 
@@ -61,10 +65,20 @@ impl Breaker {
         match *state {
             State::Closed { .. } => Ok(()),
             State::Open { until, cause } if Instant::now() >= until => {
-                *state = State::Probing { cause };
+                *state = State::Probing {
+                    cause,
+                    since: Instant::now(),
+                };
                 Ok(())
             }
-            State::Open { cause, .. } | State::Probing { cause } => Err(Open { cause }),
+            State::Probing { cause, since } if since.elapsed() >= self.cooldown => {
+                *state = State::Probing {
+                    cause,
+                    since: Instant::now(),
+                };
+                Ok(())
+            }
+            State::Open { cause, .. } | State::Probing { cause, .. } => Err(Open { cause }),
         }
     }
 
@@ -127,6 +141,26 @@ mod tests {
         assert_eq!(b.failure(FailureCause::ConnectionRefused), Transition::Opened);
         let refused = b.admit().expect_err("open");
         assert_eq!(refused.cause, FailureCause::ConnectionRefused);
+    }
+
+    #[test]
+    fn a_lost_probe_is_replaced_after_the_cooldown() {
+        let b = Breaker::new(1, Duration::from_millis(30));
+        b.failure(FailureCause::ConnectTimeout);
+        // Nothing is admitted before the cool-down, not even a probe.
+        assert!(b.admit().is_err());
+        let wait_until = |ok: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !ok() {
+                assert!(Instant::now() < deadline, "breaker never admitted a probe");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait_until(&|| b.admit().is_ok());
+        // This probe never reports back (its request was cancelled).
+        assert!(b.admit().is_err(), "one probe at a time");
+        wait_until(&|| b.admit().is_ok());
+        assert_eq!(b.success(), Transition::Closed);
     }
 
     #[test]

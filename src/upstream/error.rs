@@ -44,6 +44,8 @@ pub enum UpstreamError {
         #[source]
         last: Box<UpstreamError>,
     },
+    #[error("no answer from the upstream within the request deadline of {secs} s")]
+    DeadlineExceeded { secs: u64 },
     #[error("upstream considered down after repeated failures ({cause}); not asked, content not cached")]
     CircuitOpen { cause: FailureCause },
     #[error("berth runs offline; the upstream is not asked and this content is not cached")]
@@ -108,6 +110,8 @@ impl UpstreamError {
             }
             UpstreamError::DigestMismatch { .. } => FailureCause::DigestMismatch,
             UpstreamError::ManifestInvalid(_) => FailureCause::ManifestInvalid,
+            // Waiting on an upstream that sends nothing: a stall.
+            UpstreamError::DeadlineExceeded { .. } => FailureCause::ReadTimeout,
         }
     }
 

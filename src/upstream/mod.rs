@@ -148,10 +148,18 @@ impl Upstream {
                     None => UpstreamError::CircuitOpen { cause: open.cause },
                 });
             }
-            match self
-                .try_endpoints(&method, repo, tail, &scope, &headers, &mut backoff)
-                .await
-            {
+            // The deadline bounds the attempts too, not only the waits
+            // between them: a request never outlives it by a timeout.
+            let remaining = backoff.remaining();
+            let attempt = tokio::time::timeout(
+                remaining,
+                self.try_endpoints(&method, repo, tail, &scope, &headers, &mut backoff),
+            )
+            .await
+            .unwrap_or(Err(UpstreamError::DeadlineExceeded {
+                secs: self.retry.deadline.as_secs(),
+            }));
+            match attempt {
                 Ok((resp, endpoint, skipped)) => {
                     if let Some(e) = skipped {
                         hidden.get_or_insert_with(|| (e.cause(), e.to_string()));
@@ -172,8 +180,22 @@ impl Upstream {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    if counts_against_upstream(&e) && self.breaker.failure(e.cause()) == Transition::Opened {
+                    if !counts_against_upstream(&e) {
+                        // A definite answer (bad credentials, a refused token):
+                        // the upstream is there, so a probe that gets one
+                        // closes the circuit rather than leaving it shut.
+                        if self.breaker.success() == Transition::Closed {
+                            tracing::info!(upstream = %self.name, "upstream answers again; circuit closed");
+                        }
+                    } else if self.breaker.failure(e.cause()) == Transition::Opened {
                         tracing::warn!(upstream = %self.name, cause = e.cause().name(), "upstream considered down; circuit open");
+                    }
+                    // Out of time in an attempt after earlier faults: the
+                    // earlier fault is the evidence of what is wrong.
+                    if matches!(e, UpstreamError::DeadlineExceeded { .. })
+                        && let Some(last) = last
+                    {
+                        return Err(retried(last, backoff.attempts));
                     }
                     let delay = backoff.next_delay(&e);
                     hidden.get_or_insert_with(|| (e.cause(), e.to_string()));
@@ -381,8 +403,21 @@ fn counts_against_upstream(e: &UpstreamError) -> bool {
         UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
         UpstreamError::TokenRefused { status } => *status == 429 || *status >= 500,
         UpstreamError::Http(_) | UpstreamError::Proxy(_) => e.cause().category() == "network",
+        UpstreamError::DeadlineExceeded { .. } => true,
         _ => false,
     }
+}
+
+/// `Retry-After` as seconds from now: delay-seconds, or an HTTP-date.
+fn parse_retry_after(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse() {
+        return Some(secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    // A date in the past means "now"; round up so a wait is never cut short.
+    let wait = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
 }
 
 fn manifest_accept() -> HeaderMap {
@@ -399,7 +434,7 @@ async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
     if status.is_success() {
         return Ok(resp);
     }
-    let retry_after = header_str(resp.headers(), "retry-after").and_then(|v| v.trim().parse().ok());
+    let retry_after = header_str(resp.headers(), "retry-after").and_then(|v| parse_retry_after(&v));
     let ratelimit: Vec<String> = resp
         .headers()
         .iter()
@@ -424,7 +459,7 @@ async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
     })
 }
 
-async fn read_limited(resp: Response, limit: usize) -> Result<Bytes, UpstreamError> {
+pub(crate) async fn read_limited(resp: Response, limit: usize) -> Result<Bytes, UpstreamError> {
     let mut buf = BytesMut::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -481,5 +516,15 @@ mod tests {
             HeaderValue::from_static("</v2/other/tags/list?last=b>; rel=\"next\""),
         );
         assert_eq!(next_page(&h, &repo), None);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after(" 2 "), Some(2));
+        let in_a_minute = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        let wait = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).expect("HTTP-date");
+        assert!((59..=61).contains(&wait), "{wait}");
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }
