@@ -128,6 +128,11 @@ impl Berth {
             .collect()
     }
 
+    /// The process id (the load benchmark reads its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -134,6 +134,13 @@ pub struct Layer {
 /// A gzip layer: the busybox rootfs (`with_busybox`) or a few KiB of
 /// deterministic data, plus a file naming the layer so every layer differs.
 fn layer(work: &Path, label: &str, with_busybox: bool, seed: u32) -> Layer {
+    let data: Vec<u8> = (0..32 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+        .collect();
+    layer_with_data(work, label, with_busybox, &data)
+}
+
+fn layer_with_data(work: &Path, label: &str, with_busybox: bool, data: &[u8]) -> Layer {
     let root = work.join(format!("rootfs-{label}"));
     std::fs::create_dir_all(root.join("etc")).expect("rootfs dir");
     if with_busybox {
@@ -145,9 +152,6 @@ fn layer(work: &Path, label: &str, with_busybox: bool, seed: u32) -> Layer {
         }
     }
     std::fs::write(root.join("etc/berth-layer"), label).expect("label file");
-    let data: Vec<u8> = (0..32 * 1024u32)
-        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
-        .collect();
     std::fs::write(root.join(format!("etc/data-{label}")), data).expect("data file");
     let tar = work.join(format!("{label}.tar"));
     run(Command::new("tar")
@@ -418,18 +422,58 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Push `size` bytes of deterministic pseudo-random content as a blob of
-/// `repo`; returns (digest, content).
-pub fn push_random_blob(registry: &Registry, repo: &str, size: usize, seed: u64) -> (String, Vec<u8>) {
+/// `size` bytes of deterministic pseudo-random (incompressible) content.
+pub fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let content: Vec<u8> = (0..size)
+    (0..size)
         .map(|_| {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (state >> 56) as u8
         })
+        .collect()
+}
+
+/// An image of `layers` gzip layers, each holding `layer_bytes` of random
+/// data, pushed with skopeo to `repo:tag` as Docker schema2 (the load
+/// benchmark's many-layer image).
+pub fn push_layered_image(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    layers: usize,
+    layer_bytes: usize,
+    seed: u64,
+) -> Image {
+    let work = tempfile::tempdir().expect("image work dir");
+    let layout = Layout::new(work.path().join("layout"));
+    let built: Vec<Layer> = (0..layers)
+        .map(|i| {
+            let data = random_bytes(layer_bytes, seed.wrapping_mul(1000).wrapping_add(i as u64));
+            layer_with_data(work.path(), &format!("{tag}-{i}"), false, &data)
+        })
         .collect();
+    let image = layout.image("amd64", &built.iter().collect::<Vec<_>>(), tag);
+    layout.tag(&image, tag);
+    layout.write_index();
+    let src = format!("oci:{}:{tag}", layout.dir.display());
+    let dest = format!("docker://{}/{repo}:{tag}", registry.host());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        src.as_str(),
+        dest.as_str(),
+    ]);
+    read_back(registry, repo, tag)
+}
+
+/// Push `size` bytes of deterministic pseudo-random content as a blob of
+/// `repo`; returns (digest, content).
+pub fn push_random_blob(registry: &Registry, repo: &str, size: usize, seed: u64) -> (String, Vec<u8>) {
+    let content = random_bytes(size, seed);
     let dir = tempfile::tempdir().expect("temp dir");
     let layout = Layout::new(dir.path().to_path_buf());
     let d = layout.blob("application/octet-stream", &content);

@@ -1,0 +1,258 @@
+//! The load benchmark: berth beside its peers, on this machine, in one run.
+//!
+//! Starts the real upstream (CNCF Distribution from Debian's
+//! `docker-registry`), berth pointed at it, Distribution in proxy mode pointed
+//! at it, and nginx serving a copy of the same blob file; then measures
+//!
+//! 1. warm GET of a 256 MiB blob, 1 and 8 clients (curl): MB/s;
+//! 2. warm manifest GET by tag and by digest, 64 connections for 10 s (wrk):
+//!    req/s and p99;
+//! 3. 50 concurrent cold GETs of one 256 MiB blob: bytes the upstream sent,
+//!    wall time, peak RSS growth, bodies verified;
+//! 4. cold `skopeo copy` of a 20-layer image through each mirror and
+//!    directly from the upstream: wall time;
+//!
+//! and prints a table with the ratios berth / peer against the targets.
+//! Run with `cargo bench --bench load` (or `bash benches/run.sh`). Under
+//! `cargo test` it does nothing: performance is never asserted in tests.
+//! `BERTH_BENCH_BLOB_MIB` changes the blob size (default 256).
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod measure;
+mod nginx;
+
+use std::process::Command;
+
+use measure::{
+    cold_fan_out, curl_throughput, median, memory_mib, reset_peak, skopeo_copy_secs, upstream_get_bytes, wrk,
+};
+use nginx::Nginx;
+use support::Berth;
+use support::images::{push_layered_image, push_random_blob, push_tiny_image};
+use support::registry::Registry;
+
+const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const COLD_CLIENTS: usize = 50;
+const LAYERS: usize = 20;
+const LAYER_BYTES: usize = 4 << 20;
+const COPY_ROUNDS: usize = 3;
+
+struct Row {
+    what: String,
+    berth: String,
+    peer: String,
+    ratio: String,
+    target: &'static str,
+    met: Option<bool>,
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("load benchmark: skipped (run `cargo bench --bench load`)");
+        return;
+    }
+    for tool in ["docker-registry", "skopeo", "nginx", "wrk", "curl"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(found, "{tool} is missing: run `bash benches/run.sh`, which installs it");
+    }
+    let blob_mib: usize = std::env::var("BERTH_BENCH_BLOB_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let blob_size = blob_mib << 20;
+    let mut rows = Vec::new();
+
+    eprintln!("seeding the upstream: {blob_mib} MiB blobs, a small image, {COPY_ROUNDS} images of {LAYERS} layers");
+    let upstream = Registry::start();
+    let work = tempfile::tempdir().expect("work dir");
+    let (warm_digest, warm_content) = push_random_blob(&upstream, "bench/blob", blob_size, 1);
+    let www = work.path().join("www");
+    std::fs::create_dir_all(&www).expect("www dir");
+    std::fs::write(www.join("blob"), &warm_content).expect("nginx copy of the blob");
+    drop(warm_content);
+    let (cold_berth_digest, _) = push_random_blob(&upstream, "bench/blob", blob_size, 2);
+    let (cold_dist_digest, _) = push_random_blob(&upstream, "bench/blob", blob_size, 3);
+    let (manifest_digest, _, _) = push_tiny_image(&upstream, "bench/app", "v1", false);
+    let images: Vec<_> = (0..COPY_ROUNDS)
+        .map(|i| {
+            push_layered_image(
+                &upstream,
+                "bench/twenty",
+                &format!("r{i}"),
+                LAYERS,
+                LAYER_BYTES,
+                10 + i as u64,
+            )
+        })
+        .collect();
+
+    let berth = Berth::start_with_env(
+        &format!(
+            "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
+            upstream.url()
+        ),
+        // The production log level: no per-request debug events.
+        &[("RUST_LOG", "info")],
+    );
+    let dist = Registry::start_proxy(&upstream.url());
+    let nginx = Nginx::start(work.path(), &www);
+
+    // 1. Warm blob throughput.
+    let blob_path = |base: &str| format!("{base}/v2/bench/blob/blobs/{warm_digest}");
+    let (berth_blob, dist_blob, nginx_blob) = (
+        blob_path(&berth.url()),
+        blob_path(&dist.url()),
+        format!("{}/blob", nginx.url()),
+    );
+    for url in [&berth_blob, &dist_blob, &nginx_blob] {
+        // The first GET through a mirror fills its cache; the second proves it.
+        curl_throughput(url, 1, blob_size as u64, 2);
+    }
+    for clients in [1usize, 8] {
+        eprintln!("warm blob, {clients} client(s)");
+        let b = curl_throughput(&berth_blob, clients, blob_size as u64, 5);
+        let n = curl_throughput(&nginx_blob, clients, blob_size as u64, 5);
+        let d = curl_throughput(&dist_blob, clients, blob_size as u64, 5);
+        rows.push(Row {
+            what: format!("warm {blob_mib} MiB blob, {clients} client(s), MB/s"),
+            berth: format!("{b:.0}"),
+            peer: format!("nginx {n:.0} / Distribution {d:.0}"),
+            ratio: format!("{:.2}x nginx, {:.2}x Distribution", b / n, b / d),
+            target: ">= 0.9x nginx",
+            met: Some(b / n >= 0.9),
+        });
+    }
+
+    // 2. Warm manifests under load.
+    for (label, reference) in [("tag", "v1".to_string()), ("digest", manifest_digest.clone())] {
+        eprintln!("warm manifest by {label}, 64 connections, 10 s");
+        let path = format!("/v2/bench/app/manifests/{reference}");
+        for base in [berth.url(), dist.url()] {
+            let ok = Command::new("curl")
+                .args(["-sf", "--noproxy", "*", "-o", "/dev/null", "-H"])
+                .arg(format!("Accept: {DOCKER_V2}"))
+                .arg(format!("{base}{path}"))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "manifest {path} through {base}");
+        }
+        let b = wrk(&format!("{}{path}", berth.url()), DOCKER_V2, 64, 10);
+        let d = wrk(&format!("{}{path}", dist.url()), DOCKER_V2, 64, 10);
+        rows.push(Row {
+            what: format!("warm manifest by {label}, 64 conns: req/s (p99 ms, errors)"),
+            berth: format!("{:.0} ({:.2} ms, {})", b.req_per_sec, b.p99_ms, b.errors),
+            peer: format!("Distribution {:.0} ({:.2} ms, {})", d.req_per_sec, d.p99_ms, d.errors),
+            ratio: format!("{:.1}x", b.req_per_sec / d.req_per_sec),
+            target: ">= 20x, p99 < 5 ms",
+            met: Some(b.req_per_sec / d.req_per_sec >= 20.0 && b.p99_ms < 5.0 && b.errors == 0),
+        });
+    }
+
+    // 3. Cold fan-out: 50 clients on one cold blob.
+    eprintln!("{COLD_CLIENTS} concurrent cold GETs through berth");
+    reset_peak(berth.pid());
+    let berth_rss_before = memory_mib(berth.pid(), "VmRSS:");
+    let bf = cold_fan_out(
+        &format!("{}/v2/bench/blob/blobs/{cold_berth_digest}", berth.url()),
+        COLD_CLIENTS,
+        &cold_berth_digest,
+    );
+    let berth_rss_growth = memory_mib(berth.pid(), "VmHWM:") - berth_rss_before;
+    eprintln!("{COLD_CLIENTS} concurrent cold GETs through Distribution");
+    reset_peak(dist.pid());
+    let dist_rss_before = memory_mib(dist.pid(), "VmRSS:");
+    let df = cold_fan_out(
+        &format!("{}/v2/bench/blob/blobs/{cold_dist_digest}", dist.url()),
+        COLD_CLIENTS,
+        &cold_dist_digest,
+    );
+    let dist_rss_growth = memory_mib(dist.pid(), "VmHWM:") - dist_rss_before;
+    let log = upstream.log();
+    let (bu, du) = (
+        upstream_get_bytes(&log, &cold_berth_digest),
+        upstream_get_bytes(&log, &cold_dist_digest),
+    );
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    rows.push(Row {
+        what: format!("{COLD_CLIENTS} cold GETs: upstream MiB sent (x blob size)"),
+        berth: format!("{:.0} ({:.2}x)", mib(bu), bu as f64 / blob_size as f64),
+        peer: format!("Distribution {:.0} ({:.2}x)", mib(du), du as f64 / blob_size as f64),
+        ratio: format!("{:.3}", bu as f64 / du.max(1) as f64),
+        target: "= 1x blob size",
+        met: Some(bu == blob_size as u64),
+    });
+    rows.push(Row {
+        what: format!("{COLD_CLIENTS} cold GETs: wall s, bodies verified"),
+        berth: format!("{:.1} s, {}/{COLD_CLIENTS}", bf.wall.as_secs_f64(), bf.verified),
+        peer: format!(
+            "Distribution {:.1} s, {}/{COLD_CLIENTS}",
+            df.wall.as_secs_f64(),
+            df.verified
+        ),
+        ratio: format!("{:.2}", bf.wall.as_secs_f64() / df.wall.as_secs_f64()),
+        target: "all verified",
+        met: Some(bf.verified == COLD_CLIENTS),
+    });
+    rows.push(Row {
+        what: format!("{COLD_CLIENTS} cold GETs: peak RSS growth MiB"),
+        berth: format!("{berth_rss_growth:.1}"),
+        peer: format!("Distribution {dist_rss_growth:.1}"),
+        ratio: format!("{:.2}", berth_rss_growth / dist_rss_growth),
+        target: "<= 100 MiB",
+        met: Some(berth_rss_growth <= 100.0),
+    });
+
+    // 4. Cold skopeo copy of a 20-layer image.
+    let src = |host: &str, tag: &str| format!("docker://{host}/bench/twenty:{tag}");
+    // Warm the upstream's page cache so the first measured copy is not penalised.
+    for img in &images {
+        skopeo_copy_secs(&src(&upstream.host(), &img.tag));
+    }
+    let (mut direct, mut through_berth, mut through_dist) = (Vec::new(), Vec::new(), Vec::new());
+    for img in &images {
+        eprintln!("cold skopeo copy of {LAYERS} layers ({})", img.tag);
+        direct.push(skopeo_copy_secs(&src(&upstream.host(), &img.tag)));
+        through_berth.push(skopeo_copy_secs(&src(&berth.host(), &img.tag)));
+        through_dist.push(skopeo_copy_secs(&src(&dist.host(), &img.tag)));
+    }
+    let (d, b, p) = (
+        median(&mut direct),
+        median(&mut through_berth),
+        median(&mut through_dist),
+    );
+    rows.push(Row {
+        what: format!(
+            "cold skopeo copy, {LAYERS} x {} MiB layers, s (median of {COPY_ROUNDS})",
+            LAYER_BYTES >> 20
+        ),
+        berth: format!("{b:.2}"),
+        peer: format!("direct {d:.2} / Distribution {p:.2}"),
+        ratio: format!("{:.2}x direct (Distribution {:.2}x)", b / d, p / d),
+        target: "<= 1.1x direct",
+        met: Some(b / d <= 1.1),
+    });
+
+    print_table(&rows);
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| measurement | berth | peers | ratio | target | met |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {met} |",
+            r.what, r.berth, r.peer, r.ratio, r.target
+        );
+    }
+}

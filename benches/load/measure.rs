@@ -1,0 +1,213 @@
+//! The measurements: curl for blob throughput, wrk for manifest load,
+//! concurrent hashing clients for the cold fan-out, /proc for memory, the
+//! upstream's access log for the bytes it sent, and wall time for skopeo.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
+
+/// Aggregate MB/s (10^6 bytes) of `clients` curl processes each fetching
+/// `url` once; the median of `rounds` rounds. Panics if a body is short.
+pub fn curl_throughput(url: &str, clients: usize, expected_len: u64, rounds: usize) -> f64 {
+    let mut results: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let started = Instant::now();
+            let children: Vec<_> = (0..clients)
+                .map(|_| {
+                    Command::new("curl")
+                        .args([
+                            "-sS",
+                            "--noproxy",
+                            "*",
+                            "-o",
+                            "/dev/null",
+                            "-w",
+                            "%{size_download}",
+                            url,
+                        ])
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .expect("spawn curl")
+                })
+                .collect();
+            let mut total = 0u64;
+            for child in children {
+                let out = child.wait_with_output().expect("curl output");
+                let got: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+                assert!(
+                    out.status.success() && got == expected_len,
+                    "curl {url}: {got} of {expected_len} bytes"
+                );
+                total += got;
+            }
+            total as f64 / started.elapsed().as_secs_f64() / 1e6
+        })
+        .collect();
+    median(&mut results)
+}
+
+pub struct WrkResult {
+    pub req_per_sec: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// `wrk` with `connections` connections for `secs` seconds.
+pub fn wrk(url: &str, accept: &str, connections: usize, secs: u64) -> WrkResult {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-H",
+            &format!("Accept: {accept}"),
+            url,
+        ])
+        .output()
+        .expect("run wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "wrk {url}: {text}");
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
+    };
+    let req_per_sec = field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let p99_ms = field("99%").and_then(|v| duration_ms(&v)).unwrap_or(f64::NAN);
+    let non_2xx: u64 = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let socket_errors: u64 = field("Socket errors:")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    WrkResult {
+        req_per_sec,
+        p99_ms,
+        errors: non_2xx + socket_errors,
+    }
+}
+
+/// wrk's durations: `250.00us`, `5.00ms`, `1.20s`, `2.00m`.
+fn duration_ms(v: &str) -> Option<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+pub struct FanOut {
+    pub wall: Duration,
+    pub verified: usize,
+}
+
+/// `clients` concurrent GETs of `url`, each body hashed and compared with
+/// `digest`; counts the bodies that verified.
+pub fn cold_fan_out(url: &str, clients: usize, digest: &str) -> FanOut {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (http, url) = (http.clone(), url.to_string());
+                tokio::spawn(async move {
+                    let mut resp = http.get(&url).send().await.ok()?.error_for_status().ok()?;
+                    let mut hasher = sha2::Sha256::new();
+                    while let Some(chunk) = resp.chunk().await.ok()? {
+                        hasher.update(&chunk);
+                    }
+                    Some(format!("sha256:{}", hex::encode(hasher.finalize())))
+                })
+            })
+            .collect();
+        let mut verified = 0;
+        for t in tasks {
+            if let Ok(Some(got)) = t.await {
+                verified += usize::from(got == digest);
+            }
+        }
+        FanOut {
+            wall: started.elapsed(),
+            verified,
+        }
+    })
+}
+
+/// `VmRSS` or `VmHWM` of a process, in MiB.
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Reset the process's peak RSS (`VmHWM`) to its current RSS.
+pub fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Bytes the upstream sent in answer to GETs whose path contains `needle`,
+/// from Distribution's access log (combined log format: `"GET path proto"
+/// status bytes`).
+pub fn upstream_get_bytes(log: &str, needle: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("\"GET ")?;
+            let (request, after) = rest.split_once('"')?;
+            if !request.contains(needle) {
+                return None;
+            }
+            let mut fields = after.split_whitespace();
+            let _status = fields.next()?;
+            fields.next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Wall time of one `skopeo copy` from `src` to a fresh `dir:` destination.
+pub fn skopeo_copy_secs(src: &str) -> f64 {
+    let dest = tempfile::tempdir().expect("copy destination");
+    let started = Instant::now();
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", src])
+        .arg(format!("dir:{}", dest.path().join("img").display()))
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .expect("run skopeo");
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "skopeo copy {src}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secs
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
