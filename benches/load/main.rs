@@ -15,7 +15,8 @@
 //! and prints a table with the ratios berth / peer against the targets.
 //! Run with `cargo bench --bench load` (or `bash benches/run.sh`). Under
 //! `cargo test` it does nothing: performance is never asserted in tests.
-//! `BERTH_BENCH_BLOB_MIB` changes the blob size (default 256).
+//! `BERTH_BENCH_BLOB_MIB` changes the blob size (default 256);
+//! `BERTH_BENCH_ONLY=blob,manifest,cold,copy` runs only those parts.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -26,7 +27,8 @@ mod nginx;
 use std::process::Command;
 
 use measure::{
-    cold_fan_out, curl_throughput, median, memory_mib, reset_peak, skopeo_copy_secs, upstream_get_bytes, wrk,
+    cold_fan_out, curl_throughput, curl_throughput_interleaved, median, memory_mib, reset_peak, skopeo_copy_secs,
+    upstream_get_bytes, wrk,
 };
 use nginx::Nginx;
 use support::Berth;
@@ -65,6 +67,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
     let blob_size = blob_mib << 20;
+    let only = std::env::var("BERTH_BENCH_ONLY").unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     let mut rows = Vec::new();
 
     eprintln!("seeding the upstream: {blob_mib} MiB blobs, a small image, {COPY_ROUNDS} images of {LAYERS} layers");
@@ -111,13 +115,13 @@ fn main() {
     );
     for url in [&berth_blob, &dist_blob, &nginx_blob] {
         // The first GET through a mirror fills its cache; the second proves it.
-        curl_throughput(url, 1, blob_size as u64, 2);
+        curl_throughput(url, 1, blob_size as u64);
+        curl_throughput(url, 1, blob_size as u64);
     }
-    for clients in [1usize, 8] {
+    for clients in [1usize, 8].into_iter().filter(|_| runs("blob")) {
         eprintln!("warm blob, {clients} client(s)");
-        let b = curl_throughput(&berth_blob, clients, blob_size as u64, 5);
-        let n = curl_throughput(&nginx_blob, clients, blob_size as u64, 5);
-        let d = curl_throughput(&dist_blob, clients, blob_size as u64, 5);
+        let got = curl_throughput_interleaved(&[&berth_blob, &nginx_blob, &dist_blob], clients, blob_size as u64, 7);
+        let (b, n, d) = (got[0], got[1], got[2]);
         rows.push(Row {
             what: format!("warm {blob_mib} MiB blob, {clients} client(s), MB/s"),
             berth: format!("{b:.0}"),
@@ -129,7 +133,10 @@ fn main() {
     }
 
     // 2. Warm manifests under load.
-    for (label, reference) in [("tag", "v1".to_string()), ("digest", manifest_digest.clone())] {
+    for (label, reference) in [("tag", "v1".to_string()), ("digest", manifest_digest.clone())]
+        .into_iter()
+        .filter(|_| runs("manifest"))
+    {
         eprintln!("warm manifest by {label}, 64 connections, 10 s");
         let path = format!("/v2/bench/app/manifests/{reference}");
         for base in [berth.url(), dist.url()] {
@@ -154,13 +161,39 @@ fn main() {
     }
 
     // 3. Cold fan-out: 50 clients on one cold blob.
+    if runs("cold") {
+        cold_fan_out_rows(
+            &mut rows,
+            &upstream,
+            &berth,
+            &dist,
+            blob_size,
+            &cold_berth_digest,
+            &cold_dist_digest,
+        );
+    }
+    if runs("copy") {
+        skopeo_copy_row(&mut rows, &upstream, &berth, &dist, &images);
+    }
+    print_table(&rows);
+}
+
+fn cold_fan_out_rows(
+    rows: &mut Vec<Row>,
+    upstream: &Registry,
+    berth: &Berth,
+    dist: &Registry,
+    blob_size: usize,
+    cold_berth_digest: &str,
+    cold_dist_digest: &str,
+) {
     eprintln!("{COLD_CLIENTS} concurrent cold GETs through berth");
     reset_peak(berth.pid());
     let berth_rss_before = memory_mib(berth.pid(), "VmRSS:");
     let bf = cold_fan_out(
         &format!("{}/v2/bench/blob/blobs/{cold_berth_digest}", berth.url()),
         COLD_CLIENTS,
-        &cold_berth_digest,
+        cold_berth_digest,
     );
     let berth_rss_growth = memory_mib(berth.pid(), "VmHWM:") - berth_rss_before;
     eprintln!("{COLD_CLIENTS} concurrent cold GETs through Distribution");
@@ -169,13 +202,13 @@ fn main() {
     let df = cold_fan_out(
         &format!("{}/v2/bench/blob/blobs/{cold_dist_digest}", dist.url()),
         COLD_CLIENTS,
-        &cold_dist_digest,
+        cold_dist_digest,
     );
     let dist_rss_growth = memory_mib(dist.pid(), "VmHWM:") - dist_rss_before;
     let log = upstream.log();
     let (bu, du) = (
-        upstream_get_bytes(&log, &cold_berth_digest),
-        upstream_get_bytes(&log, &cold_dist_digest),
+        upstream_get_bytes(&log, cold_berth_digest),
+        upstream_get_bytes(&log, cold_dist_digest),
     );
     let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
     rows.push(Row {
@@ -206,15 +239,23 @@ fn main() {
         target: "<= 100 MiB",
         met: Some(berth_rss_growth <= 100.0),
     });
+}
 
-    // 4. Cold skopeo copy of a 20-layer image.
+/// 4. Cold skopeo copy of a 20-layer image.
+fn skopeo_copy_row(
+    rows: &mut Vec<Row>,
+    upstream: &Registry,
+    berth: &Berth,
+    dist: &Registry,
+    images: &[support::images::Image],
+) {
     let src = |host: &str, tag: &str| format!("docker://{host}/bench/twenty:{tag}");
     // Warm the upstream's page cache so the first measured copy is not penalised.
-    for img in &images {
+    for img in images {
         skopeo_copy_secs(&src(&upstream.host(), &img.tag));
     }
     let (mut direct, mut through_berth, mut through_dist) = (Vec::new(), Vec::new(), Vec::new());
-    for img in &images {
+    for img in images {
         eprintln!("cold skopeo copy of {LAYERS} layers ({})", img.tag);
         direct.push(skopeo_copy_secs(&src(&upstream.host(), &img.tag)));
         through_berth.push(skopeo_copy_secs(&src(&berth.host(), &img.tag)));
@@ -236,8 +277,6 @@ fn main() {
         target: "<= 1.1x direct",
         met: Some(b / d <= 1.1),
     });
-
-    print_table(&rows);
 }
 
 fn print_table(rows: &[Row]) {

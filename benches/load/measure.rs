@@ -8,43 +8,50 @@ use std::time::{Duration, Instant};
 use sha2::Digest as _;
 
 /// Aggregate MB/s (10^6 bytes) of `clients` curl processes each fetching
-/// `url` once; the median of `rounds` rounds. Panics if a body is short.
-pub fn curl_throughput(url: &str, clients: usize, expected_len: u64, rounds: usize) -> f64 {
-    let mut results: Vec<f64> = (0..rounds)
+/// `url` once. Panics if a body is short.
+pub fn curl_throughput(url: &str, clients: usize, expected_len: u64) -> f64 {
+    let started = Instant::now();
+    let children: Vec<_> = (0..clients)
         .map(|_| {
-            let started = Instant::now();
-            let children: Vec<_> = (0..clients)
-                .map(|_| {
-                    Command::new("curl")
-                        .args([
-                            "-sS",
-                            "--noproxy",
-                            "*",
-                            "-o",
-                            "/dev/null",
-                            "-w",
-                            "%{size_download}",
-                            url,
-                        ])
-                        .stdout(Stdio::piped())
-                        .spawn()
-                        .expect("spawn curl")
-                })
-                .collect();
-            let mut total = 0u64;
-            for child in children {
-                let out = child.wait_with_output().expect("curl output");
-                let got: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
-                assert!(
-                    out.status.success() && got == expected_len,
-                    "curl {url}: {got} of {expected_len} bytes"
-                );
-                total += got;
-            }
-            total as f64 / started.elapsed().as_secs_f64() / 1e6
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "--noproxy",
+                    "*",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                    url,
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn curl")
         })
         .collect();
-    median(&mut results)
+    let mut total = 0u64;
+    for child in children {
+        let out = child.wait_with_output().expect("curl output");
+        let got: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        assert!(
+            out.status.success() && got == expected_len,
+            "curl {url}: {got} of {expected_len} bytes"
+        );
+        total += got;
+    }
+    total as f64 / started.elapsed().as_secs_f64() / 1e6
+}
+
+/// The median MB/s of each URL over `rounds` rounds, the URLs taking turns
+/// within a round so that drift in the machine's state hits them alike.
+pub fn curl_throughput_interleaved(urls: &[&str], clients: usize, expected_len: u64, rounds: usize) -> Vec<f64> {
+    let mut samples = vec![Vec::new(); urls.len()];
+    for _ in 0..rounds {
+        for (i, url) in urls.iter().enumerate() {
+            samples[i].push(curl_throughput(url, clients, expected_len));
+        }
+    }
+    samples.iter_mut().map(|s| median(s)).collect()
 }
 
 pub struct WrkResult {

@@ -8,19 +8,18 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::Request;
 use super::errors::{ApiError, Code, Subject};
 use super::range::{ByteRange, RangeError};
-use crate::cache::{BlobSource, CacheError};
+use crate::cache::{BlobSource, CacheError, read_range};
 use crate::events::RequestFacts;
 use crate::failure::{FailureCause, FailureRecord};
 use crate::reference::Digest;
 
-/// Read size for stored blobs: large reads keep syscalls per GiB low.
-const FILE_CHUNK: usize = 512 << 10;
+/// Slice size for stored blobs: large enough that hyper writes in big
+/// `writev` calls, small enough to keep a slow client's queue short.
+const FILE_CHUNK: usize = 4 << 20;
 
 pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response, ApiError> {
     let (_, route) = req.route(name)?;
@@ -65,17 +64,15 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
     let body = match source {
         BlobSource::Stored { path, .. } => {
             let (start, end) = span.unwrap_or((0, size.unwrap_or(0)));
-            let mut file = tokio::fs::File::open(&path)
+            let file = tokio::fs::File::open(&path)
                 .await
-                .map_err(|e| ApiError::from_cache(CacheError::from(e), Subject::Blob, &what))?;
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
+                .map_err(|e| ApiError::from_cache(CacheError::from(e), Subject::Blob, &what))?
+                .into_std()
+                .await;
+            let stream = read_range(file, start, end, FILE_CHUNK)
                 .map_err(|e| ApiError::from_cache(CacheError::from(e), Subject::Blob, &what))?;
             let served = req.state.events.metrics.served_bytes.clone();
-            Body::from_stream(
-                ReaderStream::with_capacity(file.take(end - start), FILE_CHUNK)
-                    .inspect(move |chunk| count_served(&served, chunk)),
-            )
+            Body::from_stream(stream.inspect(move |chunk| count_served(&served, chunk)))
         }
         BlobSource::Fetching { joined, .. } => {
             let (start, end) = window(span, size);

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use std::io::Write;
+
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 
 use super::blobs::BlobStore;
 use super::error::CacheError;
@@ -15,6 +16,8 @@ use crate::upstream::{Upstream, UpstreamError, is_retryable};
 
 /// Resumes of one broken blob transfer before giving up.
 const MAX_RESUMES: u32 = 5;
+/// Network chunks written to the temp file in one blocking call, at most.
+const BATCH_CHUNKS: usize = 64;
 /// Pause before a resume, times the number of resumes so far.
 const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -33,11 +36,23 @@ pub struct BlobFetch {
 
 impl BlobFetch {
     pub async fn run(self) {
-        let result = self.download().await;
-        let state = match result.and_then(|size| {
-            let path = self.store.commit(self.fetch.temp_path(), &self.digest)?;
-            Ok((size, path))
-        }) {
+        let committed = match self.download().await {
+            Ok(size) => {
+                let (store, temp, digest) = (
+                    self.store.clone(),
+                    self.fetch.temp_path().to_path_buf(),
+                    self.digest.clone(),
+                );
+                tokio::task::spawn_blocking(move || store.commit(&temp, &digest))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .map(|path| (size, path))
+                    .map_err(CacheError::from)
+            }
+            Err(e) => Err(e),
+        };
+        let state = match committed {
             Ok((size, path)) => {
                 tracing::info!(upstream = %self.upstream.name, repo = %self.repo, digest = %self.digest, size, "blob cached");
                 FetchState::Done { size, path }
@@ -63,7 +78,7 @@ impl BlobFetch {
 
     async fn download(&self) -> Result<u64, CacheError> {
         let name = &self.upstream.name;
-        let mut writer = tokio::fs::File::from_std(self.writer.try_clone()?);
+        let mut writer = self.writer.try_clone()?;
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written = 0u64;
         let mut total = None;
@@ -95,33 +110,60 @@ impl BlobFetch {
                 // The upstream ignored the Range: the whole blob again.
                 skip = written;
             }
-            let mut body = resp.bytes_stream();
+            // Whatever chunks have already arrived are written and hashed in
+            // one trip to the blocking pool: one hop per batch rather than per
+            // network read, and the hashing stays off the async workers.
+            let mut body = resp.bytes_stream().ready_chunks(BATCH_CHUNKS);
             let broke = loop {
-                let mut chunk = match body.next().await {
-                    None => break None,
-                    Some(Err(e)) => break Some(CacheError::upstream(name, UpstreamError::Http(e))),
-                    Some(Ok(chunk)) => chunk,
+                let Some(batch) = body.next().await else {
+                    break None;
                 };
-                if skip > 0 {
-                    let n = skip.min(chunk.len() as u64);
-                    chunk = chunk.slice(n as usize..);
-                    skip -= n;
-                    if chunk.is_empty() {
-                        continue;
+                let mut chunks = Vec::with_capacity(batch.len());
+                let mut failed = None;
+                for item in batch {
+                    match item {
+                        Ok(mut chunk) => {
+                            if skip > 0 {
+                                let n = skip.min(chunk.len() as u64);
+                                chunk = chunk.slice(n as usize..);
+                                skip -= n;
+                            }
+                            if !chunk.is_empty() {
+                                chunks.push(chunk);
+                            }
+                        }
+                        Err(e) => {
+                            failed = Some(CacheError::upstream(name, UpstreamError::Http(e)));
+                            break;
+                        }
                     }
                 }
-                hasher.update(&chunk);
-                writer.write_all(&chunk).await?;
-                // Readers follow `written`; the bytes must be in the file first.
-                writer.flush().await?;
-                written += chunk.len() as u64;
-                self.events.metrics.upstream_bytes.inc_by(chunk.len() as u64);
-                if total.is_some_and(|t| written > t) {
-                    break None;
+                if !chunks.is_empty() {
+                    let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                    let (w, h, result) = tokio::task::spawn_blocking(move || {
+                        let result = chunks.iter().try_for_each(|c| {
+                            hasher.update(c);
+                            writer.write_all(c)
+                        });
+                        (writer, hasher, result)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)?;
+                    (writer, hasher) = (w, h);
+                    // Readers follow `written`; the bytes are in the file now.
+                    result?;
+                    written += n;
+                    self.events.metrics.upstream_bytes.inc_by(n);
+                    if total.is_some_and(|t| written > t) {
+                        break None;
+                    }
+                    self.fetch.publish(FetchState::Running { written, total });
+                    if !self.finish_abandoned && self.fetch.waiters() == 0 {
+                        return Err(CacheError::Abandoned);
+                    }
                 }
-                self.fetch.publish(FetchState::Running { written, total });
-                if !self.finish_abandoned && self.fetch.waiters() == 0 {
-                    return Err(CacheError::Abandoned);
+                if failed.is_some() {
+                    break failed;
                 }
             };
             let error = match broke {
@@ -153,7 +195,6 @@ impl BlobFetch {
                 got: written,
             });
         }
-        writer.sync_all().await?;
         let actual = hasher.finish();
         if actual != self.digest {
             tracing::warn!(upstream = %name, repo = %self.repo, expected = %self.digest, actual = %actual, "blob digest mismatch; not stored");
@@ -165,6 +206,11 @@ impl BlobFetch {
                 },
             ));
         }
+        // The clients may finish now; the fsync is for the cache's sake.
+        self.fetch.publish(FetchState::Verified { size: written });
+        tokio::task::spawn_blocking(move || writer.sync_all())
+            .await
+            .map_err(std::io::Error::other)??;
         if let Some(e) = first_break {
             self.events.upstream_degraded(
                 e.cause(),

@@ -33,6 +33,12 @@ pub enum FetchState {
         written: u64,
         total: Option<u64>,
     },
+    /// Every byte is in the temp file and hashes to the digest; the commit
+    /// (fsync, rename) is still under way. Readers holding the temp file may
+    /// finish their responses: durability is the cache's concern, not theirs.
+    Verified {
+        size: u64,
+    },
     /// Verified and committed to `path`.
     Done {
         size: u64,
@@ -147,7 +153,7 @@ impl Joined {
             match &*self.state.borrow_and_update() {
                 FetchState::Starting => {}
                 FetchState::Running { total, .. } => return Ok(*total),
-                FetchState::Done { size, .. } => return Ok(Some(*size)),
+                FetchState::Verified { size } | FetchState::Done { size, .. } => return Ok(Some(*size)),
                 FetchState::Failed(e) => return Err(e.clone()),
             }
             if self.state.changed().await.is_err() {
@@ -220,16 +226,17 @@ impl Reader {
             if let Some(pass) = &mut self.pass {
                 return pass.next_chunk().await;
             }
-            let (limit, done_path) = match &*self.joined.state.borrow_and_update() {
-                FetchState::Starting => (self.pos, None),
+            let (limit, done_path, verified) = match &*self.joined.state.borrow_and_update() {
+                FetchState::Starting => (self.pos, None, false),
                 // Hold back the response's last byte until verification.
                 FetchState::Running { written, total } => {
                     self.seen_total = *total;
                     let end = self.end.unwrap_or(u64::MAX);
-                    (*written.min(&end.saturating_sub(1)), None)
+                    (*written.min(&end.saturating_sub(1)), None, false)
                 }
-                FetchState::Done { size, path } => (self.end.unwrap_or(*size).min(*size), Some(path.clone())),
-                FetchState::Failed(e) if e.is_storage() && self.joined.fallback.is_some() => (u64::MAX, None),
+                FetchState::Verified { size } => (self.end.unwrap_or(*size).min(*size), None, true),
+                FetchState::Done { size, path } => (self.end.unwrap_or(*size).min(*size), Some(path.clone()), true),
+                FetchState::Failed(e) if e.is_storage() && self.joined.fallback.is_some() => (u64::MAX, None, false),
                 FetchState::Failed(e) => return Err(e.clone()),
             };
             if limit == u64::MAX {
@@ -242,7 +249,7 @@ impl Reader {
             if self.pos < limit && readable {
                 return self.read(limit - self.pos, done_path).await.map(Some);
             }
-            if done_path.is_some() {
+            if verified && readable {
                 return Ok(None);
             }
             if self.joined.state.changed().await.is_err() {
@@ -308,14 +315,11 @@ impl Reader {
         let (pos, seeked) = (self.pos, self.seeked);
         let len = available.min(READ_CHUNK as u64) as usize;
         let (file, result) = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
             let r = (|| {
                 if !seeked {
                     file.seek(SeekFrom::Start(pos))?;
                 }
-                let n = file.read(&mut buf)?;
-                buf.truncate(n);
-                Ok::<_, std::io::Error>(buf)
+                super::blobs::read_chunk(&mut file, len)
             })();
             (file, r)
         })

@@ -23,7 +23,12 @@ pub struct Meta {
     converted: sled::Tree,
     /// converted digest → original digest.
     converted_from: sled::Tree,
+    /// When each digest's access time was last written (see `touch`).
+    touched: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// Access times are written at most this often per digest.
+const TOUCH_INTERVAL_SECS: u64 = 60;
 
 /// What a tag resolved to, and when the upstream last confirmed it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +84,7 @@ impl Meta {
             access: db.open_tree("access")?,
             converted: db.open_tree("converted")?,
             converted_from: db.open_tree("converted_from")?,
+            touched: Default::default(),
         })
     }
 
@@ -204,9 +210,22 @@ impl Meta {
     }
 
     /// Record that a digest was served, for least-recently-used eviction.
+    /// Record that content was used. Access times only need minute
+    /// precision (they order eviction), so a digest touched within
+    /// `TOUCH_INTERVAL_SECS` is not written again: a hot manifest costs no
+    /// database write per request.
     pub fn touch(&self, digest: &Digest) -> Result<(), MetaError> {
-        self.access
-            .insert(digest.to_string().as_bytes(), &now_secs().to_be_bytes())?;
+        let now = now_secs();
+        let key = digest.to_string();
+        if let Ok(mut touched) = self.touched.lock() {
+            match touched.get(&key) {
+                Some(&at) if now.saturating_sub(at) < TOUCH_INTERVAL_SECS => return Ok(()),
+                _ => {
+                    touched.insert(key.clone(), now);
+                }
+            }
+        }
+        self.access.insert(key.as_bytes(), &now.to_be_bytes())?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ mod convert;
 mod error;
 mod fetch;
 mod inflight;
+mod memo;
 mod meta;
 mod passthrough;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use blobs::read_range;
 pub use convert::ConvertError;
 pub use error::CacheError;
 pub use inflight::Joined;
@@ -27,6 +29,7 @@ use crate::reference::{Digest, Reference, RepoName};
 use crate::upstream::{Upstream, UpstreamManifest};
 use blobs::BlobStore;
 use inflight::{Fallback, Inflight, Slot};
+use memo::ManifestMemo;
 use meta::{Meta, now_secs};
 
 #[derive(Debug, Clone)]
@@ -46,9 +49,13 @@ pub enum BlobSource {
     PassThrough { pass: Box<PassThrough>, size: Option<u64> },
 }
 
+/// Memory for recently served manifests.
+const MANIFEST_MEMO_BYTES: usize = 32 << 20;
+
 pub struct Cache {
     store: Arc<BlobStore>,
     meta: Meta,
+    memo: ManifestMemo,
     inflight: Arc<Inflight>,
     upstreams: Vec<Arc<Upstream>>,
     tag_ttl: Duration,
@@ -74,6 +81,7 @@ impl Cache {
         Ok(Self {
             store,
             meta,
+            memo: ManifestMemo::new(MANIFEST_MEMO_BYTES),
             inflight: Arc::default(),
             upstreams,
             tag_ttl: config.tag_ttl,
@@ -87,6 +95,10 @@ impl Cache {
     }
 
     async fn load_manifest(&self, digest: &Digest) -> Option<CachedManifest> {
+        if let Some(m) = self.memo.get(digest) {
+            let _ = self.meta.touch(digest);
+            return Some(m);
+        }
         // Blobs share the store: a manifest request naming a large layer's
         // digest must not read the layer into memory.
         if self.store.size(digest)? > crate::upstream::MAX_MANIFEST_SIZE as u64 {
@@ -98,11 +110,13 @@ impl Cache {
             None => crate::manifest::media_type(&bytes, None).ok()?,
         };
         let _ = self.meta.touch(digest);
-        Some(CachedManifest {
+        let m = CachedManifest {
             bytes: Bytes::from(bytes),
             media_type,
             digest: digest.clone(),
-        })
+        };
+        self.memo.put(&m);
+        Some(m)
     }
 
     /// Store a fetched manifest. A cache that cannot be written does not fail
