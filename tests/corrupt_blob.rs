@@ -100,6 +100,9 @@ async fn corrupt_blob_is_not_stored_and_the_response_is_aborted() {
         .await
         .unwrap();
     assert_eq!(sha256_hex(&body), digest);
-    assert!(blob_path.exists(), "the verified blob is stored");
+    assert!(
+        support::eventually(support::COMMIT_WAIT, || blob_path.exists()),
+        "the verified blob is stored"
+    );
     task2.abort();
 }

@@ -288,8 +288,9 @@ async fn a_reset_halfway_through_a_64_mib_blob_resumes_with_range() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("an open-ended range: {ranges:?}"));
     assert!(SIZE / 4 < from && from <= SIZE / 2, "resumed from byte {from}");
+    let stored = blob_path(&berth.cache_dir, &digest);
     assert!(
-        blob_path(&berth.cache_dir, &digest).exists(),
+        support::eventually(support::COMMIT_WAIT, || stored.exists()),
         "the resumed blob is cached"
     );
     let degraded = events_named(&berth, "upstream_degraded");
@@ -315,7 +316,8 @@ async fn a_flipped_byte_is_an_error_stores_nothing_and_the_next_pull_is_clean() 
     assert!(failed.iter().any(|e| e["cause"] == "digest_mismatch"), "{failed:#?}");
     let body = get_blob(&berth, "flip", &digest).await.expect("clean pull");
     assert_eq!(sha256_hex(&body), digest);
-    assert!(blob_path(&berth.cache_dir, &digest).exists());
+    let stored = blob_path(&berth.cache_dir, &digest);
+    assert!(support::eventually(support::COMMIT_WAIT, || stored.exists()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -419,6 +421,11 @@ async fn kill_9_during_ten_cold_pulls_then_restart_serves_only_verified_content(
         assert_eq!(body.len(), content.len());
         assert_eq!(sha256_hex(&body), *digest);
     }
+    let committed = |d: &String| blob_path(&cache, d).exists();
+    assert!(
+        support::eventually(support::COMMIT_WAIT, || blobs.iter().all(|(d, _)| committed(d))),
+        "every pulled blob is committed"
+    );
     assert_eq!(rehash(), BLOBS);
 }
 
@@ -466,7 +473,8 @@ async fn a_full_cache_disk_does_not_stop_pulls() {
     // Fits: cached as usual.
     let body = get_blob(&berth, "big", &small).await.expect("small blob");
     assert_eq!(sha256_hex(&body), small);
-    assert!(blob_path(&berth.cache_dir, &small).exists());
+    let stored = blob_path(&berth.cache_dir, &small);
+    assert!(support::eventually(support::COMMIT_WAIT, || stored.exists()));
 
     // Fills the disk halfway through: streamed on from the upstream, verified.
     let body = get_blob(&berth, "big", &big)

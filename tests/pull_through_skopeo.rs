@@ -28,7 +28,14 @@ async fn skopeo_pulls_through_berth_and_the_second_pull_is_served_from_cache() {
             assert_eq!(sha256_hex(&raw), image.digest, "{round}: manifest bytes of {src}");
             let dir = work.path().join(format!("{round}-{i}"));
             let dest = format!("oci:{}:{}", dir.display(), image.tag);
-            tokio::task::block_in_place(|| skopeo(&["copy", "--all", "--src-tls-verify=false", &src, &dest]));
+            let started = std::time::Instant::now();
+            let out = tokio::task::block_in_place(|| skopeo(&["copy", "--all", "--src-tls-verify=false", &src, &dest]));
+            // What a person sees (run with --nocapture): skopeo's own progress.
+            eprintln!(
+                "{round} skopeo copy --all {src} ({:?}):\n{}",
+                started.elapsed(),
+                String::from_utf8_lossy(&out.stdout)
+            );
             let blobs = verify_oci_dir(&dir);
             // Writing a Docker image into an OCI layout, skopeo re-encodes
             // the config (it verified the original against its digest while

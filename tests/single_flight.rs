@@ -59,7 +59,8 @@ async fn twenty_clients_one_upstream_fetch() {
         relay.requests()
     );
     assert_eq!(relay.body_bytes(), SIZE as u64);
-    assert!(blob_path(&berth, &digest).exists());
+    let stored = blob_path(&berth, &digest);
+    assert!(support::eventually(support::COMMIT_WAIT, || stored.exists()));
 }
 
 /// Blob responses berth has started (their heads went out), from its log.
@@ -195,7 +196,8 @@ async fn a_client_that_disconnects_does_not_cancel_the_fetch() {
     resume.notify_one();
     let body = staying.await.expect("task").expect("the staying client's body");
     assert_eq!(sha256_hex(&body), digest);
-    assert!(blob_path(&berth, &digest).exists());
+    let stored = blob_path(&berth, &digest);
+    assert!(support::eventually(support::COMMIT_WAIT, || stored.exists()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

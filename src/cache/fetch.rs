@@ -206,11 +206,6 @@ impl BlobFetch {
                 },
             ));
         }
-        // The clients may finish now; the fsync is for the cache's sake.
-        self.fetch.publish(FetchState::Verified { size: written });
-        tokio::task::spawn_blocking(move || writer.sync_all())
-            .await
-            .map_err(std::io::Error::other)??;
         if let Some(e) = first_break {
             self.events.upstream_degraded(
                 e.cause(),
@@ -221,6 +216,11 @@ impl BlobFetch {
                 &e.to_string(),
             );
         }
+        // The clients may finish now; the fsync is for the cache's sake.
+        self.fetch.publish(FetchState::Verified { size: written });
+        tokio::task::spawn_blocking(move || writer.sync_all())
+            .await
+            .map_err(std::io::Error::other)??;
         Ok(written)
     }
 }

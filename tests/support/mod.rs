@@ -21,6 +21,25 @@ pub use berth::Berth;
 pub const DEAD_PROXY: &str = "http://127.0.0.1:9";
 pub const NO_PROXY: &str = "127.0.0.1,localhost";
 
+/// Whether `cond` holds within `timeout`, polled. A blob becomes visible in
+/// the cache just after its last byte went out (the fsync and rename follow
+/// the verification), so tests wait for it rather than assume it.
+pub fn eventually(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A verified blob is committed to the cache soon after it was served.
+pub const COMMIT_WAIT: Duration = Duration::from_secs(10);
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
