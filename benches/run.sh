@@ -7,37 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-declare -A wanted=(
-  [/usr/bin/docker-registry]=docker-registry   # the upstream, and the peer in proxy mode
-  [/usr/bin/skopeo]=skopeo                     # cold pulls of a 20-layer image
-  [/usr/sbin/nginx]=nginx                      # sendfile reference for blob throughput
-  [/usr/bin/wrk]=wrk                           # the load generator for manifests
-  [/usr/bin/curl]=curl                         # blob throughput clients
-  [/usr/bin/tar]=tar
-  [/usr/bin/gzip]=gzip
-)
-missing=()
-for file in "${!wanted[@]}"; do
-  [ -e "$file" ] || missing+=("${wanted[$file]}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "benches/run.sh: missing packages: ${missing[*]}; run as root or install them" >&2
-    exit 1
-  fi
-  echo "benches/run.sh: installing ${missing[*]}" >&2
-  # Installing nginx must not start the machine's own nginx service: a
-  # policy-rc.d that forbids starting services, only for this install.
-  guard=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    guard=/usr/sbin/policy-rc.d
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  [ -z "$guard" ] || rm -f "$guard"
-fi
+source tests/ensure_packages.sh
+ensure_packages benches/run.sh \
+  /usr/bin/docker-registry=docker-registry `# the upstream, and the peer in proxy mode` \
+  /usr/bin/skopeo=skopeo                   `# cold pulls of a 20-layer image` \
+  /usr/sbin/nginx=nginx                    `# sendfile reference for blob throughput` \
+  /usr/bin/wrk=wrk                         `# the load generator for manifests` \
+  /usr/bin/curl=curl                       `# blob throughput clients` \
+  /usr/bin/tar=tar \
+  /usr/bin/gzip=gzip
 
 cargo fetch --locked
 # Nothing the benchmark starts may reach beyond this machine.

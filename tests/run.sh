@@ -6,33 +6,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use, keyed by the file that shows they are there.
-declare -A wanted=(
-  [/usr/bin/docker-registry]=docker-registry   # the real upstream (CNCF Distribution 2.8)
-  [/usr/bin/skopeo]=skopeo                     # the real client
-  [/bin/busybox]=busybox-static                # rootfs of the test images
-  [/usr/bin/openssl]=openssl                   # self-signed certificates for TLS tests
-  [/usr/sbin/dockerd]=docker.io                # a real Docker daemon (registry-mirrors)
-  [/usr/bin/containerd]=containerd             # a real containerd, driven by ctr with hosts.toml
-  [/usr/bin/curl]=curl
-  [/usr/bin/tar]=tar
-  [/usr/bin/gzip]=gzip
-  [/usr/sbin/ip]=iproute2                      # network namespaces for network faults
-  [/usr/sbin/iptables]=iptables                # DROP / REJECT inside those namespaces
-)
-missing=()
-for file in "${!wanted[@]}"; do
-  [ -e "$file" ] || missing+=("${wanted[$file]}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "tests/run.sh: missing packages: ${missing[*]}; run as root or install them" >&2
-    exit 1
-  fi
-  echo "tests/run.sh: installing ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# Debian packages the tests use: the file that shows each is there.
+source tests/ensure_packages.sh
+ensure_packages tests/run.sh \
+  /usr/bin/docker-registry=docker-registry `# the real upstream (CNCF Distribution 2.8)` \
+  /usr/bin/skopeo=skopeo                   `# the real client` \
+  /bin/busybox=busybox-static              `# rootfs of the test images` \
+  /usr/bin/openssl=openssl                 `# self-signed certificates for TLS tests` \
+  /usr/sbin/dockerd=docker.io              `# a real Docker daemon (registry-mirrors)` \
+  /usr/bin/containerd=containerd           `# a real containerd, driven by ctr with hosts.toml` \
+  /usr/bin/curl=curl \
+  /usr/bin/tar=tar \
+  /usr/bin/gzip=gzip \
+  /usr/sbin/ip=iproute2                    `# network namespaces for network faults` \
+  /usr/sbin/iptables=iptables              `# DROP / REJECT inside those namespaces`
 
 # Crates are fetched before the dead proxy below is set (cargo honours it too).
 cargo fetch --locked
