@@ -345,6 +345,39 @@ mod tests {
         );
     }
 
+    /// The exact bytes of algorithm version 1. Clients pin converted digests
+    /// (RepoDigests, image@digest in manifests), so these bytes must never
+    /// change under the same `CONVERSION_VERSION`: a change that breaks this
+    /// test needs a new version, not a new expectation.
+    #[test]
+    fn version_1_bytes_are_pinned() {
+        assert_eq!(CONVERSION_VERSION, 1);
+        let input = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:d8ffaa7f0ea0dda43c853b9f4d83760f1656ffa0cd0c1a383f9f98ba896ee327","size":258},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:54da179c763ddd501097bb5697168373267f6107f0b4f78184d8e77b890ad315","size":1034069,"annotations":{"x":"y"}}],"annotations":{"org.opencontainers.image.created":"2026-01-01T00:00:00Z"}}"#;
+        let expected = "{\n   \"schemaVersion\": 2,\n   \"mediaType\": \"application/vnd.docker.distribution.manifest.v2+json\",\n   \"config\": {\n      \"mediaType\": \"application/vnd.docker.container.image.v1+json\",\n      \"size\": 258,\n      \"digest\": \"sha256:d8ffaa7f0ea0dda43c853b9f4d83760f1656ffa0cd0c1a383f9f98ba896ee327\"\n   },\n   \"layers\": [\n      {\n         \"mediaType\": \"application/vnd.docker.image.rootfs.diff.tar.gzip\",\n         \"size\": 1034069,\n         \"digest\": \"sha256:54da179c763ddd501097bb5697168373267f6107f0b4f78184d8e77b890ad315\"\n      }\n   ]\n}";
+        let out = convert_manifest(input).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+
+        let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aa","size":500,"platform":{"architecture":"arm64","os":"linux","variant":"v8"}},{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":600,"platform":{"architecture":"unknown","os":"unknown"}}]}"#;
+        let outcomes = HashMap::from([
+            (
+                "sha256:aa".to_string(),
+                ChildOutcome::Kept {
+                    digest: "sha256:cc".into(),
+                    size: 480,
+                    media_type: DOCKER_MANIFEST_V2.into(),
+                    platform: None,
+                },
+            ),
+            (
+                "sha256:bb".to_string(),
+                ChildOutcome::Dropped(Refusal::NonImageConfig("application/vnd.in-toto+json".into())),
+            ),
+        ]);
+        let expected = "{\n   \"schemaVersion\": 2,\n   \"mediaType\": \"application/vnd.docker.distribution.manifest.list.v2+json\",\n   \"manifests\": [\n      {\n         \"mediaType\": \"application/vnd.docker.distribution.manifest.v2+json\",\n         \"size\": 480,\n         \"digest\": \"sha256:cc\",\n         \"platform\": {\n            \"architecture\": \"arm64\",\n            \"os\": \"linux\",\n            \"variant\": \"v8\"\n         }\n      }\n   ]\n}";
+        let out = convert_index(index, &outcomes).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
     #[test]
     fn foreign_layers_keep_urls() {
         let m = oci(
@@ -508,20 +541,46 @@ mod tests {
 
             #[test]
             fn index_conversion_keeps_kept_children_in_order(
-                kept in proptest::collection::vec((digest(), 1u64..100_000, any::<bool>()), 1..6)
+                kept in proptest::collection::vec(
+                    (digest(), 1u64..100_000, any::<bool>(), any::<bool>(), any::<bool>()),
+                    1..6,
+                )
             ) {
+                // Each child: kept or dropped; its platform in the index or
+                // not; its platform read from its config or not. A kept child
+                // with no platform from either is left out (never guessed).
                 let platform = |i: usize| serde_json::json!({"architecture": format!("arch{i}"), "os": "linux"});
+                let from_config = |i: usize| Platform {
+                    architecture: format!("cfg{i}"),
+                    os: "linux".into(),
+                    os_version: None,
+                    os_features: None,
+                    variant: None,
+                    features: None,
+                };
                 let manifests: Vec<serde_json::Value> = kept
                     .iter()
                     .enumerate()
-                    .map(|(i, (d, size, _))| serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d, "size": size, "platform": platform(i)}))
+                    .map(|(i, (d, size, _, in_index, _))| {
+                        let mut c = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d, "size": size});
+                        if *in_index {
+                            c["platform"] = platform(i);
+                        }
+                        c
+                    })
                     .collect();
                 let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap();
                 let outcomes: HashMap<String, ChildOutcome> = kept
                     .iter()
-                    .map(|(d, size, keep)| {
+                    .enumerate()
+                    .map(|(i, (d, size, keep, _, in_config))| {
                         let o = if *keep {
-                            ChildOutcome::Kept { digest: format!("{d}-c"), size: size + 1, media_type: DOCKER_MANIFEST_V2.into(), platform: None }
+                            ChildOutcome::Kept {
+                                digest: format!("{d}-c"),
+                                size: size + 1,
+                                media_type: DOCKER_MANIFEST_V2.into(),
+                                platform: in_config.then(|| from_config(i)),
+                            }
                         } else {
                             ChildOutcome::Dropped(Refusal::ZstdLayer(d.clone()))
                         };
@@ -531,8 +590,15 @@ mod tests {
                 let expected: Vec<(String, u64, serde_json::Value)> = kept
                     .iter()
                     .enumerate()
-                    .filter(|(_, (_, _, keep))| *keep)
-                    .map(|(i, (d, size, _))| (format!("{d}-c"), size + 1, platform(i)))
+                    .filter(|(_, (_, _, keep, in_index, in_config))| *keep && (*in_index || *in_config))
+                    .map(|(i, (d, size, _, in_index, _))| {
+                        let p = if *in_index {
+                            platform(i)
+                        } else {
+                            serde_json::json!({"architecture": format!("cfg{i}"), "os": "linux"})
+                        };
+                        (format!("{d}-c"), size + 1, p)
+                    })
                     .collect();
                 match convert_index(&index, &outcomes) {
                     Ok(out) => {
