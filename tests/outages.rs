@@ -516,6 +516,55 @@ async fn a_full_cache_disk_does_not_stop_pulls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_transfer_resumes_even_when_the_cache_cannot_store_it() {
+    const SIZE: usize = 16 << 20;
+    let registry = Registry::start();
+    let (digest, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", SIZE, 12));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let disk = SmallDisk::mount("4m");
+    let work = tempfile::tempdir().expect("work dir");
+    let berth = Berth::start_in(
+        work.path(),
+        &disk.path.join("cache"),
+        &upstream_toml(&[relay.url()], ""),
+    );
+    // Fill the cache disk: the fetch's first write fails, and the client is
+    // served by a pass-through straight from the upstream.
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", disk.path.join("ballast").display()),
+            "bs=1M",
+            "count=8",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status();
+    // The fetch's GET and the pass-through's GET both break halfway.
+    relay.fault(
+        "/blobs/",
+        Fault::ResetAfter {
+            bytes: (SIZE / 2) as u64,
+            times: 2,
+        },
+    );
+    let body = get_blob(&berth, "big", &digest)
+        .await
+        .unwrap_or_else(|e| panic!("one unbroken body: {e}\n{}", berth.log()));
+    assert_eq!(body.len(), SIZE);
+    assert_eq!(sha256_hex(&body), digest);
+    let ranges = relay.ranges();
+    assert!(
+        ranges.iter().any(|r| r.starts_with("bytes=") && r != "bytes=0-"),
+        "the pass-through resumed with a Range: {ranges:?}\n{:#?}",
+        relay.requests()
+    );
+    assert!(!blob_path(&berth.cache_dir, &digest).exists(), "not stored");
+    assert!(events_named(&berth, "pull_failed").is_empty(), "{}", berth.log());
+    let storage = events_named(&berth, "storage_degraded");
+    assert!(storage.iter().any(|e| e["cause"] == "disk_full"), "{storage:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn offline_mode_serves_the_cache_and_never_asks_the_upstream() {
     let registry = Registry::start();
     let fixtures = tokio::task::block_in_place(|| seed(&registry));

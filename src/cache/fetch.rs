@@ -15,11 +15,11 @@ use crate::reference::{Digest, Hasher, RepoName};
 use crate::upstream::{Upstream, UpstreamError, is_retryable};
 
 /// Resumes of one broken blob transfer before giving up.
-const MAX_RESUMES: u32 = 5;
+pub(super) const MAX_RESUMES: u32 = 5;
 /// Network chunks written to the temp file in one blocking call, at most.
 const BATCH_CHUNKS: usize = 64;
 /// Pause before a resume, times the number of resumes so far.
-const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+pub(super) const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct BlobFetch {
     pub fetch: Arc<Fetch>,
@@ -175,12 +175,7 @@ impl BlobFetch {
                 },
                 Some(e) => e,
             };
-            let resumable = match &error {
-                CacheError::Truncated { .. } => true,
-                CacheError::Upstream { source, .. } => is_retryable(source),
-                _ => false,
-            };
-            if !resumable || resumes >= MAX_RESUMES {
+            if !resumable(&error) || resumes >= MAX_RESUMES {
                 return Err(error);
             }
             resumes += 1;
@@ -225,8 +220,17 @@ impl BlobFetch {
     }
 }
 
+/// Whether a transfer that broke this way may continue with a Range request.
+pub(super) fn resumable(error: &CacheError) -> bool {
+    match error {
+        CacheError::Truncated { .. } => true,
+        CacheError::Upstream { source, .. } => is_retryable(source),
+        _ => false,
+    }
+}
+
 /// The first byte position of a `Content-Range: bytes <start>-<end>/<size>`.
-fn content_range_start(h: &reqwest::header::HeaderMap) -> Option<u64> {
+pub(super) fn content_range_start(h: &reqwest::header::HeaderMap) -> Option<u64> {
     let v = h.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
     v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
 }

@@ -2,20 +2,26 @@
 //! fallback when the cache cannot be written (disk full, I/O errors), so the
 //! pull still succeeds. The bytes are hashed on the way as always, and the
 //! response's last byte is held back until the digest is verified, so a
-//! corrupt transfer still never completes normally.
+//! corrupt transfer still never completes normally. A body that breaks
+//! mid-transfer continues with a Range request, as a cached fetch does.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 
 use super::error::CacheError;
+use super::fetch::{MAX_RESUMES, RESUME_PAUSE, content_range_start, resumable};
 use crate::reference::{Digest, Hasher, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 
 pub struct PassThrough {
     body: BoxStream<'static, reqwest::Result<Bytes>>,
+    source: Arc<Upstream>,
+    repo: RepoName,
+    resumes: u32,
     upstream: String,
     digest: Digest,
     hasher: Option<Hasher>,
@@ -37,7 +43,7 @@ impl PassThrough {
     /// Ask the upstream for the blob from byte `from`; `hasher` has already
     /// seen bytes `[0, from)` (read back from a partial temp file).
     pub async fn open(
-        upstream: &Upstream,
+        upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
         from: u64,
@@ -55,6 +61,9 @@ impl PassThrough {
         };
         Ok(Self {
             body: resp.bytes_stream().boxed(),
+            source: upstream.clone(),
+            repo: repo.clone(),
+            resumes: 0,
             upstream: upstream.name.clone(),
             digest: digest.clone(),
             hasher: Some(hasher),
@@ -91,7 +100,20 @@ impl PassThrough {
             }
             let mut chunk = match self.body.next().await {
                 Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => return Err(CacheError::upstream(&self.upstream, UpstreamError::Http(e))),
+                Some(Err(e)) => {
+                    self.resume(CacheError::upstream(&self.upstream, UpstreamError::Http(e)))
+                        .await?;
+                    continue;
+                }
+                None if self.total.is_some_and(|t| self.pos < t) => {
+                    let cut = CacheError::Truncated {
+                        upstream: self.upstream.clone(),
+                        expected: self.total.unwrap_or_default(),
+                        got: self.pos,
+                    };
+                    self.resume(cut).await?;
+                    continue;
+                }
                 None => {
                     self.verify()?;
                     self.finished = true;
@@ -124,6 +146,32 @@ impl PassThrough {
             }
             self.held = Some(out.slice(n - 1..));
         }
+    }
+
+    /// Continue a broken body from the byte reached, or give up with `error`.
+    async fn resume(&mut self, error: CacheError) -> Result<(), CacheError> {
+        if !resumable(&error) || self.resumes >= MAX_RESUMES {
+            return Err(error);
+        }
+        self.resumes += 1;
+        tracing::info!(upstream = %self.upstream, repo = %self.repo, digest = %self.digest, at = self.pos, error = %error, "unstored blob transfer broke; resuming with Range");
+        tokio::time::sleep(RESUME_PAUSE * self.resumes).await;
+        let resp = self
+            .source
+            .blob(&self.repo, &self.digest, self.pos)
+            .await
+            .map_err(|e| CacheError::upstream(&self.upstream, e))?;
+        self.skip = if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+            match content_range_start(resp.headers()) {
+                Some(start) if start <= self.pos => self.pos - start,
+                _ => return Err(error),
+            }
+        } else {
+            // The upstream ignored the Range: the whole blob again.
+            self.pos
+        };
+        self.body = resp.bytes_stream().boxed();
+        Ok(())
     }
 
     fn verify(&mut self) -> Result<(), CacheError> {
