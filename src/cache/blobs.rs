@@ -62,10 +62,49 @@ impl BlobStore {
         Ok(dest)
     }
 
+    /// Every stored item: digest, size and modification time (ms since the
+    /// epoch). Files whose names are not digests are left out.
+    pub fn list(&self) -> std::io::Result<Vec<(Digest, u64, u64)>> {
+        let mut out = Vec::new();
+        for alg in std::fs::read_dir(&self.root)? {
+            let alg = alg?;
+            let Some(alg_name) = alg.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            for shard in std::fs::read_dir(alg.path())? {
+                for file in std::fs::read_dir(shard?.path())? {
+                    let file = file?;
+                    let Some(hex) = file.file_name().to_str().map(str::to_string) else {
+                        continue;
+                    };
+                    let Ok(digest) = Digest::parse(&format!("{alg_name}:{hex}")) else {
+                        continue;
+                    };
+                    let meta = file.metadata()?;
+                    let mtime = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or_default();
+                    out.push((digest, meta.len(), mtime));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove a stored item. A reader that has it open (or mapped) keeps
+    /// reading it: unlinking does not disturb open files.
+    pub fn remove(&self, digest: &Digest) -> std::io::Result<()> {
+        std::fs::remove_file(self.path(digest))
+    }
+
     /// Store small, already verified content (manifests) in one go.
-    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
+    /// Whether it was written (false: it was there already).
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> std::io::Result<bool> {
         if self.size(digest) == Some(bytes.len() as u64) {
-            return Ok(());
+            return Ok(false);
         }
         let (path, mut file) = self.temp_file()?;
         let result = file
@@ -75,7 +114,7 @@ impl BlobStore {
         if result.is_err() {
             let _ = std::fs::remove_file(&path);
         }
-        result
+        result.map(|_| true)
     }
 }
 

@@ -65,7 +65,9 @@ impl Cache {
             }
         };
         let digest = Digest::sha256_of(&bytes);
-        self.store.put(&digest, &bytes)?;
+        if self.store.put(&digest, &bytes)? {
+            self.evictor.committed(&digest, bytes.len() as u64);
+        }
         self.meta.put_manifest(&digest, media_type, bytes.len() as u64)?;
         self.meta.put_converted(CONVERSION_VERSION, &m.digest, &digest)?;
         tracing::info!(original = %m.digest, converted = %digest, media_type, "converted manifest to Docker schema2");

@@ -28,6 +28,7 @@ pub struct BlobFetch {
     pub repo: RepoName,
     pub digest: Digest,
     pub store: Arc<BlobStore>,
+    pub evictor: Arc<super::evict::Evictor>,
     pub inflight: Arc<Inflight>,
     /// Keep downloading when every client has gone away.
     pub finish_abandoned: bool,
@@ -55,6 +56,7 @@ impl BlobFetch {
         let state = match committed {
             Ok((size, path)) => {
                 tracing::info!(upstream = %self.upstream.name, repo = %self.repo, digest = %self.digest, size, "blob cached");
+                self.evictor.committed(&self.digest, size);
                 FetchState::Done { size, path }
             }
             Err(e) => {

@@ -23,8 +23,9 @@ pub struct Meta {
     converted: sled::Tree,
     /// converted digest → original digest.
     converted_from: sled::Tree,
-    /// When each digest's access time was last written (see `touch`).
-    touched: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Per digest: when its access time was last written to sled (seconds),
+    /// and when it was last used (milliseconds, kept in memory only).
+    touched: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 /// Access times are written at most this often per digest.
@@ -210,24 +211,53 @@ impl Meta {
     }
 
     /// Record that a digest was served, for least-recently-used eviction.
-    /// Record that content was used. Access times only need minute
-    /// precision (they order eviction), so a digest touched within
-    /// `TOUCH_INTERVAL_SECS` is not written again: a hot manifest costs no
-    /// database write per request.
+    /// Record that content was used. The precise time is kept in memory;
+    /// the database gets it at most once per `TOUCH_INTERVAL_SECS` per
+    /// digest (eviction after a restart needs only minute precision), so a
+    /// hot manifest costs no database write per request.
     pub fn touch(&self, digest: &Digest) -> Result<(), MetaError> {
-        let now = now_secs();
+        let now_ms = now_millis();
+        let now = now_ms / 1000;
         let key = digest.to_string();
         if let Ok(mut touched) = self.touched.lock() {
-            match touched.get(&key) {
-                Some(&at) if now.saturating_sub(at) < TOUCH_INTERVAL_SECS => return Ok(()),
-                _ => {
-                    touched.insert(key.clone(), now);
-                }
+            let entry = touched.entry(key.clone()).or_insert((0, 0));
+            entry.1 = now_ms;
+            if entry.0 != 0 && now.saturating_sub(entry.0) < TOUCH_INTERVAL_SECS {
+                return Ok(());
             }
+            entry.0 = now;
         }
         self.access.insert(key.as_bytes(), &now.to_be_bytes())?;
         Ok(())
     }
+
+    /// When content was last used, in milliseconds since the epoch, as far
+    /// as berth knows (memory first, then the database).
+    pub fn last_used_ms(&self, digest: &Digest) -> Option<u64> {
+        let key = digest.to_string();
+        if let Some(&(_, ms)) = self.touched.lock().ok()?.get(&key) {
+            return Some(ms);
+        }
+        let v = self.access.get(key.as_bytes()).ok()??;
+        let secs = u64::from_be_bytes(v.as_ref().try_into().ok()?);
+        Some(secs.saturating_mul(1000))
+    }
+
+    /// Forget an evicted digest's access time.
+    pub fn forget(&self, digest: &Digest) {
+        let key = digest.to_string();
+        if let Ok(mut touched) = self.touched.lock() {
+            touched.remove(&key);
+        }
+        let _ = self.access.remove(key.as_bytes());
+    }
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 mod blobs;
 mod convert;
 mod error;
+mod evict;
 mod fetch;
 mod inflight;
 mod memo;
@@ -28,6 +29,7 @@ use crate::failure::FailureCause;
 use crate::reference::{Digest, Reference, RepoName};
 use crate::upstream::{Upstream, UpstreamManifest};
 use blobs::BlobStore;
+use evict::Evictor;
 use inflight::{Fallback, Inflight, Slot};
 use memo::ManifestMemo;
 use meta::{Meta, now_secs};
@@ -54,7 +56,8 @@ const MANIFEST_MEMO_BYTES: usize = 32 << 20;
 
 pub struct Cache {
     store: Arc<BlobStore>,
-    meta: Meta,
+    meta: Arc<Meta>,
+    evictor: Arc<Evictor>,
     memo: ManifestMemo,
     inflight: Arc<Inflight>,
     upstreams: Vec<Arc<Upstream>>,
@@ -78,9 +81,12 @@ impl Cache {
                 "cache metadata pointed at missing content; those records were dropped"
             );
         }
+        let meta = Arc::new(meta);
+        let evictor = Arc::new(Evictor::open(config.max_size, store.clone(), meta.clone())?);
         Ok(Self {
             store,
             meta,
+            evictor,
             memo: ManifestMemo::new(MANIFEST_MEMO_BYTES),
             inflight: Arc::default(),
             upstreams,
@@ -126,7 +132,12 @@ impl Cache {
             .store
             .put(&m.digest, &m.bytes)
             .map_err(CacheError::from)
-            .and_then(|_| Ok(self.meta.put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)?));
+            .and_then(|written| {
+                if written {
+                    self.evictor.committed(&m.digest, m.bytes.len() as u64);
+                }
+                Ok(self.meta.put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)?)
+            });
         if let Err(e) = stored {
             self.events.storage_degraded(
                 e.cause(),
@@ -269,6 +280,7 @@ impl Cache {
                     repo: repo.clone(),
                     digest: digest.clone(),
                     store: self.store.clone(),
+                    evictor: self.evictor.clone(),
                     inflight: self.inflight.clone(),
                     finish_abandoned: self.finish_abandoned,
                     events: self.events.clone(),
