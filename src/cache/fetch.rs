@@ -2,9 +2,8 @@
 //! hashed on the way, fsynced, verified, renamed into the store. Progress and
 //! the outcome go to every joined request through the fetch's watch channel.
 
-use std::sync::Arc;
-
 use std::io::Write;
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 
@@ -93,14 +92,14 @@ impl BlobFetch {
                 .await
                 .map_err(|e| CacheError::upstream(name, e))?;
             // Bytes at the start of this body that were already written.
-            let mut skip = 0u64;
-            if written == 0 {
+            let mut skip = if written == 0 {
                 total = resp.content_length();
                 self.fetch.publish(FetchState::Running { written: 0, total });
-            } else if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
-                match content_range_start(resp.headers()) {
-                    Some(start) if start <= written => skip = written - start,
-                    _ => {
+                0
+            } else {
+                match resume_skip(&resp, written) {
+                    Some(skip) => skip,
+                    None => {
                         return Err(first_break.unwrap_or(CacheError::Truncated {
                             upstream: name.clone(),
                             expected: total.unwrap_or_default(),
@@ -108,10 +107,7 @@ impl BlobFetch {
                         }));
                     }
                 }
-            } else {
-                // The upstream ignored the Range: the whole blob again.
-                skip = written;
-            }
+            };
             // Whatever chunks have already arrived are written and hashed in
             // one trip to the blocking pool: one hop per batch rather than per
             // network read, and the hashing stays off the async workers.
@@ -231,8 +227,21 @@ pub(super) fn resumable(error: &CacheError) -> bool {
     }
 }
 
+/// Bytes at the start of the answer to `Range: bytes=<from>-` that were
+/// already received: those before `from` when the upstream honoured the
+/// Range, all `from` when it ignored it and sent the whole blob again. None
+/// when its `Content-Range` starts past `from` (a gap nothing can fill).
+pub(super) fn resume_skip(resp: &reqwest::Response, from: u64) -> Option<u64> {
+    if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+        return Some(from);
+    }
+    content_range_start(resp.headers())
+        .filter(|&start| start <= from)
+        .map(|start| from - start)
+}
+
 /// The first byte position of a `Content-Range: bytes <start>-<end>/<size>`.
-pub(super) fn content_range_start(h: &reqwest::header::HeaderMap) -> Option<u64> {
+fn content_range_start(h: &reqwest::header::HeaderMap) -> Option<u64> {
     let v = h.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
     v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
 }

@@ -13,7 +13,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 
 use super::error::CacheError;
-use super::fetch::{MAX_RESUMES, RESUME_PAUSE, content_range_start, resumable};
+use super::fetch::{MAX_RESUMES, RESUME_PAUSE, resumable, resume_skip};
 use crate::reference::{Digest, Hasher, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -161,15 +161,10 @@ impl PassThrough {
             .blob(&self.repo, &self.digest, self.pos)
             .await
             .map_err(|e| CacheError::upstream(&self.upstream, e))?;
-        self.skip = if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
-            match content_range_start(resp.headers()) {
-                Some(start) if start <= self.pos => self.pos - start,
-                _ => return Err(error),
-            }
-        } else {
-            // The upstream ignored the Range: the whole blob again.
-            self.pos
+        let Some(skip) = resume_skip(&resp, self.pos) else {
+            return Err(error);
         };
+        self.skip = skip;
         self.body = resp.bytes_stream().boxed();
         Ok(())
     }
