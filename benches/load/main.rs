@@ -187,24 +187,16 @@ fn cold_fan_out_rows(
     cold_berth_digest: &str,
     cold_dist_digest: &str,
 ) {
-    eprintln!("{COLD_CLIENTS} concurrent cold GETs through berth");
-    reset_peak(berth.pid());
-    let berth_rss_before = memory_mib(berth.pid(), "VmRSS:");
-    let bf = cold_fan_out(
-        &format!("{}/v2/bench/blob/blobs/{cold_berth_digest}", berth.url()),
-        COLD_CLIENTS,
-        cold_berth_digest,
-    );
-    let berth_rss_growth = memory_mib(berth.pid(), "VmHWM:") - berth_rss_before;
-    eprintln!("{COLD_CLIENTS} concurrent cold GETs through Distribution");
-    reset_peak(dist.pid());
-    let dist_rss_before = memory_mib(dist.pid(), "VmRSS:");
-    let df = cold_fan_out(
-        &format!("{}/v2/bench/blob/blobs/{cold_dist_digest}", dist.url()),
-        COLD_CLIENTS,
-        cold_dist_digest,
-    );
-    let dist_rss_growth = memory_mib(dist.pid(), "VmHWM:") - dist_rss_before;
+    // The fan-out through one mirror, and how much its peak RSS grew.
+    let through = |name: &str, pid: u32, base: &str, digest: &str| {
+        eprintln!("{COLD_CLIENTS} concurrent cold GETs through {name}");
+        reset_peak(pid);
+        let before = memory_mib(pid, "VmRSS:");
+        let fan = cold_fan_out(&format!("{base}/v2/bench/blob/blobs/{digest}"), COLD_CLIENTS, digest);
+        (fan, memory_mib(pid, "VmHWM:") - before)
+    };
+    let (bf, berth_rss_growth) = through("berth", berth.pid(), &berth.url(), cold_berth_digest);
+    let (df, dist_rss_growth) = through("Distribution", dist.pid(), &dist.url(), cold_dist_digest);
     let log = upstream.log();
     let (bu, du) = (
         upstream_get_bytes(&log, cold_berth_digest),

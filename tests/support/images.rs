@@ -67,18 +67,7 @@ pub fn seed(registry: &Registry) -> Fixtures {
     layout.write_index();
 
     let push = |src_tag: &str, repo: &str, tag: &str, format: Option<&str>| {
-        let src = format!("oci:{}:{src_tag}", layout.dir.display());
-        let dest = format!("docker://{}/{repo}:{tag}", registry.host());
-        let mut args = vec!["copy", "--dest-tls-verify=false"];
-        if let Some(f) = format {
-            args.extend(["--format", f]);
-        }
-        if src_tag == "index" {
-            args.push("--all");
-        }
-        args.extend([src.as_str(), dest.as_str()]);
-        skopeo(&args);
-        read_back(registry, repo, tag)
+        push_from_layout(registry, &layout, src_tag, repo, tag, format)
     };
     Fixtures {
         v2s2: push("one", "library/busybox", "v2s2", Some("v2s2")),
@@ -87,6 +76,31 @@ pub fn seed(registry: &Registry) -> Fixtures {
         nested: push("nested", "a/b/c", "nested", None),
         index: push("index", "library/multi", "index", None),
     }
+}
+
+/// Copy `src_tag` of an OCI layout to `repo:tag` with skopeo (`--all` for
+/// the index), optionally in another manifest `format`; what the upstream
+/// then serves.
+fn push_from_layout(
+    registry: &Registry,
+    layout: &Layout,
+    src_tag: &str,
+    repo: &str,
+    tag: &str,
+    format: Option<&str>,
+) -> Image {
+    let src = format!("oci:{}:{src_tag}", layout.dir.display());
+    let dest = format!("docker://{}/{repo}:{tag}", registry.host());
+    let mut args = vec!["copy", "--dest-tls-verify=false"];
+    if let Some(f) = format {
+        args.extend(["--format", f]);
+    }
+    if src_tag == "index" {
+        args.push("--all");
+    }
+    args.extend([src.as_str(), dest.as_str()]);
+    skopeo(&args);
+    read_back(registry, repo, tag)
 }
 
 /// What the upstream serves for `repo:tag`, read with skopeo.
@@ -457,17 +471,7 @@ pub fn push_layered_image(
     let image = layout.image("amd64", &built.iter().collect::<Vec<_>>(), tag);
     layout.tag(&image, tag);
     layout.write_index();
-    let src = format!("oci:{}:{tag}", layout.dir.display());
-    let dest = format!("docker://{}/{repo}:{tag}", registry.host());
-    skopeo(&[
-        "copy",
-        "--dest-tls-verify=false",
-        "--format",
-        "v2s2",
-        src.as_str(),
-        dest.as_str(),
-    ]);
-    read_back(registry, repo, tag)
+    push_from_layout(registry, &layout, tag, repo, tag, Some("v2s2"))
 }
 
 /// Push `size` bytes of deterministic pseudo-random content as a blob of
