@@ -38,6 +38,18 @@ const DEFAULT_RETRY_MAX: &str = "5s";
 /// Bound on all attempts of one request, waits included: a client (docker
 /// pull) gives up on its own after about a minute.
 const DEFAULT_DEADLINE: &str = "45s";
+/// A client has this long to send a whole request head (slowloris bound).
+const DEFAULT_HEADER_TIMEOUT: &str = "10s";
+/// A connection with no traffic and no request in flight is closed after this.
+const DEFAULT_IDLE_TIMEOUT: &str = "120s";
+/// A TLS client has this long to finish its handshake.
+const DEFAULT_HANDSHAKE_TIMEOUT: &str = "10s";
+/// A client that accepts no response bytes for this long is dropped.
+const DEFAULT_WRITE_TIMEOUT: &str = "60s";
+/// Open connections at once; accepting waits beyond this.
+const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Open connections from one client address: a node pulls with a few dozen.
+const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 256;
 /// Consecutive failed attempts after which the upstream is treated as down.
 const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// How long a down upstream is left alone before one probe is let through.
@@ -66,11 +78,62 @@ struct RawConfig {
     #[serde(default)]
     offline: bool,
     #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
     cache: RawCache,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tls: Option<RawTls>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "d_header_timeout")]
+    header_timeout: String,
+    #[serde(default = "d_idle_timeout")]
+    idle_timeout: String,
+    #[serde(default = "d_handshake_timeout")]
+    handshake_timeout: String,
+    #[serde(default = "d_write_timeout")]
+    write_timeout: String,
+    #[serde(default = "d_max_connections")]
+    max_connections: u32,
+    #[serde(default = "d_max_connections_per_client")]
+    max_connections_per_client: u32,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            header_timeout: d_header_timeout(),
+            idle_timeout: d_idle_timeout(),
+            handshake_timeout: d_handshake_timeout(),
+            write_timeout: d_write_timeout(),
+            max_connections: d_max_connections(),
+            max_connections_per_client: d_max_connections_per_client(),
+        }
+    }
+}
+
+fn d_header_timeout() -> String {
+    DEFAULT_HEADER_TIMEOUT.into()
+}
+fn d_idle_timeout() -> String {
+    DEFAULT_IDLE_TIMEOUT.into()
+}
+fn d_handshake_timeout() -> String {
+    DEFAULT_HANDSHAKE_TIMEOUT.into()
+}
+fn d_write_timeout() -> String {
+    DEFAULT_WRITE_TIMEOUT.into()
+}
+fn d_max_connections() -> u32 {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn d_max_connections_per_client() -> u32 {
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,9 +309,21 @@ pub struct RetryConfig {
     pub deadline: Duration,
 }
 
+/// Limits against slow and greedy clients (`[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_connections: u32,
+    pub max_connections_per_client: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub server: ServerLimits,
     pub cache_dir: PathBuf,
     pub log_format: LogFormat,
     pub max_size: u64,
@@ -358,6 +433,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let tag_ttl = parse_duration(&raw.cache.tag_ttl)
         .map_err(|e| problems.push(format!("cache.tag_ttl: {e}")))
         .ok();
+    let server = validate_server(&raw.server, &mut problems);
     let tls = raw.tls.as_ref().map(|t| {
         for (key, path) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
             if let Err(e) = std::fs::File::open(path) {
@@ -403,6 +479,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     match (listen, log_format, max_size, tag_ttl) {
         (Some(listen), Some(log_format), Some(max_size), Some(tag_ttl)) if problems.is_empty() => Ok(Config {
             listen,
+            server,
             cache_dir: PathBuf::from(&raw.cache_dir),
             log_format,
             max_size,
@@ -414,6 +491,35 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         }),
         _ => Err(problems),
     }
+}
+
+fn validate_server(s: &RawServer, problems: &mut Vec<String>) -> ServerLimits {
+    let mut duration = |k: &str, v: &str| match parse_duration(v) {
+        Ok(d) if d.is_zero() => {
+            problems.push(format!("server.{k}: must be more than 0"));
+            d
+        }
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(format!("server.{k}: {e}"));
+            Duration::ZERO
+        }
+    };
+    let limits = ServerLimits {
+        header_timeout: duration("header_timeout", &s.header_timeout),
+        idle_timeout: duration("idle_timeout", &s.idle_timeout),
+        handshake_timeout: duration("handshake_timeout", &s.handshake_timeout),
+        write_timeout: duration("write_timeout", &s.write_timeout),
+        max_connections: s.max_connections,
+        max_connections_per_client: s.max_connections_per_client,
+    };
+    if s.max_connections == 0 {
+        problems.push("server.max_connections: must be at least 1".into());
+    }
+    if s.max_connections_per_client == 0 {
+        problems.push("server.max_connections_per_client: must be at least 1".into());
+    }
+    limits
 }
 
 fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Vec<String>) -> Option<UpstreamConfig> {

@@ -9,12 +9,13 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rand::Rng;
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::api::{self, AppState, RequestContext};
@@ -23,6 +24,11 @@ use crate::config::{Config, TlsConfig};
 use crate::events::{Events, RequestFacts};
 use crate::failure::FailureRecord;
 use crate::upstream::{Upstream, UpstreamError};
+use io::{GuardedIo, InFlight, InFlightGuard};
+use limits::{AcceptBackoff, PerClient};
+
+mod io;
+mod limits;
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -36,8 +42,14 @@ pub enum StartError {
     Tls(String),
 }
 
+/// The application, ready to serve: its router and what the accept loop needs.
+pub struct App {
+    pub router: Router,
+    pub events: Arc<Events>,
+}
+
 /// The whole application as a router, ready to serve (tests use it in-process).
-pub fn build(config: Config) -> Result<Router, StartError> {
+pub fn build(config: Config) -> Result<App, StartError> {
     let events = Arc::new(Events::default());
     let upstreams = config
         .upstreams
@@ -55,8 +67,13 @@ pub fn build(config: Config) -> Result<Router, StartError> {
         dir: config.cache_dir.display().to_string(),
         source,
     })?;
-    let state = Arc::new(AppState { config, cache, events });
-    Ok(api::router(state.clone()).layer(middleware::from_fn_with_state(state, observe)))
+    let state = Arc::new(AppState {
+        config,
+        cache,
+        events: events.clone(),
+    });
+    let router = api::router(state.clone()).layer(middleware::from_fn_with_state(state, observe));
+    Ok(App { router, events })
 }
 
 /// Give the request an id, and log the failure the response carries, once.
@@ -77,7 +94,9 @@ async fn observe(
         started: std::time::Instant::now(),
     };
     req.extensions_mut().insert(ctx.clone());
-    let method = req.method().to_string();
+    let method_label = crate::metrics::MethodLabel::of(req.method());
+    // Logged as sent, but bounded: a method token can be kilobytes long.
+    let method: String = req.method().as_str().chars().take(16).collect();
     let path = req.uri().path().to_string();
     // Events logged while the request is handled (upstream_degraded,
     // storage_degraded) carry its id and client through this span.
@@ -93,8 +112,8 @@ async fn observe(
         .metrics
         .requests
         .get_or_create(&crate::metrics::RequestLabels {
-            method: method.clone(),
-            endpoint: endpoint_kind(&path).into(),
+            method: method_label,
+            endpoint: endpoint_kind(&path),
             status,
         })
         .inc();
@@ -133,6 +152,7 @@ fn endpoint_kind(path: &str) -> &'static str {
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let listen = config.listen;
+    let limits = config.server;
     let app = build(config)?;
     let listener = TcpListener::bind(listen)
         .await
@@ -141,36 +161,76 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .local_addr()
         .map_err(|source| StartError::Listen { addr: listen, source })?;
     tracing::info!(addr = %addr, tls = tls.is_some(), "listening");
+    let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let per_client = PerClient::new(limits.max_connections_per_client);
+    let mut backoff = AcceptBackoff::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
+        // Beyond max_connections, new clients wait in the listen backlog.
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors (or memory): accepting again at
+                    // once fails again. Wait, and say so once per run.
+                    let (wait, first) = backoff.failed();
+                    if first {
+                        tracing::warn!(error = %e, "accept failed; backing off until connections close");
+                    }
+                    drop(permit);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {},
+                        _ = &mut shutdown => break,
+                    }
                     continue;
                 }
             },
             _ = &mut shutdown => break,
         };
-        let service = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(remote));
-            req
-        });
-        let service = TowerToHyperService::new(service);
+        let failed = backoff.succeeded();
+        if failed > 0 {
+            tracing::info!(failed_accepts = failed, "accepting connections again");
+        }
+        let Some(slot) = per_client.admit(remote.ip()) else {
+            tracing::debug!(client = %remote, "too many connections from this client; closed");
+            app.events.metrics.connections_refused.inc();
+            continue;
+        };
+        let in_flight = Arc::new(InFlight::default());
+        let service = connection_service(app.router.clone(), remote, in_flight.clone());
+        let io = GuardedIo::new(stream, in_flight, limits.idle_timeout, limits.write_timeout);
         let tls = tls.clone();
         tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let _held = (permit, slot);
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // hyper's head timer needs a timer to run at all; it also bounds
+            // how long a kept-alive HTTP/1.1 connection waits for its next request.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            builder.http2().timer(TokioTimer::new());
             let result = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => builder.serve_connection(TokioIo::new(s), service).await,
-                    Err(e) => {
+                Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(io)).await {
+                    Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
+                    Ok(Err(e)) => {
                         tracing::debug!(client = %remote, error = %e, "tls handshake failed");
                         return;
                     }
+                    Err(_) => {
+                        tracing::debug!(client = %remote, "tls handshake timed out");
+                        return;
+                    }
                 },
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                None => builder.serve_connection(TokioIo::new(io), service).await,
             };
             if let Err(e) = result {
                 tracing::debug!(client = %remote, error = %e, "connection ended with an error");
@@ -179,6 +239,60 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// The router for one connection: requests carry the client's address, and
+/// each counts as in flight until its response body has been sent or dropped.
+fn connection_service(
+    router: Router,
+    remote: SocketAddr,
+    in_flight: Arc<InFlight>,
+) -> TowerToHyperService<
+    impl tower::Service<
+        Request<hyper::body::Incoming>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone,
+> {
+    let service = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        let guard = in_flight.start();
+        let router = router.clone();
+        async move {
+            let resp = router.oneshot(req.map(axum::body::Body::new)).await?;
+            Ok::<_, std::convert::Infallible>(
+                resp.map(|body| axum::body::Body::new(TrackedBody { body, _guard: guard })),
+            )
+        }
+    });
+    TowerToHyperService::new(service)
+}
+
+/// A response body that keeps its request counted as in flight.
+struct TrackedBody {
+    body: axum::body::Body,
+    _guard: InFlightGuard,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn shutdown_signal() {

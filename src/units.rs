@@ -5,6 +5,10 @@
 
 use std::time::Duration;
 
+/// Ten years: longer than any timeout or TTL anyone means, short enough that
+/// adding it to an `Instant` or a timestamp cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
+
 /// Parse a duration made of `<number><unit>` parts: ms, s, m, h, d.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -33,6 +37,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h, d)")),
         };
         total = total.saturating_add(part);
+    }
+    // Durations are added to clocks; a bound keeps that arithmetic exact.
+    if total > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the longest duration berth accepts (3650d)"
+        ));
     }
     Ok(total)
 }
