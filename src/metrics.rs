@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -16,11 +16,32 @@ pub struct CauseLabels {
     pub upstream: String,
 }
 
+/// Every label value comes from a fixed set: a label made from request input
+/// (a method token, a path) would be a new series kept forever per request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
-    pub endpoint: String,
+    pub method: MethodLabel,
+    /// One of the path parser's endpoint kinds.
+    pub endpoint: &'static str,
     pub status: u16,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum MethodLabel {
+    GET,
+    HEAD,
+    OTHER,
+}
+
+impl MethodLabel {
+    pub fn of(method: &axum::http::Method) -> Self {
+        match *method {
+            axum::http::Method::GET => MethodLabel::GET,
+            axum::http::Method::HEAD => MethodLabel::HEAD,
+            _ => MethodLabel::OTHER,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +70,7 @@ pub struct Metrics {
     pub cache_misses: Family<KindLabels, Counter>,
     pub served_bytes: Counter,
     pub upstream_bytes: Counter,
+    pub connections_refused: Counter,
     upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -62,6 +84,7 @@ impl Default for Metrics {
         let cache_misses = Family::<KindLabels, Counter>::default();
         let served_bytes = Counter::default();
         let upstream_bytes = Counter::default();
+        let connections_refused = Counter::default();
         let upstream_latency =
             Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let mut r = Registry::default();
@@ -98,6 +121,11 @@ impl Default for Metrics {
             upstream_bytes.clone(),
         );
         r.register(
+            "berth_connections_refused",
+            "Connections closed at once because their client had max_connections_per_client open",
+            connections_refused.clone(),
+        );
+        r.register(
             "berth_upstream_request_duration_seconds",
             "Time to an upstream's response headers",
             upstream_latency.clone(),
@@ -112,6 +140,7 @@ impl Default for Metrics {
             cache_misses,
             served_bytes,
             upstream_bytes,
+            connections_refused,
             upstream_latency,
         }
     }
@@ -189,5 +218,25 @@ mod tests {
         assert!(text.contains(r#"berth_upstream_degraded_total{cause="rate_limited",upstream="docker.io"} 1"#));
         assert!(text.contains(r#"berth_cache_hits_total{kind="blob"} 1"#));
         assert!(text.contains("berth_upstream_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn request_labels_come_from_fixed_sets() {
+        let m = Metrics::default();
+        let odd = axum::http::Method::from_bytes(&[b'X'; 2048]).unwrap();
+        for method in [odd, axum::http::Method::from_bytes(b"BREW").unwrap()] {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    method: MethodLabel::of(&method),
+                    endpoint: "unknown",
+                    status: 405,
+                })
+                .inc();
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(r#"berth_http_requests_total{method="OTHER",endpoint="unknown",status="405"} 2"#),
+            "{text}"
+        );
     }
 }
