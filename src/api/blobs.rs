@@ -12,14 +12,10 @@ use futures_util::StreamExt;
 use super::Request;
 use super::errors::{ApiError, Code, Subject};
 use super::range::{ByteRange, RangeError};
-use crate::cache::{BlobSource, CacheError, read_range};
+use crate::cache::{BlobSource, CacheError};
 use crate::events::RequestFacts;
 use crate::failure::{FailureCause, FailureRecord};
 use crate::reference::Digest;
-
-/// Slice size for stored blobs: large enough that hyper writes in big
-/// `writev` calls, small enough to keep a slow client's queue short.
-const FILE_CHUNK: usize = 4 << 20;
 
 pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response, ApiError> {
     let (_, route) = req.route(name)?;
@@ -62,17 +58,13 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
         _ => None,
     };
     let body = match source {
-        BlobSource::Stored { path, .. } => {
+        BlobSource::Stored { .. } => {
             let (start, end) = span.unwrap_or((0, size.unwrap_or(0)));
-            let file = tokio::fs::File::open(&path)
+            let stream = cache
+                .stored_body(route.upstream, &route.repo, &digest, start, end)
                 .await
-                .map_err(|e| ApiError::from_cache(CacheError::from(e), Subject::Blob, &what))?
-                .into_std()
-                .await;
-            let stream = read_range(file, start, end, FILE_CHUNK)
-                .map_err(|e| ApiError::from_cache(CacheError::from(e), Subject::Blob, &what))?;
-            let served = req.state.events.metrics.served_bytes.clone();
-            Body::from_stream(stream.inspect(move |chunk| count_served(&served, chunk)))
+                .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
+            Body::from_stream(record_failures(req, name, &route.repo, &digest, stream))
         }
         BlobSource::Fetching { joined, .. } => {
             let (start, end) = window(span, size);
@@ -185,7 +177,8 @@ fn body_response(digest: &Digest, size: Option<u64>, span: Option<(u64, u64)>, b
     common_headers(&mut resp, digest);
     let h = resp.headers_mut();
     match (span, size) {
-        (Some((start, end)), Some(size)) => {
+        // A resolved range is never empty (`resolve` refuses those).
+        (Some((start, end)), Some(size)) if end > start => {
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             let h = resp.headers_mut();
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));

@@ -58,7 +58,10 @@ impl ByteRange {
                 let end = end.map_or(size, |e| e.saturating_add(1).min(size));
                 Ok((start, end))
             }
+            // RFC 9110 14.1.3: a suffix range of an empty representation
+            // selects nothing, so it is not satisfiable.
             ByteRange::Suffix(0) => Err(unsatisfiable()),
+            ByteRange::Suffix(_) if size == 0 => Err(unsatisfiable()),
             ByteRange::Suffix(n) => Ok((size.saturating_sub(n), size)),
         }
     }
@@ -86,6 +89,8 @@ mod tests {
     fn bad_ranges() {
         assert!(matches!(r("bytes=100-", 100), Err(RangeError::Unsatisfiable(..))));
         assert!(matches!(r("bytes=-0", 100), Err(RangeError::Unsatisfiable(..))));
+        assert!(matches!(r("bytes=-5", 0), Err(RangeError::Unsatisfiable(..))));
+        assert!(matches!(r("bytes=0-", 0), Err(RangeError::Unsatisfiable(..))));
         for h in [
             "bytes=",
             "bytes=-",

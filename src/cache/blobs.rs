@@ -138,116 +138,131 @@ pub fn read_chunk(file: &mut std::fs::File, len: usize) -> std::io::Result<Vec<u
     Ok(buf)
 }
 
-/// A memory map of a committed blob, shared by the slices sent out of it.
-struct MappedBlob(memmap2::Mmap);
+/// Buffers for stored-blob reads, reused once the socket write that carried
+/// them is done: a fresh buffer per chunk would cost an allocation and a page
+/// fault per 4 KiB, every time.
+static READ_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Spare buffers kept (each `READ_CHUNK` bytes): enough for every stream of a
+/// busy server to have one in flight, little enough to not matter (32 MiB).
+const SPARE_BUFFERS: usize = 32;
+/// Bytes read per trip to the blocking pool, and the most a stream reads
+/// ahead of what its client took: a client that leaves early cost at most
+/// this much beyond what it was sent.
+pub const READ_CHUNK: usize = 1 << 20;
 
-impl AsRef<[u8]> for MappedBlob {
+/// `len` bytes of a pooled buffer, handed to hyper as `Bytes`; it goes back
+/// to the pool when the last slice of it is dropped.
+struct PooledChunk {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for PooledChunk {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.buf[..self.len]
     }
 }
 
-/// The size of one memory-mapped window of a blob being served.
-const MAP_WINDOW: u64 = 64 << 20;
-
-/// Map `[offset, offset + len)` of a committed blob, page tables filled in
-/// up front (fewer faults while the socket writes copy out of it).
-fn map_window(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<bytes::Bytes> {
-    // SAFETY: the map is of a committed blob. Committed blobs are never
-    // written or truncated in place: they appear by rename and leave by
-    // unlink, and an unlinked file stays mapped intact. Only a change made
-    // behind berth's back (truncating a file in the cache directory) could
-    // invalidate the mapping.
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(len as usize)
-            .populate()
-            .map(file)?
-    };
-    Ok(bytes::Bytes::from_owner(MappedBlob(map)))
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.len() == READ_CHUNK {
+            let mut pool = READ_BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < SPARE_BUFFERS {
+                pool.push(buf);
+            }
+        }
+    }
 }
 
-/// The bytes `[start, end)` of a committed blob as a stream of slices of
-/// memory maps, at most `chunk` bytes each. No copy happens in berth: the
-/// socket write copies straight out of the page cache, as `sendfile` would,
-/// and no buffer is allocated per chunk. The blob is mapped a window at a
-/// time, on the blocking pool, so a large blob costs neither a long wait
-/// before its first byte nor an async worker blocked on the disk.
+fn pooled_buffer() -> Vec<u8> {
+    let spare = READ_BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    spare.unwrap_or_else(|| vec![0u8; READ_CHUNK])
+}
+
+/// Read exactly `[at, at + len)` with positioned reads (no shared file
+/// position). A file shorter than that (truncated behind berth's back) is an
+/// error for this one read, never a crash: berth reads stored blobs with
+/// `pread`, not through a memory map that a truncation turns into SIGBUS.
+fn read_exact_at(file: &std::fs::File, at: u64, len: usize) -> std::io::Result<bytes::Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = pooled_buffer();
+    let len = len.min(buf.len());
+    let mut filled = 0;
+    while filled < len {
+        let offset = at
+            .checked_add(filled as u64)
+            .ok_or_else(|| std::io::Error::other("offset overflow"))?;
+        match file.read_at(&mut buf[filled..len], offset) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "stored blob ends at {offset}, {} bytes short: it was truncated",
+                        len - filled
+                    ),
+                ));
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(bytes::Bytes::from_owner(PooledChunk { buf, len }))
+}
+
+/// The bytes `[start, end)` of a committed blob as a stream of chunks of at
+/// most `chunk` (≤ `READ_CHUNK`) bytes, read on the blocking pool. One chunk is
+/// read ahead while the previous one is sent; nothing more, and nothing once
+/// the stream is dropped (the client left), so a short-lived request reads
+/// from disk about what it was sent.
 pub fn read_range(
     file: std::fs::File,
     start: u64,
     end: u64,
     chunk: usize,
 ) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static> {
-    read_range_in_windows(file, start, end, chunk, MAP_WINDOW)
-}
-
-/// `read_range` with a given window size (a multiple of the page size).
-fn read_range_in_windows(
-    file: std::fs::File,
-    start: u64,
-    end: u64,
-    chunk: usize,
-    window: u64,
-) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static> {
     let len = file.metadata()?.len();
-    if end > len {
+    if end > len || start > end {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
-            format!("stored blob has {len} bytes, {end} were asked for"),
+            format!("stored blob has {len} bytes, {start}..{end} was asked for"),
         ));
     }
     let file = std::sync::Arc::new(file);
-    let chunk = chunk.max(1) as u64;
-    // Map the window at `at` on the blocking pool.
-    let map_at = move |file: std::sync::Arc<std::fs::File>, at: u64| {
-        let len = (end - at).min(window);
-        tokio::task::spawn_blocking(move || map_window(&file, at, len))
-    };
-    let state = Windows {
-        pos: start,
-        current: None,
-        next: None,
-    };
-    Ok(futures_util::stream::try_unfold(state, move |mut w| {
+    let chunk = chunk.clamp(1, READ_CHUNK) as u64;
+    let read_at = move |file: &std::sync::Arc<std::fs::File>, at: u64| {
         let file = file.clone();
-        async move {
-            if w.pos >= end {
-                return Ok(None);
-            }
-            let (at, map) = match w.current.take() {
-                Some((at, map)) if w.pos < at + map.len() as u64 => (at, map),
-                _ => {
-                    // Window offsets are multiples of the window, so page aligned.
-                    let at = w.pos - w.pos % window;
-                    let pending = match w.next.take() {
-                        Some((next_at, handle)) if next_at == at => handle,
-                        _ => map_at(file.clone(), at),
-                    };
-                    let map = pending.await.map_err(std::io::Error::other)??;
-                    // Map the following window while this one is sent.
-                    if at + window < end {
-                        w.next = Some((at + window, map_at(file, at + window)));
-                    }
-                    (at, map)
-                }
-            };
-            let to = (w.pos + chunk).min(at + map.len() as u64);
-            let piece = map.slice((w.pos - at) as usize..(to - at) as usize);
-            w.pos = to;
-            w.current = Some((at, map));
-            Ok(Some((piece, w)))
+        let len = (end - at).min(chunk) as usize;
+        tokio::task::spawn_blocking(move || read_exact_at(&file, at, len))
+    };
+    let state = Ahead {
+        pos: start,
+        next: None,
+        file,
+    };
+    Ok(futures_util::stream::try_unfold(state, move |mut w| async move {
+        if w.pos >= end {
+            return Ok(None);
         }
+        let pending = match w.next.take() {
+            Some(handle) => handle,
+            None => read_at(&w.file, w.pos),
+        };
+        let piece = pending.await.map_err(std::io::Error::other)??;
+        w.pos += piece.len() as u64;
+        if w.pos < end {
+            w.next = Some(read_at(&w.file, w.pos));
+        }
+        Ok(Some((piece, w)))
     }))
 }
 
-/// Where a `read_range` stream is: the window being sent, and the next one
-/// being mapped.
-struct Windows {
+/// Where a `read_range` stream is, and the one chunk being read ahead.
+struct Ahead {
     pos: u64,
-    current: Option<(u64, bytes::Bytes)>,
-    next: Option<(u64, tokio::task::JoinHandle<std::io::Result<bytes::Bytes>>)>,
+    next: Option<tokio::task::JoinHandle<std::io::Result<bytes::Bytes>>>,
+    file: std::sync::Arc<std::fs::File>,
 }
 
 #[cfg(test)]
@@ -276,8 +291,6 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        // Two-page windows, so ranges cross window boundaries.
-        let window = 8192;
         for (start, end, chunk) in [
             (0u64, 30_000u64, 4096usize),
             (7, 29_999, 1000),
@@ -287,7 +300,7 @@ mod tests {
             (100, 25_000, 1 << 20),
         ] {
             let file = std::fs::File::open(&path).unwrap();
-            let parts: Vec<bytes::Bytes> = read_range_in_windows(file, start, end, chunk, window)
+            let parts: Vec<bytes::Bytes> = read_range(file, start, end, chunk)
                 .unwrap()
                 .try_collect()
                 .await
@@ -303,5 +316,33 @@ mod tests {
         let file = std::fs::File::open(&path).unwrap();
         let parts: Vec<bytes::Bytes> = read_range(file, 0, 0, 4096).unwrap().try_collect().await.unwrap();
         assert!(parts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_blob_truncated_under_a_reader_fails_that_read_only() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 3 * READ_CHUNK]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut stream = Box::pin(read_range(file, 0, 3 * READ_CHUNK as u64, READ_CHUNK).unwrap());
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.len(), READ_CHUNK);
+        // Behind berth's back: the file loses its tail.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let mut failed = false;
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "a truncated blob must end the stream with an error");
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use blobs::read_range;
+pub use blobs::{READ_CHUNK, read_range};
 pub use convert::ConvertError;
 pub use error::CacheError;
 pub use inflight::Joined;
@@ -63,6 +63,8 @@ pub struct Cache {
     upstreams: Vec<Arc<Upstream>>,
     tag_ttl: Duration,
     finish_abandoned: bool,
+    /// cache.max_size: nothing larger could be kept anyway.
+    max_size: u64,
     events: Arc<crate::events::Events>,
 }
 
@@ -92,6 +94,7 @@ impl Cache {
             upstreams,
             tag_ttl: config.tag_ttl,
             finish_abandoned: config.finish_abandoned,
+            max_size: config.max_size,
             events,
         })
     }
@@ -283,6 +286,7 @@ impl Cache {
                     evictor: self.evictor.clone(),
                     inflight: self.inflight.clone(),
                     finish_abandoned: self.finish_abandoned,
+                    max_unannounced: self.max_size,
                     events: self.events.clone(),
                 };
                 // The fetch outlives the request that started it; its events
@@ -303,6 +307,41 @@ impl Cache {
             Err(e) if e.is_storage() => self.pass_through(up, repo, digest).await,
             Err(e) => Err(e),
         }
+    }
+
+    /// The bytes `[start, end)` of a stored blob of `size` bytes. A stored
+    /// file that cannot be read whole (truncated or damaged behind berth's
+    /// back) fails this one request and is removed, so the next request
+    /// fetches the blob again, verified.
+    pub async fn stored_body(
+        &self,
+        up: usize,
+        repo: &RepoName,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<impl futures_util::Stream<Item = Result<Bytes, CacheError>> + Send + 'static + use<>, CacheError> {
+        let path = self.store.path(digest);
+        let opened = tokio::task::spawn_blocking(move || std::fs::File::open(path))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .and_then(|file| blobs::read_range(file, start, end, READ_CHUNK));
+        let unreadable = UnreadableBlob {
+            store: self.store.clone(),
+            meta: self.meta.clone(),
+            events: self.events.clone(),
+            upstream: self.upstreams[up].name.clone(),
+            repo: repo.to_string(),
+            digest: digest.clone(),
+        };
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => return Err(unreadable.fail(e)),
+        };
+        Ok(futures_util::StreamExt::map(stream, move |item| {
+            item.map_err(|e| unreadable.fail(e))
+        }))
     }
 
     async fn pass_through(&self, up: usize, repo: &RepoName, digest: &Digest) -> Result<BlobSource, CacheError> {
@@ -349,6 +388,35 @@ impl Cache {
                 }
             }
         }
+    }
+}
+
+/// What is needed to drop a stored blob found unreadable while serving it.
+struct UnreadableBlob {
+    store: Arc<BlobStore>,
+    meta: Arc<Meta>,
+    events: Arc<crate::events::Events>,
+    upstream: String,
+    repo: String,
+    digest: Digest,
+}
+
+impl UnreadableBlob {
+    fn fail(&self, e: std::io::Error) -> CacheError {
+        let removed = match self.store.remove(&self.digest) {
+            Ok(()) => "removed; it is fetched again when next asked for",
+            Err(_) => "could not be removed",
+        };
+        self.meta.forget(&self.digest);
+        let e = CacheError::from(e);
+        self.events.storage_degraded(
+            e.cause(),
+            &self.upstream,
+            &self.repo,
+            &self.digest.to_string(),
+            &format!("stored blob unreadable ({e}); {removed}"),
+        );
+        e
     }
 }
 
