@@ -21,6 +21,12 @@ pub enum CacheError {
     Truncated { upstream: String, expected: u64, got: u64 },
     #[error("every client went away and cache.finish_abandoned is false")]
     Abandoned,
+    #[error("every client went away and {0} other abandoned downloads are already being finished")]
+    TooManyAbandoned(usize),
+    #[error("upstream {upstream} sent more than {limit} bytes for a blob without announcing its length")]
+    Oversized { upstream: String, limit: u64 },
+    #[error("the blob download ended abnormally: {0}")]
+    Crashed(String),
     #[error("cache storage: {0}")]
     Io(#[source] Arc<std::io::Error>),
     #[error("{0}")]
@@ -39,7 +45,10 @@ impl CacheError {
         match self {
             CacheError::Upstream { source, .. } => source.cause(),
             CacheError::Truncated { .. } => FailureCause::ConnectionReset,
-            CacheError::Abandoned => FailureCause::ClientAborted,
+            CacheError::Abandoned | CacheError::TooManyAbandoned(_) => FailureCause::ClientAborted,
+            // What arrived cannot be the blob the digest names within the bound.
+            CacheError::Oversized { .. } => FailureCause::DigestMismatch,
+            CacheError::Crashed(_) => FailureCause::Internal,
             CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => FailureCause::DiskFull,
             CacheError::Io(_) | CacheError::Meta(_) => FailureCause::StorageError,
         }
@@ -60,7 +69,9 @@ impl CacheError {
 
     pub fn upstream_name(&self) -> Option<&str> {
         match self {
-            CacheError::Upstream { upstream, .. } | CacheError::Truncated { upstream, .. } => Some(upstream),
+            CacheError::Upstream { upstream, .. }
+            | CacheError::Truncated { upstream, .. }
+            | CacheError::Oversized { upstream, .. } => Some(upstream),
             _ => None,
         }
     }

@@ -31,12 +31,54 @@ pub struct BlobFetch {
     pub inflight: Arc<Inflight>,
     /// Keep downloading when every client has gone away.
     pub finish_abandoned: bool,
+    /// The most bytes accepted for a blob whose size the upstream did not announce.
+    pub max_unannounced: u64,
     pub events: Arc<crate::events::Events>,
+}
+
+/// Fails a fetch that ended abnormally (a panic inside it, or its task
+/// dropped): joined readers get an error instead of waiting forever, the temp
+/// file goes, and the digest is free for the next request to fetch anew.
+struct EndGuard {
+    fetch: Arc<Fetch>,
+    inflight: Arc<Inflight>,
+    digest: Digest,
+    /// Whether this fetch holds one of the abandoned-fetch places.
+    abandoned: bool,
+    finished: bool,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if self.abandoned {
+            self.inflight.abandoned_ended();
+        }
+        if self.finished {
+            return;
+        }
+        let why = if std::thread::panicking() {
+            "it panicked"
+        } else {
+            "its task was dropped"
+        };
+        tracing::error!(digest = %self.digest, "blob download ended abnormally ({why}); its readers fail and the next request starts anew");
+        let _ = std::fs::remove_file(self.fetch.temp_path());
+        self.fetch.publish(FetchState::Failed(CacheError::Crashed(why.into())));
+        self.inflight.finish(&self.digest);
+    }
 }
 
 impl BlobFetch {
     pub async fn run(self) {
-        let committed = match self.download().await {
+        let mut guard = EndGuard {
+            fetch: self.fetch.clone(),
+            inflight: self.inflight.clone(),
+            digest: self.digest.clone(),
+            abandoned: false,
+            finished: false,
+        };
+        let downloaded = self.download(&mut guard.abandoned).await;
+        let committed = match downloaded {
             Ok(size) => {
                 let (store, temp, digest) = (
                     self.store.clone(),
@@ -75,9 +117,34 @@ impl BlobFetch {
         };
         self.fetch.publish(state);
         self.inflight.finish(&self.digest);
+        guard.finished = true;
     }
 
-    async fn download(&self) -> Result<u64, CacheError> {
+    /// Whether to go on with nobody reading: only when finish_abandoned is on
+    /// and fewer than the bound of abandoned downloads are being finished.
+    fn may_continue(&self, abandoned: &mut bool) -> Result<(), CacheError> {
+        let alone = self.fetch.waiters() == 0;
+        match (alone, *abandoned) {
+            (true, false) => {
+                if !self.finish_abandoned {
+                    return Err(CacheError::Abandoned);
+                }
+                self.inflight
+                    .abandoned_started()
+                    .map_err(CacheError::TooManyAbandoned)?;
+                *abandoned = true;
+            }
+            (false, true) => {
+                // A client joined again: no longer abandoned.
+                self.inflight.abandoned_ended();
+                *abandoned = false;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn download(&self, abandoned: &mut bool) -> Result<u64, CacheError> {
         let name = &self.upstream.name;
         let mut writer = self.writer.try_clone()?;
         let mut hasher = Hasher::new(self.digest.algorithm());
@@ -155,10 +222,14 @@ impl BlobFetch {
                     if total.is_some_and(|t| written > t) {
                         break None;
                     }
-                    self.fetch.publish(FetchState::Running { written, total });
-                    if !self.finish_abandoned && self.fetch.waiters() == 0 {
-                        return Err(CacheError::Abandoned);
+                    if total.is_none() && written > self.max_unannounced {
+                        return Err(CacheError::Oversized {
+                            upstream: name.clone(),
+                            limit: self.max_unannounced,
+                        });
                     }
+                    self.fetch.publish(FetchState::Running { written, total });
+                    self.may_continue(abandoned)?;
                 }
                 if failed.is_some() {
                     break failed;

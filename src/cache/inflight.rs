@@ -88,9 +88,15 @@ pub struct Fallback {
     pub digest: Digest,
 }
 
+/// Downloads finished with nobody reading them, at most. Each costs a
+/// connection to the upstream and disk: a client asking for many large
+/// digests and leaving must not start an unbounded number of them.
+pub const MAX_ABANDONED: usize = 8;
+
 #[derive(Default)]
 pub struct Inflight {
     fetches: Mutex<HashMap<Digest, Arc<Fetch>>>,
+    abandoned: std::sync::atomic::AtomicUsize,
 }
 
 pub enum Slot {
@@ -136,6 +142,24 @@ impl Inflight {
                 fallback: None,
             },
         ))
+    }
+
+    /// Take a place for a download that goes on with nobody reading it; the
+    /// number already taken when none is left.
+    pub fn abandoned_started(&self) -> Result<(), usize> {
+        use std::sync::atomic::Ordering;
+        self.abandoned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_ABANDONED).then_some(n + 1)
+            })
+            .map(|_| ())
+    }
+
+    pub fn abandoned_ended(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .abandoned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
     }
 
     /// Forget a finished fetch; called after the state is final.
