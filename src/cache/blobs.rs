@@ -150,6 +150,10 @@ const SPARE_BUFFERS: usize = 32;
 /// this much beyond what it was sent.
 pub const READ_CHUNK: usize = 1 << 20;
 
+/// The first read of a stream; each next one is as large as everything read
+/// before it, up to `READ_CHUNK`.
+const FIRST_READ: u64 = 64 << 10;
+
 /// `len` bytes of a pooled buffer, handed to hyper as `Bytes`; it goes back
 /// to the pool when the last slice of it is dropped.
 struct PooledChunk {
@@ -229,11 +233,19 @@ pub fn read_range(
             format!("stored blob has {len} bytes, {start}..{end} was asked for"),
         ));
     }
+    // berth reads ahead itself, one chunk, and only while the client reads:
+    // the kernel's own read-ahead (megabytes on many disks) would read far
+    // more than a client that leaves early was sent. Advice only; a file
+    // system that ignores it changes nothing.
+    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random);
     let file = std::sync::Arc::new(file);
     let chunk = chunk.clamp(1, READ_CHUNK) as u64;
+    // Reads start small and double up to `chunk`: a client that reads a
+    // little and leaves costs little, a long transfer soon reads in big steps.
     let read_at = move |file: &std::sync::Arc<std::fs::File>, at: u64| {
         let file = file.clone();
-        let len = (end - at).min(chunk) as usize;
+        let grown = FIRST_READ.saturating_mul(at.saturating_sub(start) / FIRST_READ + 1);
+        let len = (end - at).min(chunk).min(grown) as usize;
         tokio::task::spawn_blocking(move || read_exact_at(&file, at, len))
     };
     let state = Ahead {

@@ -50,7 +50,25 @@ impl Berth {
         b
     }
 
+    /// Start under `ulimit -n <fd_limit>` (the shell execs berth, so the
+    /// child's pid is berth's).
+    pub fn start_with_fd_limit(extra_toml: &str, fd_limit: u32) -> Berth {
+        let dir = tempfile::tempdir().expect("temp dir for berth");
+        let cache = dir.path().join("cache");
+        let mut b = Berth::launch_as(dir.path(), &cache, extra_toml, Launch::FdLimit(fd_limit), &[]);
+        b._dir = Some(dir);
+        b
+    }
+
     fn launch(work: &Path, cache_dir: &Path, extra_toml: &str, netns: Option<&str>, env: &[(&str, &str)]) -> Berth {
+        let how = match netns {
+            Some(ns) => Launch::Netns(ns),
+            None => Launch::Plain,
+        };
+        Berth::launch_as(work, cache_dir, extra_toml, how, env)
+    }
+
+    fn launch_as(work: &Path, cache_dir: &Path, extra_toml: &str, how: Launch<'_>, env: &[(&str, &str)]) -> Berth {
         let config = work.join("berth.toml");
         let text = format!(
             "listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\nlog_format = \"json\"\n{extra_toml}\n",
@@ -60,13 +78,22 @@ impl Berth {
         let log_path = work.join(format!("berth-{}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).expect("create berth log");
         // `ip netns exec` execs berth in place: the child's pid is berth's.
-        let mut cmd = match netns {
-            Some(ns) => {
+        let mut cmd = match how {
+            Launch::Netns(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_berth")]);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_berth")),
+            Launch::FdLimit(n) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_berth"),
+                ]);
+                c
+            }
+            Launch::Plain => Command::new(env!("CARGO_BIN_EXE_berth")),
         };
         cmd.args(["serve", "--config"])
             .arg(&config)
@@ -137,6 +164,12 @@ impl Berth {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+enum Launch<'a> {
+    Plain,
+    Netns(&'a str),
+    FdLimit(u32),
 }
 
 impl Drop for Berth {
