@@ -13,8 +13,14 @@ use crate::convert::{self, CONVERSION_VERSION, ChildOutcome, Refusal};
 use crate::media::{DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::{Digest, Reference, RepoName};
 
-/// Image configs are small; this bounds what is read to learn a platform.
-const MAX_CONFIG_SIZE: u64 = 4 << 20;
+/// Image configs are small; this bounds what is read to learn a platform
+/// (the manifest limit: a config is a JSON document like a manifest).
+const MAX_CONFIG_SIZE: u64 = crate::upstream::MAX_MANIFEST_SIZE as u64;
+/// Children of one index that berth converts, at most. Real multi-platform
+/// images have a few dozen (with attestations); more is not an image anyone
+/// pulls, and each child costs a manifest fetch. Children that are indexes
+/// themselves are dropped, so conversion never nests deeper than one level.
+pub const MAX_INDEX_CHILDREN: usize = 256;
 
 #[derive(Debug, Error)]
 pub enum ConvertError {
@@ -80,7 +86,15 @@ impl Cache {
 
     async fn convert_index(&self, up: usize, repo: &RepoName, index: &CachedManifest) -> Result<Vec<u8>, ConvertError> {
         let mut outcomes = HashMap::new();
-        for child in convert::index_children(&index.bytes)? {
+        let children = convert::index_children(&index.bytes)?;
+        if children.len() > MAX_INDEX_CHILDREN {
+            return Err(Refusal::Invalid(format!(
+                "the index has {} children; berth converts indexes of at most {MAX_INDEX_CHILDREN}",
+                children.len()
+            ))
+            .into());
+        }
+        for child in children {
             let outcome = if convert::is_attestation(&child) {
                 ChildOutcome::Dropped(Refusal::UnknownLayerType("attestation manifest".into()))
             } else {
@@ -144,28 +158,53 @@ impl Cache {
         repo: &RepoName,
         manifest: &[u8],
     ) -> Result<Option<convert::Platform>, ConvertError> {
-        let config = serde_json::from_slice::<serde_json::Value>(manifest)
-            .ok()
-            .and_then(|v| v["config"]["digest"].as_str().and_then(|d| Digest::parse(d).ok()));
+        let value = serde_json::from_slice::<serde_json::Value>(manifest).ok();
+        let descriptor = value.as_ref().map(|v| &v["config"]);
+        let config = descriptor.and_then(|c| c["digest"].as_str().and_then(|d| Digest::parse(d).ok()));
         let Some(config) = config else {
             return Ok(None);
         };
-        let path = match self.blob(up, repo, &config).await? {
-            BlobSource::Stored { path, size } if size <= MAX_CONFIG_SIZE => path,
-            BlobSource::Stored { .. } => return Ok(None),
-            BlobSource::Fetching { mut joined, .. } => joined.done().await?.1,
-            BlobSource::PassThrough { mut pass, .. } => {
-                let mut bytes = Vec::new();
-                while let Some(chunk) = pass.next_chunk().await? {
-                    if bytes.len() + chunk.len() > MAX_CONFIG_SIZE as usize {
-                        return Ok(None);
-                    }
-                    bytes.extend_from_slice(&chunk);
+        // Refused before anything is fetched: a "config" announced as large
+        // is not one, and reading it would be gigabytes for one request.
+        let declared = descriptor.and_then(|c| c["size"].as_u64());
+        if declared.is_none_or(|size| size > MAX_CONFIG_SIZE) {
+            tracing::debug!(config = %config, ?declared, "image config missing a size or over the limit; platform not read");
+            return Ok(None);
+        }
+        let bytes = match self.blob(up, repo, &config).await? {
+            BlobSource::Stored { size, .. } if size > MAX_CONFIG_SIZE => return Ok(None),
+            BlobSource::Stored { size, .. } => {
+                collect_limited(self.stored_body(up, repo, &config, 0, size).await?).await?
+            }
+            BlobSource::Fetching { size, .. } if size.is_some_and(|s| s > MAX_CONFIG_SIZE) => return Ok(None),
+            BlobSource::Fetching { joined, size } => collect_limited(joined.stream(0, size)).await?,
+            BlobSource::PassThrough { pass, size } => {
+                if size.is_some_and(|s| s > MAX_CONFIG_SIZE) {
+                    return Ok(None);
                 }
-                return Ok(convert::platform_from_config(&bytes));
+                collect_limited((*pass).window(0, size).into_stream()).await?
             }
         };
-        let bytes = tokio::fs::read(path).await.map_err(CacheError::from)?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
         Ok(convert::platform_from_config(&bytes))
     }
+}
+
+/// A config blob's bytes, read with the limit: `None` once it exceeds it.
+async fn collect_limited(
+    stream: impl futures_util::Stream<Item = Result<bytes::Bytes, CacheError>>,
+) -> Result<Option<Vec<u8>>, CacheError> {
+    use futures_util::StreamExt;
+    let mut stream = std::pin::pin!(stream);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (bytes.len() + chunk.len()) as u64 > MAX_CONFIG_SIZE {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Some(bytes))
 }

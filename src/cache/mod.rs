@@ -4,6 +4,7 @@
 //! stale-if-error) and never deals with HTTP requests or responses.
 
 mod blobs;
+mod coalesce;
 mod convert;
 mod error;
 mod evict;
@@ -29,6 +30,7 @@ use crate::failure::FailureCause;
 use crate::reference::{Digest, Reference, RepoName};
 use crate::upstream::{Upstream, UpstreamManifest};
 use blobs::BlobStore;
+use coalesce::Coalesce;
 use evict::Evictor;
 use inflight::{Fallback, Inflight, Slot};
 use memo::ManifestMemo;
@@ -51,6 +53,46 @@ pub enum BlobSource {
     PassThrough { pass: Box<PassThrough>, size: Option<u64> },
 }
 
+/// How long an upstream's "unknown" (404) is believed: a burst of requests
+/// for something missing costs one upstream request, and something pushed
+/// just now is found a few seconds later.
+const UNKNOWN_KEPT: Duration = Duration::from_secs(5);
+/// How long a fetched tag list is reused for `tags/list` requests.
+const TAG_LIST_KEPT: Duration = Duration::from_secs(10);
+/// A blob's size never changes; its HEAD answer is reused this long.
+const BLOB_SIZE_KEPT: Duration = Duration::from_secs(60);
+
+type Key = (usize, String, String);
+
+/// Upstream requests shared by concurrent callers, with their answers.
+#[derive(Default)]
+struct Flights {
+    manifests: Coalesce<Key, Result<CachedManifest, CacheError>>,
+    heads: Coalesce<Key, Result<crate::upstream::ManifestHead, CacheError>>,
+    blob_sizes: Coalesce<Key, Result<Option<u64>, CacheError>>,
+    tag_lists: Coalesce<Key, Result<Arc<Vec<String>>, CacheError>>,
+}
+
+/// How long an answer is kept: successes `ok`, an upstream's definite
+/// "unknown" briefly, anything else (a fault) not at all.
+fn kept<T>(r: &Result<T, CacheError>, ok: Duration) -> Duration {
+    match r {
+        Ok(_) => ok,
+        Err(e) if is_unknown(e) => UNKNOWN_KEPT,
+        Err(_) => Duration::ZERO,
+    }
+}
+
+fn is_unknown(e: &CacheError) -> bool {
+    matches!(
+        e,
+        CacheError::Upstream { source, .. } if matches!(
+            source.cause(),
+            FailureCause::ManifestUnknown | FailureCause::BlobUnknown | FailureCause::NameUnknown
+        )
+    )
+}
+
 /// Memory for recently served manifests.
 const MANIFEST_MEMO_BYTES: usize = 32 << 20;
 
@@ -60,6 +102,7 @@ pub struct Cache {
     evictor: Arc<Evictor>,
     memo: ManifestMemo,
     inflight: Arc<Inflight>,
+    flights: Flights,
     upstreams: Vec<Arc<Upstream>>,
     tag_ttl: Duration,
     finish_abandoned: bool,
@@ -91,6 +134,7 @@ impl Cache {
             evictor,
             memo: ManifestMemo::new(MANIFEST_MEMO_BYTES),
             inflight: Arc::default(),
+            flights: Flights::default(),
             upstreams,
             tag_ttl: config.tag_ttl,
             finish_abandoned: config.finish_abandoned,
@@ -171,7 +215,25 @@ impl Cache {
         }
     }
 
+    /// GET a manifest from the upstream, shared by concurrent requests for it.
     async fn fetch_manifest(&self, up: usize, repo: &RepoName, reference: &str) -> Result<CachedManifest, CacheError> {
+        let key = (up, repo.to_string(), reference.to_string());
+        self.flights
+            .manifests
+            .get(
+                key,
+                |r| kept(r, Duration::ZERO),
+                || self.fetch_manifest_now(up, repo, reference),
+            )
+            .await
+    }
+
+    async fn fetch_manifest_now(
+        &self,
+        up: usize,
+        repo: &RepoName,
+        reference: &str,
+    ) -> Result<CachedManifest, CacheError> {
         let upstream = &self.upstreams[up];
         let m = upstream
             .manifest(repo, reference)
@@ -207,7 +269,22 @@ impl Cache {
             return Ok(cached);
         }
         // Revalidate with HEAD: it does not count against Docker Hub's limit.
-        let fresh = match upstream.manifest_head(repo, tag).await {
+        let key = (up, repo.to_string(), tag.to_string());
+        let head = self
+            .flights
+            .heads
+            .get(
+                key,
+                |r| kept(r, Duration::ZERO),
+                || async {
+                    upstream
+                        .manifest_head(repo, tag)
+                        .await
+                        .map_err(|e| CacheError::upstream(&upstream.name, e))
+                },
+            )
+            .await;
+        let fresh = match head {
             Ok(head) if head.digest.as_ref() == Some(&cached.digest) => {
                 self.events.metrics.hit("manifest");
                 Ok(cached.clone())
@@ -216,7 +293,7 @@ impl Cache {
                 self.events.metrics.miss("manifest");
                 self.fetch_manifest(up, repo, tag).await
             }
-            Err(e) => Err(CacheError::upstream(&upstream.name, e)),
+            Err(e) => Err(e),
         };
         match fresh {
             Ok(m) => {
@@ -360,30 +437,53 @@ impl Cache {
             return Ok(Some(size));
         }
         let upstream = &self.upstreams[up];
-        upstream
-            .blob_size(repo, digest)
+        let key = (up, repo.to_string(), digest.to_string());
+        self.flights
+            .blob_sizes
+            .get(
+                key,
+                |r| kept(r, BLOB_SIZE_KEPT),
+                || async {
+                    upstream
+                        .blob_size(repo, digest)
+                        .await
+                        .map_err(|e| CacheError::upstream(&upstream.name, e))
+                },
+            )
             .await
-            .map_err(|e| CacheError::upstream(&upstream.name, e))
     }
 
     /// All tags of a repository; the last known list when the upstream is down.
+    /// Concurrent requests share one upstream walk, reused for a few seconds.
     pub async fn tags(&self, up: usize, repo: &RepoName) -> Result<Vec<String>, CacheError> {
+        let key = (up, repo.to_string(), String::new());
+        let listed = self
+            .flights
+            .tag_lists
+            .get(key, |r| kept(r, TAG_LIST_KEPT), || self.fetch_tags(up, repo))
+            .await;
+        listed.map(|tags| tags.as_ref().clone())
+    }
+
+    async fn fetch_tags(&self, up: usize, repo: &RepoName) -> Result<Arc<Vec<String>>, CacheError> {
         let upstream = &self.upstreams[up];
         match upstream.tags(repo).await {
             Ok(tags) => {
                 // The list is only a fallback for outages: failing to record
-                // it does not fail the request.
-                if let Err(e) = self.meta.put_tag_list(&upstream.name, repo, tags.clone()) {
+                // it does not fail the request. Unchanged lists are not rewritten.
+                let known = self.meta.tag_list(&upstream.name, repo).ok().flatten();
+                let changed = known.is_none_or(|k| k.tags != tags);
+                if changed && let Err(e) = self.meta.put_tag_list(&upstream.name, repo, tags.clone()) {
                     let e = CacheError::from(e);
                     self.events
                         .storage_degraded(e.cause(), &upstream.name, repo.as_str(), "tags/list", &e.to_string());
                 }
-                Ok(tags)
+                Ok(Arc::new(tags))
             }
             Err(e) => {
                 let e = CacheError::upstream(&upstream.name, e);
                 match self.meta.tag_list(&upstream.name, repo)? {
-                    Some(rec) if serves_stale(&e) => Ok(rec.tags),
+                    Some(rec) if serves_stale(&e) => Ok(Arc::new(rec.tags)),
                     _ => Err(e),
                 }
             }

@@ -40,6 +40,11 @@ pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
 const TAG_PAGE_SIZE: usize = 1000;
 /// Bound on tag-list pages followed, against a Link loop.
 const MAX_TAG_PAGES: usize = 100;
+/// Tags of one repository berth accepts from an upstream: the largest real
+/// repositories have tens of thousands.
+pub const MAX_TAGS: usize = 100_000;
+/// Bytes of tag-list pages read for one repository, all pages together.
+pub const MAX_TAG_LIST_BYTES: usize = 8 << 20;
 
 /// Marks a 401 answered to a token issued a moment ago.
 #[derive(Clone, Copy)]
@@ -363,25 +368,51 @@ impl Upstream {
         Ok(resp.content_length())
     }
 
-    /// Every tag of a repository, following the upstream's pagination.
+    /// Every tag of a repository, following the upstream's pagination, within
+    /// bounds: at most `MAX_TAGS` tags and `MAX_TAG_LIST_BYTES` of pages; a
+    /// `Link` seen before (a loop) or into another repository ends the walk.
     pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, UpstreamError> {
         let mut tags = Vec::new();
         let mut tail = format!("tags/list?n={TAG_PAGE_SIZE}");
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0usize;
         for _ in 0..MAX_TAG_PAGES {
+            seen.insert(tail.clone());
             let resp = self.send(Method::GET, repo, &tail, HeaderMap::new()).await?;
             let resp = check_status(resp).await?;
             let next = next_page(resp.headers(), repo);
-            let body = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+            let left = MAX_TAG_LIST_BYTES.saturating_sub(bytes);
+            let body = read_limited(resp, left.min(MAX_MANIFEST_SIZE))
+                .await
+                .map_err(|e| match e {
+                    UpstreamError::ManifestInvalid(_) => too_many_tags(repo),
+                    other => other,
+                })?;
+            bytes = bytes.saturating_add(body.len());
             let page: TagList =
                 serde_json::from_slice(&body).map_err(|e| UpstreamError::ManifestInvalid(format!("tag list: {e}")))?;
             tags.extend(page.tags.unwrap_or_default());
+            if tags.len() > MAX_TAGS {
+                return Err(too_many_tags(repo));
+            }
             match next {
+                Some(n) if seen.contains(&n) => {
+                    tracing::debug!(upstream = %self.name, repo = %repo, link = %n, "tag list Link points at a page already read; stopped");
+                    break;
+                }
                 Some(n) => tail = n,
                 None => break,
             }
         }
         Ok(tags)
     }
+}
+
+fn too_many_tags(repo: &RepoName) -> UpstreamError {
+    UpstreamError::ManifestInvalid(format!(
+        "the tag list of {repo} is larger than berth accepts ({MAX_TAGS} tags, {} MiB)",
+        MAX_TAG_LIST_BYTES >> 20
+    ))
 }
 
 /// Wrap the last error with the attempt count when there was more than one.
