@@ -4,6 +4,7 @@
 
 pub mod berth;
 pub mod daemons;
+pub mod fake_upstream;
 pub mod images;
 pub mod netns;
 pub mod registry;
