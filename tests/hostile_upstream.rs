@@ -119,7 +119,12 @@ fn a_burst_for_a_missing_tag_costs_one_upstream_request() {
     for _ in 0..10 {
         assert_eq!(request(berth.addr, "GET", "/v2/gone/manifests/nope", "").0, 404);
     }
-    assert_eq!(fake.count(|r| r.contains("/manifests/nope")), 1, "{:?}", fake.requests());
+    assert_eq!(
+        fake.count(|r| r.contains("/manifests/nope")),
+        1,
+        "{:?}",
+        fake.requests()
+    );
 }
 
 #[test]
@@ -138,7 +143,12 @@ fn concurrent_blob_heads_share_one_upstream_head() {
     let berth = berth_for(&fake);
     let statuses = burst(berth.addr, 20, "HEAD", &format!("/v2/heads/blobs/{digest}"));
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
-    assert_eq!(fake.count(|r| r.starts_with("HEAD ") && r.contains("/blobs/")), 1, "{:?}", fake.requests());
+    assert_eq!(
+        fake.count(|r| r.starts_with("HEAD ") && r.contains("/blobs/")),
+        1,
+        "{:?}",
+        fake.requests()
+    );
 }
 
 /// An OCI index with one child that has no platform (so berth reads the
@@ -173,7 +183,11 @@ fn index_with_config(fake: &FakeUpstream, repo: &str, declared: u64, actual: usi
     };
     fake.route(
         &format!("/v2/{repo}/manifests/latest"),
-        serve("application/vnd.oci.image.index.v1+json", index.clone(), index_digest.clone()),
+        serve(
+            "application/vnd.oci.image.index.v1+json",
+            index.clone(),
+            index_digest.clone(),
+        ),
     );
     fake.route(
         &format!("/v2/{repo}/manifests/{index_digest}"),
@@ -181,7 +195,11 @@ fn index_with_config(fake: &FakeUpstream, repo: &str, declared: u64, actual: usi
     );
     fake.route(
         &format!("/v2/{repo}/manifests/{manifest_digest}"),
-        serve("application/vnd.oci.image.manifest.v1+json", manifest, manifest_digest.clone()),
+        serve(
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest,
+            manifest_digest.clone(),
+        ),
     );
     fake.route(&format!("/v2/{repo}/blobs/{config_digest}"), move |_, _| Answer {
         status: 200,
@@ -201,7 +219,11 @@ fn a_config_descriptor_over_the_limit_is_not_fetched() {
     let config = index_with_config(&fake, "library/bigconfig", 3 << 30, 16);
     let berth = berth_for(&fake);
     let (status, head, body) = request(berth.addr, "GET", "/v2/bigconfig/manifests/latest", OLD_DOCKER_ACCEPT);
-    assert!(status == 200 || status == 404, "{head}\n{}", String::from_utf8_lossy(&body));
+    assert!(
+        status == 200 || status == 404,
+        "{head}\n{}",
+        String::from_utf8_lossy(&body)
+    );
     assert_eq!(
         fake.count(|r| r.contains(&config)),
         0,
@@ -232,5 +254,8 @@ fn a_config_larger_than_its_descriptor_is_not_read_into_memory() {
     let (status, head, _) = request(berth.addr, "GET", "/v2/liar/manifests/latest", OLD_DOCKER_ACCEPT);
     assert!(status == 200 || status == 404, "{head}");
     let grown_mib = peak_rss_kib(berth.pid()).saturating_sub(before) / 1024;
-    assert!(grown_mib < 48, "converting grew berth's memory by {grown_mib} MiB (the config is 96 MiB)");
+    assert!(
+        grown_mib < 48,
+        "converting grew berth's memory by {grown_mib} MiB (the config is 96 MiB)"
+    );
 }

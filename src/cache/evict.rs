@@ -16,6 +16,9 @@ use crate::reference::Digest;
 pub struct Evictor {
     max: u64,
     used: AtomicU64,
+    /// Bytes in temp files of downloads under way: they take disk space now
+    /// and become content soon, so they count against the limit.
+    temp: AtomicU64,
     running: AtomicBool,
     store: Arc<BlobStore>,
     meta: Arc<Meta>,
@@ -35,6 +38,7 @@ impl Evictor {
         Ok(Self {
             max,
             used: AtomicU64::new(used),
+            temp: AtomicU64::new(0),
             running: AtomicBool::new(false),
             store,
             meta,
@@ -46,16 +50,34 @@ impl Evictor {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// A download wrote `n` more bytes to its temp file.
+    pub fn temp_grew(self: &Arc<Self>, n: u64) {
+        self.temp.fetch_add(n, Ordering::Relaxed);
+        self.evict_if_over(None);
+    }
+
+    /// A download's temp file (of `n` bytes) was committed or removed.
+    pub fn temp_gone(&self, n: u64) {
+        let _ = self
+            .temp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(n)));
+    }
+
     /// `size` bytes were committed under `digest`; evict (on the blocking
     /// pool, one run at a time) if that took the store over the limit.
     pub fn committed(self: &Arc<Self>, digest: &Digest, size: u64) {
-        let used = self.used.fetch_add(size, Ordering::Relaxed) + size;
-        if used <= self.max || self.running.swap(true, Ordering::AcqRel) {
+        self.used.fetch_add(size, Ordering::Relaxed);
+        self.evict_if_over(Some(digest.clone()));
+    }
+
+    fn evict_if_over(self: &Arc<Self>, keep: Option<Digest>) {
+        let total = self.used().saturating_add(self.temp.load(Ordering::Relaxed));
+        if total <= self.max || self.running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (this, keep) = (self.clone(), digest.clone());
+        let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            match this.run(&keep) {
+            match this.run(keep.as_ref()) {
                 Ok(done) if done.items > 0 => {
                     tracing::info!(
                         evicted = done.items,
@@ -72,21 +94,21 @@ impl Evictor {
         });
     }
 
-    /// Remove least recently used items, never `keep`, until the store is
-    /// under 90 % of the limit.
-    pub fn run(&self, keep: &Digest) -> std::io::Result<Evicted> {
+    /// Remove least recently used items, never `keep`, until the store and
+    /// the downloads under way are under 90 % of the limit.
+    pub fn run(&self, keep: Option<&Digest>) -> std::io::Result<Evicted> {
         let mut items = self.store.list()?;
         // Re-account from what is really there (crashes, outside changes).
         let total: u64 = items.iter().map(|(_, size, _)| size).sum();
         self.used.store(total, Ordering::Relaxed);
-        let target = self.max / 10 * 9;
+        let target = (self.max / 10 * 9).saturating_sub(self.temp.load(Ordering::Relaxed));
         if total <= target {
             return Ok(Evicted::default());
         }
         // Last use as berth knows it, else the commit time.
         let mut aged: Vec<(u64, Digest, u64)> = items
             .drain(..)
-            .filter(|(d, _, _)| d != keep)
+            .filter(|(d, _, _)| Some(d) != keep)
             .map(|(d, size, mtime)| {
                 let used = self.meta.last_used_ms(&d).unwrap_or(0).max(mtime);
                 (used, d, size)
@@ -137,17 +159,36 @@ mod tests {
         // `a` is used after `b` and `c` were written: `b` is now the oldest.
         std::thread::sleep(std::time::Duration::from_millis(5));
         meta.touch(&a).unwrap();
-        let done = evictor.run(&c).unwrap();
+        let done = evictor.run(Some(&c)).unwrap();
         assert_eq!(done, Evicted { items: 1, bytes: 1000 });
         assert_eq!(store.size(&b), None, "least recently used goes");
         assert!(store.size(&a).is_some() && store.size(&c).is_some());
         assert_eq!(evictor.used(), 2000);
         // Under 90 %: nothing more to do.
-        assert_eq!(evictor.run(&c).unwrap(), Evicted::default());
+        assert_eq!(evictor.run(Some(&c)).unwrap(), Evicted::default());
         // The item just committed is never evicted, even when it is the oldest.
         let small = Evictor::open(500, store.clone(), meta.clone()).unwrap();
-        let done = small.run(&c).unwrap();
+        let done = small.run(Some(&c)).unwrap();
         assert_eq!(done.items, 1);
         assert!(store.size(&c).is_some());
+    }
+
+    #[test]
+    fn bytes_of_downloads_under_way_count_against_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let meta = Arc::new(Meta::open(dir.path()).unwrap());
+        for n in 1..=3u8 {
+            let bytes = vec![n; 1000];
+            store.put(&Digest::sha256_of(&bytes), &bytes).unwrap();
+        }
+        // 3000 stored, limit 4000: under it, until 1500 more are being written.
+        let evictor = Evictor::open(4000, store.clone(), meta).unwrap();
+        assert_eq!(evictor.run(None).unwrap(), Evicted::default());
+        evictor.temp.fetch_add(1500, Ordering::Relaxed);
+        let done = evictor.run(None).unwrap();
+        assert_eq!(done.items, 1, "3000 + 1500 > 3600: one item makes room");
+        evictor.temp_gone(1500);
+        assert_eq!(evictor.temp.load(Ordering::Relaxed), 0);
     }
 }

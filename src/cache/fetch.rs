@@ -42,15 +42,25 @@ pub struct BlobFetch {
 struct EndGuard {
     fetch: Arc<Fetch>,
     inflight: Arc<Inflight>,
+    evictor: Arc<super::evict::Evictor>,
     digest: Digest,
+    progress: Progress,
+    finished: bool,
+}
+
+/// What a download holds while it runs, given back when it ends.
+#[derive(Default)]
+struct Progress {
     /// Whether this fetch holds one of the abandoned-fetch places.
     abandoned: bool,
-    finished: bool,
+    /// Bytes in its temp file, counted against cache.max_size.
+    temp: u64,
 }
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        if self.abandoned {
+        self.evictor.temp_gone(self.progress.temp);
+        if self.progress.abandoned {
             self.inflight.abandoned_ended();
         }
         if self.finished {
@@ -73,11 +83,12 @@ impl BlobFetch {
         let mut guard = EndGuard {
             fetch: self.fetch.clone(),
             inflight: self.inflight.clone(),
+            evictor: self.evictor.clone(),
             digest: self.digest.clone(),
-            abandoned: false,
+            progress: Progress::default(),
             finished: false,
         };
-        let downloaded = self.download(&mut guard.abandoned).await;
+        let downloaded = self.download(&mut guard.progress).await;
         let committed = match downloaded {
             Ok(size) => {
                 let (store, temp, digest) = (
@@ -144,7 +155,7 @@ impl BlobFetch {
         Ok(())
     }
 
-    async fn download(&self, abandoned: &mut bool) -> Result<u64, CacheError> {
+    async fn download(&self, progress: &mut Progress) -> Result<u64, CacheError> {
         let name = &self.upstream.name;
         let mut writer = self.writer.try_clone()?;
         let mut hasher = Hasher::new(self.digest.algorithm());
@@ -218,6 +229,8 @@ impl BlobFetch {
                     // Readers follow `written`; the bytes are in the file now.
                     result?;
                     written += n;
+                    progress.temp = written;
+                    self.evictor.temp_grew(n);
                     self.events.metrics.upstream_bytes.inc_by(n);
                     if total.is_some_and(|t| written > t) {
                         break None;
@@ -229,7 +242,7 @@ impl BlobFetch {
                         });
                     }
                     self.fetch.publish(FetchState::Running { written, total });
-                    self.may_continue(abandoned)?;
+                    self.may_continue(&mut progress.abandoned)?;
                 }
                 if failed.is_some() {
                     break failed;
@@ -315,4 +328,54 @@ pub(super) fn resume_skip(resp: &reqwest::Response, from: u64) -> Option<u64> {
 fn content_range_start(h: &reqwest::header::HeaderMap) -> Option<u64> {
     let v = h.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
     v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::inflight::Slot;
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_fails_its_readers_and_frees_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let meta = Arc::new(super::super::meta::Meta::open(dir.path()).unwrap());
+        let evictor = Arc::new(super::super::evict::Evictor::open(1 << 30, store.clone(), meta).unwrap());
+        let inflight = Arc::new(Inflight::default());
+        let digest = Digest::sha256_of(b"never arrives");
+        let Ok(Slot::Leader(fetch, _writer, mut joined)) = inflight.join_or_lead(&digest, || store.temp_file()) else {
+            panic!("the first request leads");
+        };
+        let temp = fetch.temp_path().to_path_buf();
+        let guard = EndGuard {
+            fetch,
+            inflight: inflight.clone(),
+            evictor: evictor.clone(),
+            digest: digest.clone(),
+            progress: Progress {
+                abandoned: false,
+                temp: 10,
+            },
+            finished: false,
+        };
+        evictor.temp_grew(10);
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            panic!("injected panic inside a blob fetch");
+        });
+        assert!(task.await.is_err(), "the task panicked");
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), joined.started()).await;
+        assert!(
+            matches!(outcome, Ok(Err(CacheError::Crashed(_)))),
+            "a reader of a crashed fetch gets an error, not a wait"
+        );
+        assert!(!temp.exists(), "the temp file is removed");
+        assert!(
+            matches!(
+                inflight.join_or_lead(&digest, || store.temp_file()),
+                Ok(Slot::Leader(..))
+            ),
+            "the next request starts anew"
+        );
+    }
 }

@@ -107,11 +107,7 @@ impl FakeUpstream {
 
 async fn answer(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let method = req.method().to_string();
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     shared.log.lock().expect("log").push(format!("{method} {target}"));
     let handler = shared.routes.lock().expect("routes").get(req.uri().path()).cloned();
     let Some(handler) = handler else {
