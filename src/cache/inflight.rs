@@ -362,3 +362,19 @@ impl Reader {
         Ok(Bytes::from(buf))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abandoned_downloads_are_bounded() {
+        let inflight = Inflight::default();
+        for _ in 0..MAX_ABANDONED {
+            assert!(inflight.abandoned_started().is_ok());
+        }
+        assert_eq!(inflight.abandoned_started(), Err(MAX_ABANDONED));
+        inflight.abandoned_ended();
+        assert!(inflight.abandoned_started().is_ok());
+    }
+}
