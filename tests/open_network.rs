@@ -270,3 +270,38 @@ fn a_blob_truncated_under_a_reader_fails_that_reader_only() {
     );
     assert!(berth.log().contains("stored blob unreadable"), "{}", berth.log());
 }
+
+#[test]
+fn beyond_max_connections_new_clients_wait_for_a_free_one() {
+    let berth = Berth::start(&format!("[server]\nmax_connections = 3\n{NO_UPSTREAM}"));
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(berth.addr)).collect();
+    // All three are accepted: each answers a request.
+    for s in &mut held {
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n")
+            .expect("request");
+        let mut buf = [0u8; 512];
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let n = s.read(&mut buf).expect("answer");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    // A fourth waits in the backlog: no answer while the three are open.
+    let mut fourth = connect(berth.addr);
+    fourth
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let _ = fourth.set_read_timeout(Some(Duration::from_millis(1500)));
+    let mut buf = [0u8; 512];
+    assert!(
+        fourth.read(&mut buf).is_err(),
+        "a fourth connection is not served while three are open"
+    );
+    // One closes: the fourth is served.
+    drop(held.pop());
+    let _ = fourth.set_read_timeout(Some(Duration::from_secs(5)));
+    let n = fourth.read(&mut buf).expect("served once a connection closed");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
