@@ -1,6 +1,9 @@
 //! The client to one upstream registry: endpoints tried in order, the auth
 //! challenge answered, manifests fetched whole (they are small) and verified,
 //! blobs returned as streaming responses for the cache to tee and verify.
+//! Safe on an open network: tokens are fetched only from allowed realms,
+//! redirects are checked, a 429 opens a rate-limit window (not the circuit
+//! breaker), and requests in flight are bounded per upstream.
 //!
 //! This layer knows nothing about the cache or the client's request.
 
@@ -8,7 +11,10 @@ mod auth;
 mod breaker;
 mod dns;
 mod error;
+mod limit;
 mod proxy;
+mod ratelimit;
+mod redirect;
 mod retry;
 
 use std::time::Duration;
@@ -21,6 +27,7 @@ use serde::Deserialize;
 
 pub use auth::Challenge;
 pub use error::UpstreamError;
+pub use limit::BlobResponse;
 pub use retry::is_retryable;
 
 use std::sync::Arc;
@@ -30,8 +37,11 @@ use crate::events::Events;
 use crate::failure::FailureCause;
 use crate::media::ALL_MANIFEST_TYPES;
 use crate::reference::{Digest, RepoName};
-use breaker::{Breaker, Transition};
+use breaker::{Breaker, Open, Transition};
+use limit::Limiter;
+use ratelimit::RateWindow;
 use retry::Backoff;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Distribution refuses manifests over 4 MiB; so does berth, so a hostile
 /// upstream cannot make it buffer without bound.
@@ -52,9 +62,12 @@ pub struct Upstream {
     proxied: Vec<bool>,
     http: reqwest::Client,
     tokens: auth::TokenCache,
+    realms: auth::RealmPolicy,
     credentials: Option<Credentials>,
     retry: RetryConfig,
     breaker: Breaker,
+    rate_window: RateWindow,
+    limiter: Limiter,
     offline: bool,
     events: Arc<Events>,
 }
@@ -92,7 +105,14 @@ struct TagList {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig, events: Arc<Events>) -> Result<Self, UpstreamError> {
+        // An upstream on loopback or a private network may redirect within
+        // such networks; a public one may not send berth into them.
+        let internal = cfg
+            .endpoints
+            .iter()
+            .any(|e| e.host().is_some_and(|h| redirect::is_internal(&h)));
         let http = reqwest::Client::builder()
+            .redirect(redirect::policy(internal))
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
@@ -110,9 +130,12 @@ impl Upstream {
                 .collect(),
             http,
             tokens: auth::TokenCache::default(),
+            realms: auth::RealmPolicy::new(&cfg.endpoints, &cfg.auth_hosts),
             credentials: cfg.credentials.clone(),
             retry: cfg.retry,
             breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown),
+            rate_window: RateWindow::default(),
+            limiter: Limiter::new(cfg.max_concurrent_requests),
             offline: cfg.offline,
             events,
         })
@@ -124,16 +147,18 @@ impl Upstream {
     }
 
     /// Send a request for `/v2/<repo>/<tail>`: endpoints in order, retries
-    /// with backoff for faults that may pass, the circuit breaker consulted
-    /// before every attempt. A problem hidden by a later success is reported
-    /// as `upstream_degraded`.
+    /// with backoff for faults that may pass; before every attempt the
+    /// rate-limit window and the circuit breaker are consulted and a
+    /// concurrency slot is taken. The answer comes with its slot, to be held
+    /// while its body is read. A problem hidden by a later success is
+    /// reported as `upstream_degraded`.
     async fn send(
         &self,
         method: Method,
         repo: &RepoName,
         tail: &str,
         headers: HeaderMap,
-    ) -> Result<Response, UpstreamError> {
+    ) -> Result<(Response, OwnedSemaphorePermit), UpstreamError> {
         if self.offline {
             return Err(UpstreamError::Offline);
         }
@@ -141,12 +166,29 @@ impl Upstream {
         let mut backoff = Backoff::new(self.retry);
         let mut hidden: Option<(FailureCause, String)> = None;
         let mut last: Option<UpstreamError> = None;
+        let refused = |open: Open, last: Option<UpstreamError>, attempts| match last {
+            Some(e) => retried(e, attempts),
+            None => UpstreamError::CircuitOpen { cause: open.cause },
+        };
         loop {
-            if let Err(open) = self.breaker.admit() {
+            if let Some(left) = self.rate_window.remaining() {
+                let secs = ratelimit::ceil_secs(left);
                 return Err(match last {
-                    Some(e) => retried(e, backoff.attempts),
-                    None => UpstreamError::CircuitOpen { cause: open.cause },
+                    Some(mut e) => {
+                        e.set_retry_after(secs);
+                        retried(e, backoff.attempts)
+                    }
+                    None => UpstreamError::RateLimitWindow { retry_after: secs },
                 });
+            }
+            // Fail fast on a dead upstream before queueing for a slot; the
+            // probe itself is taken (`admit`) only once the slot is held.
+            if let Some(open) = self.breaker.refuses() {
+                return Err(refused(open, last, backoff.attempts));
+            }
+            let permit = self.limiter.acquire(backoff.remaining()).await?;
+            if let Err(open) = self.breaker.admit() {
+                return Err(refused(open, last, backoff.attempts));
             }
             // The deadline bounds the attempts too, not only the waits
             // between them: a request never outlives it by a timeout.
@@ -177,9 +219,18 @@ impl Upstream {
                         self.events
                             .upstream_degraded(cause, &self.name, repo.as_str(), reference, &what, &detail);
                     }
-                    return Ok(resp);
+                    return Ok((resp, permit));
                 }
-                Err(e) => {
+                Err(mut e) => {
+                    drop(permit);
+                    if e.is_rate_limited() {
+                        // "Not now", not "down": the window keeps every other
+                        // miss away until it ends; this request waits for
+                        // that only if its deadline allows (`next_delay`).
+                        let left = self.rate_window.open(e.retry_after());
+                        e.set_retry_after(ratelimit::ceil_secs(left));
+                        tracing::warn!(upstream = %self.name, window_secs = ratelimit::ceil_secs(left), "upstream rate limit (429); misses fail fast until the window ends");
+                    }
                     if !counts_against_upstream(&e) {
                         // A definite answer (bad credentials, a refused token):
                         // the upstream is there, so a probe that gets one
@@ -227,9 +278,9 @@ impl Upstream {
         let mut last_err = None;
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let url = format!("{}/v2/{repo}/{tail}", endpoint.as_str().trim_end_matches('/'));
-            backoff.attempts += 1;
+            backoff.attempts = backoff.attempts.saturating_add(1);
             let started = std::time::Instant::now();
-            let result = self.send_to(method, &url, scope, headers).await;
+            let result = self.send_to(method, endpoint, &url, scope, headers).await;
             self.events
                 .metrics
                 .upstream_latency(&self.name, operation, started.elapsed());
@@ -245,9 +296,10 @@ impl Upstream {
                 }
                 Err(e) => e,
             };
-            // Another endpoint may answer what this one could not reach; a
-            // definite answer (bad credentials) would be the same everywhere.
-            if !counts_against_upstream(&err) {
+            // Another endpoint may answer what this one could not reach, or
+            // is not rate-limited; a definite answer (bad credentials) would
+            // be the same everywhere.
+            if !counts_against_upstream(&err) && !err.is_rate_limited() {
                 return Err(err);
             }
             last_err = Some(err);
@@ -258,6 +310,7 @@ impl Upstream {
     async fn send_to(
         &self,
         method: &Method,
+        endpoint: &url::Url,
         url: &str,
         scope: &str,
         headers: &HeaderMap,
@@ -269,7 +322,9 @@ impl Upstream {
             }
             req.send()
         };
-        let resp = attempt(self.tokens.get(scope)).await.map_err(UpstreamError::Http)?;
+        let resp = attempt(self.tokens.get(scope))
+            .await
+            .map_err(UpstreamError::from_send)?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -281,10 +336,18 @@ impl Upstream {
         else {
             return Ok(resp);
         };
-        let authorization = auth::answer(&self.http, &challenge, scope, self.credentials.as_ref()).await?;
+        let authorization = auth::answer(
+            &self.http,
+            &challenge,
+            scope,
+            self.credentials.as_ref(),
+            &self.realms,
+            endpoint,
+        )
+        .await?;
         let header = authorization.header.clone();
         self.tokens.put(scope, authorization);
-        let mut resp = attempt(Some(header)).await.map_err(UpstreamError::Http)?;
+        let mut resp = attempt(Some(header)).await.map_err(UpstreamError::from_send)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             // Refused with a token issued for this very scope a moment ago:
             // Docker Hub's way of saying the repository does not exist (or
@@ -296,7 +359,7 @@ impl Upstream {
 
     /// GET (or HEAD) a manifest by tag or digest, asking for every known type.
     pub async fn manifest_head(&self, repo: &RepoName, reference: &str) -> Result<ManifestHead, UpstreamError> {
-        let resp = self
+        let (resp, _slot) = self
             .send(Method::HEAD, repo, &format!("manifests/{reference}"), manifest_accept())
             .await?;
         let resp = check_status(resp).await?;
@@ -307,7 +370,7 @@ impl Upstream {
     }
 
     pub async fn manifest(&self, repo: &RepoName, reference: &str) -> Result<UpstreamManifest, UpstreamError> {
-        let resp = self
+        let (resp, _slot) = self
             .send(Method::GET, repo, &format!("manifests/{reference}"), manifest_accept())
             .await?;
         let resp = check_status(resp).await?;
@@ -340,23 +403,24 @@ impl Upstream {
         })
     }
 
-    /// Start a blob download at byte `from`; the body is left to the caller.
-    pub async fn blob(&self, repo: &RepoName, digest: &Digest, from: u64) -> Result<Response, UpstreamError> {
+    /// Start a blob download at byte `from`; the body is left to the caller,
+    /// and holds one of the upstream's concurrency slots until it is done.
+    pub async fn blob(&self, repo: &RepoName, digest: &Digest, from: u64) -> Result<BlobResponse, UpstreamError> {
         let mut headers = HeaderMap::new();
         if from > 0
             && let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-"))
         {
             headers.insert(RANGE, v);
         }
-        let resp = self
+        let (resp, slot) = self
             .send(Method::GET, repo, &format!("blobs/{digest}"), headers)
             .await?;
-        check_status(resp).await
+        Ok(BlobResponse::new(check_status(resp).await?, slot))
     }
 
     /// The size of a blob, from a HEAD.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
-        let resp = self
+        let (resp, _slot) = self
             .send(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new())
             .await?;
         let resp = check_status(resp).await?;
@@ -368,7 +432,7 @@ impl Upstream {
         let mut tags = Vec::new();
         let mut tail = format!("tags/list?n={TAG_PAGE_SIZE}");
         for _ in 0..MAX_TAG_PAGES {
-            let resp = self.send(Method::GET, repo, &tail, HeaderMap::new()).await?;
+            let (resp, _slot) = self.send(Method::GET, repo, &tail, HeaderMap::new()).await?;
             let resp = check_status(resp).await?;
             let next = next_page(resp.headers(), repo);
             let body = read_limited(resp, MAX_MANIFEST_SIZE).await?;
@@ -397,11 +461,11 @@ fn retried(e: UpstreamError, attempts: u32) -> UpstreamError {
 }
 
 /// Faults that say the upstream (or the way to it) is not working, as
-/// opposed to a definite answer about the content or the credentials.
+/// opposed to a definite answer about the content or the credentials. A 429
+/// is an answer ("not now"): it opens the rate-limit window, not the circuit.
 fn counts_against_upstream(e: &UpstreamError) -> bool {
     match e.root() {
-        UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
-        UpstreamError::TokenRefused { status } => *status == 429 || *status >= 500,
+        UpstreamError::Status { status, .. } | UpstreamError::TokenRefused { status, .. } => *status >= 500,
         UpstreamError::Http(_) | UpstreamError::Proxy(_) => e.cause().category() == "network",
         UpstreamError::DeadlineExceeded { .. } => true,
         _ => false,
@@ -417,7 +481,15 @@ fn parse_retry_after(value: &str) -> Option<u64> {
     let at = httpdate::parse_http_date(value).ok()?;
     // A date in the past means "now"; round up so a wait is never cut short.
     let wait = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-    Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+    Some(ratelimit::ceil_secs(wait))
+}
+
+/// When to ask again, in seconds: `Retry-After`, else `ratelimit-reset`
+/// (delta-seconds, as the IETF RateLimit header fields draft has it).
+fn retry_hint(h: &HeaderMap) -> Option<u64> {
+    header_str(h, "retry-after")
+        .and_then(|v| parse_retry_after(&v))
+        .or_else(|| header_str(h, "ratelimit-reset").and_then(|v| v.trim().parse().ok()))
 }
 
 fn manifest_accept() -> HeaderMap {
@@ -434,7 +506,7 @@ async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
     if status.is_success() {
         return Ok(resp);
     }
-    let retry_after = header_str(resp.headers(), "retry-after").and_then(|v| parse_retry_after(&v));
+    let retry_after = retry_hint(resp.headers());
     let ratelimit: Vec<String> = resp
         .headers()
         .iter()
@@ -464,7 +536,7 @@ pub(crate) async fn read_limited(resp: Response, limit: usize) -> Result<Bytes, 
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(UpstreamError::Http)?;
-        if buf.len() + chunk.len() > limit {
+        if buf.len().saturating_add(chunk.len()) > limit {
             return Err(UpstreamError::ManifestInvalid(format!("larger than {limit} bytes")));
         }
         buf.extend_from_slice(&chunk);
@@ -526,5 +598,42 @@ mod tests {
         assert!((59..=61).contains(&wait), "{wait}");
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_retry_after("99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn retry_hint_prefers_retry_after_then_ratelimit_reset() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_hint(&h), None);
+        h.insert("ratelimit-reset", HeaderValue::from_static("50"));
+        assert_eq!(retry_hint(&h), Some(50));
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_hint(&h), Some(7));
+    }
+
+    #[test]
+    fn a_429_is_not_a_fault_for_the_breaker() {
+        let status = |status| UpstreamError::Status {
+            status,
+            code: None,
+            retry_after: None,
+            ratelimit: None,
+            denied_with_token: false,
+        };
+        assert!(!counts_against_upstream(&status(429)));
+        assert!(status(429).is_rate_limited());
+        assert!(counts_against_upstream(&status(503)));
+        let token = UpstreamError::TokenRefused {
+            status: 429,
+            retry_after: None,
+        };
+        assert!(!counts_against_upstream(&token));
+        assert!(token.is_rate_limited());
+        let window = UpstreamError::RateLimitWindow { retry_after: 9 };
+        assert_eq!(window.cause(), FailureCause::RateLimited);
+        assert_eq!(window.retry_after(), Some(9));
+        assert!(window.is_unavailable(), "cached content is served");
+        assert_eq!(window.attempts(), 0);
     }
 }
