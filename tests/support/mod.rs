@@ -6,6 +6,7 @@ pub mod berth;
 pub mod daemons;
 pub mod images;
 pub mod netns;
+pub mod recorder;
 pub mod registry;
 pub mod relay;
 
