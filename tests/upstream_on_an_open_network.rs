@@ -255,3 +255,42 @@ async fn a_burst_of_429s_fails_misses_fast_as_rate_limited_and_serves_the_cache(
     assert_eq!(failed.len(), misses.len(), "{failed:#?}");
     assert!(failed.iter().all(|e| e["cause"] == "rate_limited"), "{failed:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_rate_limit_window_ends_the_upstream_is_asked_again() {
+    let registry = Registry::start();
+    let (_, _, layer) = tokio::task::block_in_place(|| push_tiny_image(&registry, "library/app", "v1", false));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    // A breaker that opens on the first fault and stays open for ten
+    // minutes: had the 429 counted as one, the miss below would stay failed.
+    let berth = Berth::start(&format!(
+        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n\
+         attempts = 1\nbreaker_threshold = 1\nbreaker_cooldown = \"10m\"\n",
+        relay.url()
+    ));
+    relay.fault(
+        "/blobs/",
+        Fault::Status {
+            status: 429,
+            times: 1,
+            retry_after: Some(1),
+        },
+    );
+    let path = format!("/v2/app/blobs/{layer}");
+    let (status, _, cause, message, retry_after) = get_error(&berth, &path).await;
+    assert_eq!((status, cause.as_str()), (429, "rate_limited"), "{message}");
+    assert_eq!(retry_after, Some(1));
+    let addr = berth.addr;
+    let served = tokio::task::block_in_place(|| {
+        eventually(std::time::Duration::from_secs(10), || {
+            support::raw_get(addr, &path).0 == 200
+        })
+    });
+    assert!(served, "the blob is fetched once the window is over: {}", berth.log());
+    let failed: Vec<_> = berth
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "pull_failed")
+        .collect();
+    assert!(failed.iter().all(|e| e["cause"] == "rate_limited"), "{failed:#?}");
+}
