@@ -122,7 +122,7 @@ mod tests {
         assert_eq!(err.cause(), crate::failure::FailureCause::UpstreamUnavailable);
         assert!(err.to_string().contains("max_concurrent_requests"), "{err}");
         drop(a);
-        limiter.acquire(Duration::from_millis(50)).await.expect("a slot freed");
+        drop(limiter.acquire(Duration::from_millis(50)).await.expect("a slot freed"));
     }
 
     #[tokio::test]
