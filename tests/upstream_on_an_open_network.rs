@@ -294,3 +294,51 @@ async fn when_the_rate_limit_window_ends_the_upstream_is_asked_again() {
         .collect();
     assert!(failed.iter().all(|e| e["cause"] == "rate_limited"), "{failed:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_concurrency_bound_holds_while_a_blob_body_streams() {
+    let registry = Registry::start();
+    let (slow, slow_bytes) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/app", 1 << 20, 10));
+    let (other, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/app", 4096, 11));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let reached = std::sync::Arc::new(tokio::sync::Notify::new());
+    let resume = std::sync::Arc::new(tokio::sync::Notify::new());
+    relay.fault(
+        &format!("/blobs/{slow}"),
+        Fault::PauseAfter {
+            bytes: 64 << 10,
+            reached: reached.clone(),
+            resume: resume.clone(),
+            then_reset: false,
+        },
+    );
+    let berth = Berth::start(&format!(
+        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n\
+         attempts = 1\ndeadline = \"2s\"\nmax_concurrent_requests = 1\n",
+        relay.url()
+    ));
+    let slow_url = format!("{}/v2/app/blobs/{slow}", berth.url());
+    let first = tokio::spawn(async move {
+        let resp = client().get(slow_url).send().await.expect("slow blob");
+        resp.bytes().await.expect("slow body")
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(20), reached.notified())
+        .await
+        .expect("the slow body started");
+    // Its headers came long ago; its body still holds the one slot.
+    let (status, _, cause, message, _) = get_error(&berth, &format!("/v2/app/blobs/{other}")).await;
+    assert_eq!((status, cause.as_str()), (503, "upstream_unavailable"), "{message}");
+    assert!(message.contains("max_concurrent_requests"), "{message}");
+    assert_eq!(relay.count(|r| r.contains(&other)), 0, "the upstream was not asked");
+    resume.notify_one();
+    let body = first.await.expect("join");
+    assert_eq!(body.len(), slow_bytes.len());
+    assert_eq!(sha256_hex(&body), slow);
+    // The slot is back once the body ended.
+    let resp = client()
+        .get(format!("{}/v2/app/blobs/{other}", berth.url()))
+        .send()
+        .await
+        .expect("other blob");
+    assert_eq!(resp.status(), 200);
+}
