@@ -113,6 +113,9 @@ impl Upstream {
             .any(|e| e.host().is_some_and(|h| redirect::is_internal(&h)));
         let http = reqwest::Client::builder()
             .redirect(redirect::policy(internal))
+            // A CDN has no business learning which repository and upstream
+            // URL a blob was asked for.
+            .referer(false)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
