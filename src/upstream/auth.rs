@@ -231,7 +231,7 @@ pub async fn answer(
             if !status.is_success() {
                 return Err(UpstreamError::TokenRefused {
                     status: status.as_u16(),
-                    retry_after: super::retry_hint(resp.headers()),
+                    retry_after: super::response::retry_hint(resp.headers()),
                 });
             }
             // Tokens are a few KiB; a token service sending more is broken.
