@@ -5,7 +5,7 @@ use std::error::Error as _;
 
 use thiserror::Error;
 
-use super::dns::DnsError;
+use super::dns::{DnsError, InternalAddress};
 use super::redirect::RedirectRefused;
 use crate::failure::FailureCause;
 
@@ -78,7 +78,14 @@ impl UpstreamError {
     /// A failure to send a request: a redirect berth refused is told apart
     /// from a network fault (it is a definite answer, not worth a retry).
     pub fn from_send(e: reqwest::Error) -> UpstreamError {
-        let refused = source_chain(&e).find_map(|s| s.downcast_ref::<RedirectRefused>().cloned());
+        let refused = source_chain(&e).find_map(|s| {
+            s.downcast_ref::<RedirectRefused>().cloned().or_else(|| {
+                s.downcast_ref::<InternalAddress>().map(|i| RedirectRefused {
+                    to: i.host.clone(),
+                    reason: "it resolves to an internal address; the upstream is not on one",
+                })
+            })
+        });
         match refused {
             Some(refused) => UpstreamError::RedirectRefused(refused),
             None => UpstreamError::Http(e),

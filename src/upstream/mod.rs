@@ -99,8 +99,15 @@ impl Upstream {
             .endpoints
             .iter()
             .any(|e| e.host().is_some_and(|h| redirect::is_internal(&h)));
+        let endpoint_hosts = cfg.endpoints.iter().filter_map(|e| e.host_str().map(str::to_string));
+        let also = cfg
+            .auth_hosts
+            .iter()
+            .map(|a| a.host.clone())
+            .chain(dns::proxy_hosts(|k| std::env::var(k).ok()));
+        let guard = Arc::new(dns::AddressGuard::new(endpoint_hosts, also, internal));
         let http = reqwest::Client::builder()
-            .redirect(redirect::policy(internal))
+            .redirect(redirect::policy(guard.clone()))
             // A CDN has no business learning which repository and upstream
             // URL a blob was asked for.
             .referer(false)
@@ -108,7 +115,7 @@ impl Upstream {
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .dns_resolver(Arc::new(dns::SystemResolver))
+            .dns_resolver(Arc::new(dns::SystemResolver { guard }))
             .build()
             .map_err(UpstreamError::Http)?;
         Ok(Self {

@@ -6,11 +6,12 @@
 //! redirect.rs), so a blob sent on to a CDN, as Docker Hub does, is fetched
 //! there without berth's token or Basic credentials.
 //!
-//! Only literal addresses and `localhost` are recognised as internal here: a
-//! name that resolves to a private address is not (that would take a check at
-//! connect time, for every connection).
+//! Literal addresses and `localhost` are checked here; a name that resolves
+//! to an internal address is refused by the resolver (`dns::AddressGuard`),
+//! which also learns whether the upstream itself is internal.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use reqwest::redirect::Policy;
 use url::{Host, Url};
@@ -28,11 +29,11 @@ pub struct RedirectRefused {
     pub reason: &'static str,
 }
 
-/// The policy for an upstream's client; `internal` says whether the upstream's
-/// own endpoints are internal (then internal targets are allowed too).
-pub fn policy(internal: bool) -> Policy {
+/// The policy for an upstream's client; the guard says whether the
+/// upstream's own hosts are internal (then internal targets are allowed too).
+pub fn policy(guard: Arc<super::dns::AddressGuard>) -> Policy {
     Policy::custom(
-        move |attempt| match check(attempt.previous(), attempt.url(), internal) {
+        move |attempt| match check(attempt.previous(), attempt.url(), guard.internal()) {
             Ok(()) => attempt.follow(),
             Err(refused) => attempt.error(refused),
         },
@@ -83,7 +84,7 @@ pub fn is_internal<S: AsRef<str>>(host: &Host<S>) -> bool {
     }
 }
 
-fn is_internal_ip(ip: IpAddr) -> bool {
+pub fn is_internal_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback()
