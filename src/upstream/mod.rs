@@ -172,11 +172,13 @@ impl Upstream {
             if let Some(left) = self.rate_window.remaining() {
                 let secs = ratelimit::ceil_secs(left);
                 return Err(match last {
-                    Some(mut e) => {
+                    // This request's own 429: it is the evidence.
+                    Some(mut e) if e.is_rate_limited() => {
                         e.set_retry_after(secs);
                         retried(e, backoff.attempts)
                     }
-                    None => UpstreamError::RateLimitWindow { retry_after: secs },
+                    // Another request's 429 stops this one.
+                    _ => UpstreamError::RateLimitWindow { retry_after: secs },
                 });
             }
             // Fail fast on a dead upstream before queueing for a slot; the
