@@ -54,6 +54,15 @@ const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 256;
 const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// How long a down upstream is left alone before one probe is let through.
 const DEFAULT_BREAKER_COOLDOWN: &str = "30s";
+/// Requests in flight to one upstream at once, blob bodies included. 64 is
+/// well above what one pull needs (docker and containerd fetch 3 layers at a
+/// time per image; a node pulls a few images at once, so a rollout over a
+/// dozen nodes stays under it) and well below what gets a client IP throttled
+/// or leaves berth holding thousands of sockets and temp files when a
+/// burst of distinct digests arrives.
+const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 64;
+/// The host Docker Hub's token service lives on (`WWW-Authenticate` realm).
+const DOCKER_HUB_AUTH_HOST: &str = "auth.docker.io";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -206,6 +215,15 @@ struct RawUpstream {
     breaker_cooldown: String,
     #[serde(default)]
     offline: bool,
+    /// Hosts (`host` or `host:port`) a token realm may name besides the endpoints'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_hosts: Option<Vec<String>>,
+    #[serde(default = "d_max_concurrent_requests")]
+    max_concurrent_requests: u32,
+}
+
+fn d_max_concurrent_requests() -> u32 {
+    DEFAULT_MAX_CONCURRENT_REQUESTS
 }
 
 fn d_listen() -> String {
@@ -298,6 +316,35 @@ pub struct UpstreamConfig {
     pub breaker_cooldown: Duration,
     /// Never contact this upstream (set per upstream or globally).
     pub offline: bool,
+    /// Where a token realm may point besides the endpoints themselves.
+    pub auth_hosts: Vec<AuthHost>,
+    /// Requests in flight to this upstream at once (blob bodies included).
+    pub max_concurrent_requests: u32,
+}
+
+/// A host a token realm may name. With a port, exactly that port; without,
+/// the default port of the realm's scheme (443 for https): "host" means host
+/// and port, as a browser's origin does, so a realm on another port of an
+/// allowed host is refused unless that port is listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthHost {
+    /// As `url` normalises it: lower case, IPv6 in brackets.
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl AuthHost {
+    /// Parse `host` or `host:port` (no scheme, path or credentials).
+    pub fn parse(entry: &str) -> Option<AuthHost> {
+        if entry.is_empty() || entry.contains(['/', '@', '?', '#']) || entry.chars().any(char::is_whitespace) {
+            return None;
+        }
+        let url = Url::parse(&format!("https://{entry}/")).ok()?;
+        Some(AuthHost {
+            host: url.host_str()?.to_string(),
+            port: url.port(),
+        })
+    }
 }
 
 /// How hard berth tries one upstream request.
@@ -578,6 +625,32 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Vec<String>) -> O
     if u.breaker_threshold == 0 {
         problems.push(format!("{}: must be at least 1", key("breaker_threshold")));
     }
+    if u.max_concurrent_requests == 0 {
+        problems.push(format!("{}: must be at least 1", key("max_concurrent_requests")));
+    }
+    let auth_hosts = match &u.auth_hosts {
+        Some(list) => list
+            .iter()
+            .filter_map(|h| {
+                let parsed = AuthHost::parse(h);
+                if parsed.is_none() {
+                    problems.push(format!(
+                        "{}: {h:?} must be a host name or host:port, like auth.docker.io",
+                        key("auth_hosts")
+                    ));
+                }
+                parsed
+            })
+            .collect(),
+        // Docker Hub's registry sends its clients to a token service on
+        // another host; every other registry berth knows of serves tokens
+        // from its own host (allowed as an endpoint host anyway).
+        None if u.name == "docker.io" => vec![AuthHost {
+            host: DOCKER_HUB_AUTH_HOST.into(),
+            port: None,
+        }],
+        None => Vec::new(),
+    };
     let password = match (&u.password, &u.password_file) {
         (Some(_), Some(_)) => {
             problems.push(format!("{}: set password or password_file, not both", key("password")));
@@ -625,6 +698,8 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Vec<String>) -> O
         breaker_threshold: u.breaker_threshold,
         breaker_cooldown,
         offline: u.offline,
+        auth_hosts,
+        max_concurrent_requests: u.max_concurrent_requests,
     })
 }
 
@@ -702,6 +777,34 @@ mod tests {
         let c = Config::from_toml(EMBEDDED_DEFAULT, "t", env.then(flags)).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
         assert_eq!(c.cache_dir, PathBuf::from("/env/dir"));
+    }
+
+    #[test]
+    fn auth_hosts_default_and_explicit() {
+        let c = load("[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://registry-1.docker.io\"]\n").unwrap();
+        let up = &c.upstreams[0];
+        assert_eq!(up.auth_hosts, vec![AuthHost::parse("auth.docker.io").unwrap()]);
+        assert_eq!(up.max_concurrent_requests, DEFAULT_MAX_CONCURRENT_REQUESTS);
+        let c = load(
+            "[[upstream]]\nname = \"ghcr.io\"\nendpoints = [\"https://ghcr.io\"]\nauth_hosts = [\"Auth.Example.com:8443\"]\nmax_concurrent_requests = 3\n",
+        )
+        .unwrap();
+        let up = &c.upstreams[0];
+        assert_eq!(
+            up.auth_hosts,
+            vec![AuthHost {
+                host: "auth.example.com".into(),
+                port: Some(8443)
+            }]
+        );
+        assert_eq!(up.max_concurrent_requests, 3);
+        let e = load(
+            "[[upstream]]\nname = \"ghcr.io\"\nendpoints = [\"https://ghcr.io\"]\nauth_hosts = [\"https://x/token\"]\nmax_concurrent_requests = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstream[0].auth_hosts"), "{e}");
+        assert!(e.contains("upstream[0].max_concurrent_requests"), "{e}");
     }
 
     #[test]

@@ -99,6 +99,8 @@ mod tests {
             breaker_threshold: 1,
             breaker_cooldown: Duration::ZERO,
             offline: false,
+            auth_hosts: Vec::new(),
+            max_concurrent_requests: 1,
         }
     }
 

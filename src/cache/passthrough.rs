@@ -55,7 +55,7 @@ impl PassThrough {
             .map_err(|e| CacheError::upstream(&upstream.name, e))?;
         let partial = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
         let total = match resp.content_length() {
-            Some(len) if partial => Some(from + len),
+            Some(len) if partial => from.checked_add(len),
             other if from == 0 => other,
             _ => None,
         };

@@ -1,6 +1,8 @@
 //! Registry authentication toward an upstream: the `WWW-Authenticate`
 //! challenge, the Bearer token flow (realm / service / scope), Basic auth, and
-//! a token cache keyed by scope. Tokens and passwords never reach a log.
+//! a token cache keyed by scope. Tokens and passwords never reach a log, and
+//! go only to the realms the upstream may name: https (http only for an http
+//! endpoint) on an endpoint's host and port or one of `auth_hosts`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,14 +10,19 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::UpstreamError;
-use crate::config::Credentials;
+use url::Url;
 
-/// Token lifetime the distribution token spec tells clients to assume when the
-/// server does not say.
+use super::UpstreamError;
+use crate::config::{AuthHost, Credentials};
+
 /// The largest token response berth reads.
 const TOKEN_RESPONSE_LIMIT: usize = 1 << 20;
+/// Token lifetime the distribution token spec tells clients to assume when the
+/// server does not say.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest berth reuses a token, whatever `expires_in` says: fetching one
+/// an hour is nothing, and a huge value must not overflow the clock.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// Renew a little early so a token never expires between check and use.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 
@@ -77,6 +84,55 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Where a token realm may point: the endpoints' hosts (with their ports) and
+/// the configured `auth_hosts`.
+pub struct RealmPolicy {
+    allowed: Vec<AuthHost>,
+}
+
+impl RealmPolicy {
+    pub fn new(endpoints: &[Url], auth_hosts: &[AuthHost]) -> Self {
+        let endpoint_hosts = endpoints.iter().filter_map(|e| {
+            Some(AuthHost {
+                host: e.host_str()?.to_string(),
+                port: e.port_or_known_default(),
+            })
+        });
+        Self {
+            allowed: endpoint_hosts.chain(auth_hosts.iter().cloned()).collect(),
+        }
+    }
+
+    /// May berth fetch a token (with its credentials) from `realm`, named in
+    /// a challenge from `endpoint`?
+    pub fn check(&self, realm: &Url, endpoint: &Url) -> Result<(), UpstreamError> {
+        let refuse = |reason| {
+            Err(UpstreamError::RealmRefused {
+                realm: super::redirect::origin(realm),
+                reason,
+            })
+        };
+        match (realm.scheme(), endpoint.scheme()) {
+            ("https", _) | ("http", "http") => {}
+            ("http", _) => return refuse("plain http from an https endpoint"),
+            _ => return refuse("not an http(s) URL"),
+        }
+        let (Some(host), Some(port)) = (realm.host_str(), realm.port_or_known_default()) else {
+            return refuse("no host");
+        };
+        let default_port = if realm.scheme() == "https" { 443 } else { 80 };
+        let allowed = self
+            .allowed
+            .iter()
+            .any(|a| a.host == host && a.port.unwrap_or(default_port) == port);
+        if allowed {
+            Ok(())
+        } else {
+            refuse("host and port are not an endpoint's nor in auth_hosts")
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct TokenResponse {
     token: Option<String>,
@@ -89,6 +145,21 @@ struct TokenResponse {
 pub struct Authorization {
     pub header: String,
     valid_until: Instant,
+}
+
+impl Authorization {
+    /// A token fetched at `started`, valid for `expires_in` seconds (the
+    /// spec's default when unsaid), renewed a little early, bounded.
+    fn bearer(token: &str, started: Instant, expires_in: Option<u64>) -> Self {
+        let lifetime = expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+            .min(MAX_TOKEN_LIFETIME)
+            .saturating_sub(EXPIRY_MARGIN);
+        Self {
+            header: format!("Bearer {token}"),
+            valid_until: started.checked_add(lifetime).unwrap_or(started),
+        }
+    }
 }
 
 /// Per-upstream cache of authorizations, keyed by repository scope.
@@ -120,12 +191,15 @@ pub fn basic_header(creds: &Credentials) -> String {
 }
 
 /// Answer a challenge: Basic with the configured credentials, or fetch a
-/// Bearer token from the realm (with the credentials when configured).
+/// Bearer token from the realm (with the credentials when configured) once
+/// `realms` allows it for the `endpoint` that sent the challenge.
 pub async fn answer(
     http: &reqwest::Client,
     challenge: &Challenge,
     default_scope: &str,
     creds: Option<&Credentials>,
+    realms: &RealmPolicy,
+    endpoint: &Url,
 ) -> Result<Authorization, UpstreamError> {
     match challenge {
         Challenge::Basic => {
@@ -139,6 +213,7 @@ pub async fn answer(
         }
         Challenge::Bearer { realm, service, scope } => {
             let mut url = url::Url::parse(realm).map_err(|_| UpstreamError::BadChallenge)?;
+            realms.check(&url, endpoint)?;
             {
                 let mut q = url.query_pairs_mut();
                 if let Some(service) = service {
@@ -151,11 +226,12 @@ pub async fn answer(
                 req = req.basic_auth(&creds.username, Some(&creds.password));
             }
             let started = Instant::now();
-            let resp = req.send().await.map_err(UpstreamError::Http)?;
+            let resp = req.send().await.map_err(UpstreamError::from_send)?;
             let status = resp.status();
             if !status.is_success() {
                 return Err(UpstreamError::TokenRefused {
                     status: status.as_u16(),
+                    retry_after: super::response::retry_hint(resp.headers()),
                 });
             }
             // Tokens are a few KiB; a token service sending more is broken.
@@ -167,15 +243,7 @@ pub async fn answer(
                 })?;
             let body: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| UpstreamError::BadChallenge)?;
             let token = body.token.or(body.access_token).ok_or(UpstreamError::BadChallenge)?;
-            let lifetime = body
-                .expires_in
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_TOKEN_LIFETIME)
-                .saturating_sub(EXPIRY_MARGIN);
-            Ok(Authorization {
-                header: format!("Bearer {token}"),
-                valid_until: started + lifetime,
-            })
+            Ok(Authorization::bearer(&token, started, body.expires_in))
         }
     }
 }
@@ -206,6 +274,65 @@ mod tests {
         assert_eq!(Challenge::parse(r#"Basic realm="registry""#), Some(Challenge::Basic));
         assert_eq!(Challenge::parse("Negotiate"), None);
         assert_eq!(Challenge::parse("Bearer service=x"), None);
+    }
+
+    #[test]
+    fn huge_expires_in_is_capped_not_overflowed() {
+        let started = Instant::now();
+        for expires_in in [u64::MAX, u64::MAX - 1, u64::MAX / 1000] {
+            let a = Authorization::bearer("t", started, Some(expires_in));
+            assert!(a.valid_until <= started + MAX_TOKEN_LIFETIME, "{expires_in}");
+            assert!(a.valid_until > started + Duration::from_secs(60), "{expires_in}");
+        }
+        let a = Authorization::bearer("t", started, None);
+        assert_eq!(a.valid_until, started + DEFAULT_TOKEN_LIFETIME - EXPIRY_MARGIN);
+        let a = Authorization::bearer("t", started, Some(1));
+        assert_eq!(a.valid_until, started, "shorter than the margin: not reused");
+    }
+
+    fn u(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn realms_only_on_endpoint_hosts_and_auth_hosts() {
+        let hub = RealmPolicy::new(
+            &[u("https://registry-1.docker.io")],
+            &[AuthHost::parse("auth.docker.io").unwrap()],
+        );
+        let ep = u("https://registry-1.docker.io/");
+        assert!(hub.check(&u("https://auth.docker.io/token"), &ep).is_ok());
+        assert!(hub.check(&u("https://registry-1.docker.io/token"), &ep).is_ok());
+        for (realm, why) in [
+            ("http://auth.docker.io/token", "plain http"),
+            ("https://evil.example/token", "host"),
+            ("https://auth.docker.io:8443/token", "host and port"),
+            ("https://auth.docker.io.evil.example/token", "host"),
+            ("file:///etc/passwd", "not an http"),
+        ] {
+            let e = hub.check(&u(realm), &ep).expect_err(realm);
+            assert!(e.to_string().contains(why), "{realm}: {e}");
+            assert_eq!(e.cause(), crate::failure::FailureCause::Unauthorized);
+        }
+        let e = hub
+            .check(&u("https://evil.example/t?x=1"), &ep)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("https://evil.example:443"), "the realm is named: {e}");
+
+        // An http endpoint may name an http realm on its own host and port
+        // only: another port, or `localhost` for 127.0.0.1, is another host.
+        let local = RealmPolicy::new(&[u("http://127.0.0.1:5000")], &[]);
+        let ep = u("http://127.0.0.1:5000/");
+        assert!(local.check(&u("http://127.0.0.1:5000/token"), &ep).is_ok());
+        assert!(local.check(&u("http://127.0.0.1:5001/token"), &ep).is_err());
+        assert!(local.check(&u("http://localhost:5000/token"), &ep).is_err());
+        let listed = RealmPolicy::new(
+            &[u("http://127.0.0.1:5000")],
+            &[AuthHost::parse("localhost:5001").unwrap()],
+        );
+        assert!(listed.check(&u("http://localhost:5001/token"), &ep).is_ok());
+        assert!(listed.check(&u("http://localhost:5002/token"), &ep).is_err());
     }
 
     #[test]

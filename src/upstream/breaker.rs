@@ -28,6 +28,10 @@ enum State {
     },
 }
 
+/// A cool-down longer than this is taken as this, so `Instant + cooldown`
+/// cannot overflow whatever the configuration says.
+const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
+
 pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
@@ -52,7 +56,7 @@ impl Breaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
         Self {
             threshold: threshold.max(1),
-            cooldown,
+            cooldown: cooldown.min(MAX_COOLDOWN),
             state: Mutex::new(State::Closed { failures: 0 }),
         }
     }
@@ -82,6 +86,17 @@ impl Breaker {
         }
     }
 
+    /// Would `admit` refuse now? Changes nothing (no probe is taken), so a
+    /// request can fail fast before it queues for a concurrency slot.
+    pub fn refuses(&self) -> Option<Open> {
+        let state = self.state.lock().ok()?;
+        match *state {
+            State::Open { until, cause } if Instant::now() < until => Some(Open { cause }),
+            State::Probing { cause, since } if since.elapsed() < self.cooldown => Some(Open { cause }),
+            _ => None,
+        }
+    }
+
     pub fn success(&self) -> Transition {
         let Ok(mut state) = self.state.lock() else {
             return Transition::None;
@@ -100,12 +115,14 @@ impl Breaker {
             cause,
         };
         match *state {
-            State::Closed { failures } if failures + 1 >= self.threshold => {
+            State::Closed { failures } if failures.saturating_add(1) >= self.threshold => {
                 *state = open;
                 Transition::Opened
             }
             State::Closed { failures } => {
-                *state = State::Closed { failures: failures + 1 };
+                *state = State::Closed {
+                    failures: failures.saturating_add(1),
+                };
                 Transition::None
             }
             State::Probing { .. } => {
@@ -161,6 +178,29 @@ mod tests {
         assert!(b.admit().is_err(), "one probe at a time");
         wait_until(&|| b.admit().is_ok());
         assert_eq!(b.success(), Transition::Closed);
+    }
+
+    #[test]
+    fn refuses_peeks_without_taking_the_probe() {
+        let b = Breaker::new(1, Duration::from_secs(3600));
+        assert!(b.refuses().is_none());
+        b.failure(FailureCause::ConnectTimeout);
+        assert_eq!(b.refuses().map(|o| o.cause), Some(FailureCause::ConnectTimeout));
+        let b = Breaker::new(1, Duration::ZERO);
+        b.failure(FailureCause::ConnectTimeout);
+        assert!(b.refuses().is_none(), "cool-down over: a probe may go");
+        assert!(b.admit().is_ok(), "and peeking did not take it");
+    }
+
+    #[test]
+    fn huge_cooldown_and_threshold_do_not_overflow() {
+        let b = Breaker::new(u32::MAX, Duration::MAX);
+        for _ in 0..3 {
+            assert_eq!(b.failure(FailureCause::ConnectTimeout), Transition::None);
+        }
+        let b = Breaker::new(1, Duration::MAX);
+        assert_eq!(b.failure(FailureCause::ConnectTimeout), Transition::Opened);
+        assert!(b.admit().is_err());
     }
 
     #[test]

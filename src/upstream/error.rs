@@ -5,7 +5,8 @@ use std::error::Error as _;
 
 use thiserror::Error;
 
-use super::dns::DnsError;
+use super::dns::{DnsError, InternalAddress};
+use super::redirect::RedirectRefused;
 use crate::failure::FailureCause;
 
 #[derive(Debug, Error)]
@@ -29,7 +30,28 @@ pub enum UpstreamError {
         denied_with_token: bool,
     },
     #[error("token service answered {status}")]
-    TokenRefused { status: u16 },
+    TokenRefused {
+        status: u16,
+        /// `Retry-After` in seconds, when sent (a 429).
+        retry_after: Option<u64>,
+    },
+    #[error(
+        "token realm {realm} refused: {reason}; berth sends credentials only to the upstream's endpoint hosts and upstream.auth_hosts"
+    )]
+    RealmRefused { realm: String, reason: &'static str },
+    #[error("upstream {0}")]
+    RedirectRefused(#[source] RedirectRefused),
+    #[error(
+        "upstream rate limit: berth does not ask again for {retry_after} s (the upstream answered 429 toomanyrequests); cached content is still served"
+    )]
+    RateLimitWindow {
+        /// Seconds until the window ends, rounded up.
+        retry_after: u64,
+    },
+    #[error(
+        "berth's own limit of {limit} concurrent requests to this upstream (upstream.max_concurrent_requests) stayed full for {waited_ms} ms; not asked"
+    )]
+    Saturated { limit: u32, waited_ms: u64 },
     #[error("upstream sent an authentication challenge berth cannot answer")]
     BadChallenge,
     #[error("upstream asks for Basic credentials and none are configured")]
@@ -53,6 +75,23 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A failure to send a request: a redirect berth refused is told apart
+    /// from a network fault (it is a definite answer, not worth a retry).
+    pub fn from_send(e: reqwest::Error) -> UpstreamError {
+        let refused = source_chain(&e).find_map(|s| {
+            s.downcast_ref::<RedirectRefused>().cloned().or_else(|| {
+                s.downcast_ref::<InternalAddress>().map(|i| RedirectRefused {
+                    to: i.host.clone(),
+                    reason: "it resolves to an internal address; the upstream is not on one",
+                })
+            })
+        });
+        match refused {
+            Some(refused) => UpstreamError::RedirectRefused(refused),
+            None => UpstreamError::Http(e),
+        }
+    }
+
     /// The error of the last attempt, under any retry wrapper.
     pub fn root(&self) -> &UpstreamError {
         match self {
@@ -65,14 +104,18 @@ impl UpstreamError {
     pub fn attempts(&self) -> u32 {
         match self {
             UpstreamError::Retried { attempts, .. } => *attempts,
-            UpstreamError::CircuitOpen { .. } | UpstreamError::Offline => 0,
+            UpstreamError::CircuitOpen { .. }
+            | UpstreamError::Offline
+            | UpstreamError::RateLimitWindow { .. }
+            | UpstreamError::Saturated { .. } => 0,
             _ => 1,
         }
     }
 
     pub fn retry_after(&self) -> Option<u64> {
         match self.root() {
-            UpstreamError::Status { retry_after, .. } => *retry_after,
+            UpstreamError::Status { retry_after, .. } | UpstreamError::TokenRefused { retry_after, .. } => *retry_after,
+            UpstreamError::RateLimitWindow { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -86,7 +129,7 @@ impl UpstreamError {
 
     pub fn status(&self) -> Option<u16> {
         match self.root() {
-            UpstreamError::Status { status, .. } | UpstreamError::TokenRefused { status } => Some(*status),
+            UpstreamError::Status { status, .. } | UpstreamError::TokenRefused { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -103,11 +146,21 @@ impl UpstreamError {
                 ..
             } => FailureCause::NameUnknown,
             UpstreamError::Status { status, code, .. } => classify_status(*status, code.as_deref()),
-            UpstreamError::TokenRefused { status: 429 } => FailureCause::RateLimited,
-            UpstreamError::TokenRefused { status } if *status >= 500 => FailureCause::UpstreamUnavailable,
-            UpstreamError::TokenRefused { .. } | UpstreamError::BadChallenge | UpstreamError::NoCredentials => {
-                FailureCause::Unauthorized
+            UpstreamError::TokenRefused { status: 429, .. } | UpstreamError::RateLimitWindow { .. } => {
+                FailureCause::RateLimited
             }
+            UpstreamError::TokenRefused { status, .. } if *status >= 500 => FailureCause::UpstreamUnavailable,
+            // A realm berth will not send credentials to: the upstream's
+            // auth setup, as far as berth can tell, is wrong (or hostile);
+            // the message names the realm and the key that would allow it.
+            UpstreamError::TokenRefused { .. }
+            | UpstreamError::BadChallenge
+            | UpstreamError::NoCredentials
+            | UpstreamError::RealmRefused { .. } => FailureCause::Unauthorized,
+            // The upstream sent berth somewhere it will not go: as good as
+            // no answer. Berth's own bound being full: the upstream cannot
+            // be asked now; both leave cached content served.
+            UpstreamError::RedirectRefused(_) | UpstreamError::Saturated { .. } => FailureCause::UpstreamUnavailable,
             UpstreamError::DigestMismatch { .. } => FailureCause::DigestMismatch,
             UpstreamError::ManifestInvalid(_) => FailureCause::ManifestInvalid,
             // Waiting on an upstream that sends nothing: a stall.
@@ -122,6 +175,25 @@ impl UpstreamError {
         match self.root() {
             UpstreamError::CircuitOpen { cause } => *cause,
             _ => self.cause(),
+        }
+    }
+
+    /// A 429 from the registry or its token service.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(
+            self.root(),
+            UpstreamError::Status { status: 429, .. } | UpstreamError::TokenRefused { status: 429, .. }
+        )
+    }
+
+    /// Tell the client to come back when the rate-limit window ends.
+    pub(super) fn set_retry_after(&mut self, secs: u64) {
+        match self {
+            UpstreamError::Retried { last, .. } => last.set_retry_after(secs),
+            UpstreamError::Status { retry_after, .. } | UpstreamError::TokenRefused { retry_after, .. } => {
+                *retry_after = Some(secs);
+            }
+            _ => {}
         }
     }
 

@@ -1,6 +1,9 @@
 //! The client to one upstream registry: endpoints tried in order, the auth
 //! challenge answered, manifests fetched whole (they are small) and verified,
 //! blobs returned as streaming responses for the cache to tee and verify.
+//! Safe on an open network: tokens are fetched only from allowed realms,
+//! redirects are checked, a 429 opens a rate-limit window (not the circuit
+//! breaker), and requests in flight are bounded per upstream.
 //!
 //! This layer knows nothing about the cache or the client's request.
 
@@ -8,19 +11,23 @@ mod auth;
 mod breaker;
 mod dns;
 mod error;
+mod limit;
 mod proxy;
+mod ratelimit;
+mod redirect;
+mod response;
 mod retry;
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 
 pub use auth::Challenge;
 pub use error::UpstreamError;
+pub use limit::BlobResponse;
 pub use retry::is_retryable;
 
 use std::sync::Arc;
@@ -30,8 +37,13 @@ use crate::events::Events;
 use crate::failure::FailureCause;
 use crate::media::ALL_MANIFEST_TYPES;
 use crate::reference::{Digest, RepoName};
-use breaker::{Breaker, Transition};
+use breaker::{Breaker, Open, Transition};
+use limit::Limiter;
+use ratelimit::RateWindow;
+pub(crate) use response::read_limited;
+use response::{FreshToken, check_status, header_digest, header_str, next_page};
 use retry::Backoff;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Distribution refuses manifests over 4 MiB; so does berth, so a hostile
 /// upstream cannot make it buffer without bound.
@@ -46,10 +58,6 @@ pub const MAX_TAGS: usize = 100_000;
 /// Bytes of tag-list pages read for one repository, all pages together.
 pub const MAX_TAG_LIST_BYTES: usize = 8 << 20;
 
-/// Marks a 401 answered to a token issued a moment ago.
-#[derive(Clone, Copy)]
-struct FreshToken;
-
 pub struct Upstream {
     pub name: String,
     endpoints: Vec<url::Url>,
@@ -57,9 +65,12 @@ pub struct Upstream {
     proxied: Vec<bool>,
     http: reqwest::Client,
     tokens: auth::TokenCache,
+    realms: auth::RealmPolicy,
     credentials: Option<Credentials>,
     retry: RetryConfig,
     breaker: Breaker,
+    rate_window: RateWindow,
+    limiter: Limiter,
     offline: bool,
     events: Arc<Events>,
 }
@@ -80,16 +91,6 @@ pub struct ManifestHead {
 }
 
 #[derive(Deserialize)]
-struct SpecErrors {
-    errors: Vec<SpecError>,
-}
-
-#[derive(Deserialize)]
-struct SpecError {
-    code: String,
-}
-
-#[derive(Deserialize)]
 struct TagList {
     #[serde(default)]
     tags: Option<Vec<String>>,
@@ -97,12 +98,29 @@ struct TagList {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig, events: Arc<Events>) -> Result<Self, UpstreamError> {
+        // An upstream on loopback or a private network may redirect within
+        // such networks; a public one may not send berth into them.
+        let internal = cfg
+            .endpoints
+            .iter()
+            .any(|e| e.host().is_some_and(|h| redirect::is_internal(&h)));
+        let endpoint_hosts = cfg.endpoints.iter().filter_map(|e| e.host_str().map(str::to_string));
+        let also = cfg
+            .auth_hosts
+            .iter()
+            .map(|a| a.host.clone())
+            .chain(dns::proxy_hosts(|k| std::env::var(k).ok()));
+        let guard = Arc::new(dns::AddressGuard::new(endpoint_hosts, also, internal));
         let http = reqwest::Client::builder()
+            .redirect(redirect::policy(guard.clone()))
+            // A CDN has no business learning which repository and upstream
+            // URL a blob was asked for.
+            .referer(false)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .dns_resolver(Arc::new(dns::SystemResolver))
+            .dns_resolver(Arc::new(dns::SystemResolver { guard }))
             .build()
             .map_err(UpstreamError::Http)?;
         Ok(Self {
@@ -115,9 +133,12 @@ impl Upstream {
                 .collect(),
             http,
             tokens: auth::TokenCache::default(),
+            realms: auth::RealmPolicy::new(&cfg.endpoints, &cfg.auth_hosts),
             credentials: cfg.credentials.clone(),
             retry: cfg.retry,
             breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown),
+            rate_window: RateWindow::default(),
+            limiter: Limiter::new(cfg.max_concurrent_requests),
             offline: cfg.offline,
             events,
         })
@@ -129,16 +150,18 @@ impl Upstream {
     }
 
     /// Send a request for `/v2/<repo>/<tail>`: endpoints in order, retries
-    /// with backoff for faults that may pass, the circuit breaker consulted
-    /// before every attempt. A problem hidden by a later success is reported
-    /// as `upstream_degraded`.
+    /// with backoff for faults that may pass; before every attempt the
+    /// rate-limit window and the circuit breaker are consulted and a
+    /// concurrency slot is taken. The answer comes with its slot, to be held
+    /// while its body is read. A problem hidden by a later success is
+    /// reported as `upstream_degraded`.
     async fn send(
         &self,
         method: Method,
         repo: &RepoName,
         tail: &str,
         headers: HeaderMap,
-    ) -> Result<Response, UpstreamError> {
+    ) -> Result<(Response, OwnedSemaphorePermit), UpstreamError> {
         if self.offline {
             return Err(UpstreamError::Offline);
         }
@@ -146,12 +169,31 @@ impl Upstream {
         let mut backoff = Backoff::new(self.retry);
         let mut hidden: Option<(FailureCause, String)> = None;
         let mut last: Option<UpstreamError> = None;
+        let refused = |open: Open, last: Option<UpstreamError>, attempts| match last {
+            Some(e) => retried(e, attempts),
+            None => UpstreamError::CircuitOpen { cause: open.cause },
+        };
         loop {
-            if let Err(open) = self.breaker.admit() {
+            if let Some(left) = self.rate_window.remaining() {
+                let secs = ratelimit::ceil_secs(left);
                 return Err(match last {
-                    Some(e) => retried(e, backoff.attempts),
-                    None => UpstreamError::CircuitOpen { cause: open.cause },
+                    // This request's own 429: it is the evidence.
+                    Some(mut e) if e.is_rate_limited() => {
+                        e.set_retry_after(secs);
+                        retried(e, backoff.attempts)
+                    }
+                    // Another request's 429 stops this one.
+                    _ => UpstreamError::RateLimitWindow { retry_after: secs },
                 });
+            }
+            // Fail fast on a dead upstream before queueing for a slot; the
+            // probe itself is taken (`admit`) only once the slot is held.
+            if let Some(open) = self.breaker.refuses() {
+                return Err(refused(open, last, backoff.attempts));
+            }
+            let permit = self.limiter.acquire(backoff.remaining()).await?;
+            if let Err(open) = self.breaker.admit() {
+                return Err(refused(open, last, backoff.attempts));
             }
             // The deadline bounds the attempts too, not only the waits
             // between them: a request never outlives it by a timeout.
@@ -182,9 +224,18 @@ impl Upstream {
                         self.events
                             .upstream_degraded(cause, &self.name, repo.as_str(), reference, &what, &detail);
                     }
-                    return Ok(resp);
+                    return Ok((resp, permit));
                 }
-                Err(e) => {
+                Err(mut e) => {
+                    drop(permit);
+                    if e.is_rate_limited() {
+                        // "Not now", not "down": the window keeps every other
+                        // miss away until it ends; this request waits for
+                        // that only if its deadline allows (`next_delay`).
+                        let left = self.rate_window.open(e.retry_after());
+                        e.set_retry_after(ratelimit::ceil_secs(left));
+                        tracing::warn!(upstream = %self.name, window_secs = ratelimit::ceil_secs(left), "upstream rate limit (429); misses fail fast until the window ends");
+                    }
                     if !counts_against_upstream(&e) {
                         // A definite answer (bad credentials, a refused token):
                         // the upstream is there, so a probe that gets one
@@ -232,9 +283,9 @@ impl Upstream {
         let mut last_err = None;
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let url = format!("{}/v2/{repo}/{tail}", endpoint.as_str().trim_end_matches('/'));
-            backoff.attempts += 1;
+            backoff.attempts = backoff.attempts.saturating_add(1);
             let started = std::time::Instant::now();
-            let result = self.send_to(method, &url, scope, headers).await;
+            let result = self.send_to(method, endpoint, &url, scope, headers).await;
             self.events
                 .metrics
                 .upstream_latency(&self.name, operation, started.elapsed());
@@ -250,9 +301,10 @@ impl Upstream {
                 }
                 Err(e) => e,
             };
-            // Another endpoint may answer what this one could not reach; a
-            // definite answer (bad credentials) would be the same everywhere.
-            if !counts_against_upstream(&err) {
+            // Another endpoint may answer what this one could not reach, or
+            // is not rate-limited; a definite answer (bad credentials) would
+            // be the same everywhere.
+            if !counts_against_upstream(&err) && !err.is_rate_limited() {
                 return Err(err);
             }
             last_err = Some(err);
@@ -263,6 +315,7 @@ impl Upstream {
     async fn send_to(
         &self,
         method: &Method,
+        endpoint: &url::Url,
         url: &str,
         scope: &str,
         headers: &HeaderMap,
@@ -274,7 +327,9 @@ impl Upstream {
             }
             req.send()
         };
-        let resp = attempt(self.tokens.get(scope)).await.map_err(UpstreamError::Http)?;
+        let resp = attempt(self.tokens.get(scope))
+            .await
+            .map_err(UpstreamError::from_send)?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -286,10 +341,18 @@ impl Upstream {
         else {
             return Ok(resp);
         };
-        let authorization = auth::answer(&self.http, &challenge, scope, self.credentials.as_ref()).await?;
+        let authorization = auth::answer(
+            &self.http,
+            &challenge,
+            scope,
+            self.credentials.as_ref(),
+            &self.realms,
+            endpoint,
+        )
+        .await?;
         let header = authorization.header.clone();
         self.tokens.put(scope, authorization);
-        let mut resp = attempt(Some(header)).await.map_err(UpstreamError::Http)?;
+        let mut resp = attempt(Some(header)).await.map_err(UpstreamError::from_send)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             // Refused with a token issued for this very scope a moment ago:
             // Docker Hub's way of saying the repository does not exist (or
@@ -301,7 +364,7 @@ impl Upstream {
 
     /// GET (or HEAD) a manifest by tag or digest, asking for every known type.
     pub async fn manifest_head(&self, repo: &RepoName, reference: &str) -> Result<ManifestHead, UpstreamError> {
-        let resp = self
+        let (resp, _slot) = self
             .send(Method::HEAD, repo, &format!("manifests/{reference}"), manifest_accept())
             .await?;
         let resp = check_status(resp).await?;
@@ -312,7 +375,7 @@ impl Upstream {
     }
 
     pub async fn manifest(&self, repo: &RepoName, reference: &str) -> Result<UpstreamManifest, UpstreamError> {
-        let resp = self
+        let (resp, _slot) = self
             .send(Method::GET, repo, &format!("manifests/{reference}"), manifest_accept())
             .await?;
         let resp = check_status(resp).await?;
@@ -345,23 +408,24 @@ impl Upstream {
         })
     }
 
-    /// Start a blob download at byte `from`; the body is left to the caller.
-    pub async fn blob(&self, repo: &RepoName, digest: &Digest, from: u64) -> Result<Response, UpstreamError> {
+    /// Start a blob download at byte `from`; the body is left to the caller,
+    /// and holds one of the upstream's concurrency slots until it is done.
+    pub async fn blob(&self, repo: &RepoName, digest: &Digest, from: u64) -> Result<BlobResponse, UpstreamError> {
         let mut headers = HeaderMap::new();
         if from > 0
             && let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-"))
         {
             headers.insert(RANGE, v);
         }
-        let resp = self
+        let (resp, slot) = self
             .send(Method::GET, repo, &format!("blobs/{digest}"), headers)
             .await?;
-        check_status(resp).await
+        Ok(BlobResponse::new(check_status(resp).await?, slot))
     }
 
     /// The size of a blob, from a HEAD.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
-        let resp = self
+        let (resp, _slot) = self
             .send(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new())
             .await?;
         let resp = check_status(resp).await?;
@@ -378,7 +442,7 @@ impl Upstream {
         let mut bytes = 0usize;
         for _ in 0..MAX_TAG_PAGES {
             seen.insert(tail.clone());
-            let resp = self.send(Method::GET, repo, &tail, HeaderMap::new()).await?;
+            let (resp, _slot) = self.send(Method::GET, repo, &tail, HeaderMap::new()).await?;
             let resp = check_status(resp).await?;
             let next = next_page(resp.headers(), repo);
             let left = MAX_TAG_LIST_BYTES.saturating_sub(bytes);
@@ -428,27 +492,15 @@ fn retried(e: UpstreamError, attempts: u32) -> UpstreamError {
 }
 
 /// Faults that say the upstream (or the way to it) is not working, as
-/// opposed to a definite answer about the content or the credentials.
+/// opposed to a definite answer about the content or the credentials. A 429
+/// is an answer ("not now"): it opens the rate-limit window, not the circuit.
 fn counts_against_upstream(e: &UpstreamError) -> bool {
     match e.root() {
-        UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
-        UpstreamError::TokenRefused { status } => *status == 429 || *status >= 500,
+        UpstreamError::Status { status, .. } | UpstreamError::TokenRefused { status, .. } => *status >= 500,
         UpstreamError::Http(_) | UpstreamError::Proxy(_) => e.cause().category() == "network",
         UpstreamError::DeadlineExceeded { .. } => true,
         _ => false,
     }
-}
-
-/// `Retry-After` as seconds from now: delay-seconds, or an HTTP-date.
-fn parse_retry_after(value: &str) -> Option<u64> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse() {
-        return Some(secs);
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    // A date in the past means "now"; round up so a wait is never cut short.
-    let wait = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-    Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
 }
 
 fn manifest_accept() -> HeaderMap {
@@ -459,103 +511,32 @@ fn manifest_accept() -> HeaderMap {
     h
 }
 
-/// Turn a non-success answer into an error carrying the spec code.
-async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let retry_after = header_str(resp.headers(), "retry-after").and_then(|v| parse_retry_after(&v));
-    let ratelimit: Vec<String> = resp
-        .headers()
-        .iter()
-        .filter(|(n, _)| n.as_str().starts_with("ratelimit-") || n.as_str() == "docker-ratelimit-source")
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| format!("{n}={v}")))
-        .collect();
-    let ratelimit = (!ratelimit.is_empty()).then(|| ratelimit.join("; "));
-    let denied_with_token = resp.extensions().get::<FreshToken>().is_some();
-    let code = match read_limited(resp, 64 << 10).await {
-        Ok(body) => serde_json::from_slice::<SpecErrors>(&body)
-            .ok()
-            .and_then(|e| e.errors.into_iter().next())
-            .map(|e| e.code),
-        Err(_) => None,
-    };
-    Err(UpstreamError::Status {
-        status: status.as_u16(),
-        code,
-        retry_after,
-        ratelimit,
-        denied_with_token,
-    })
-}
-
-pub(crate) async fn read_limited(resp: Response, limit: usize) -> Result<Bytes, UpstreamError> {
-    let mut buf = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(UpstreamError::Http)?;
-        if buf.len() + chunk.len() > limit {
-            return Err(UpstreamError::ManifestInvalid(format!("larger than {limit} bytes")));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
-fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-}
-
-fn header_digest(h: &HeaderMap) -> Option<Digest> {
-    header_str(h, "docker-content-digest").and_then(|d| Digest::parse(&d).ok())
-}
-
-/// The `tags/list?...` tail of a `Link: <...>; rel="next"` header, if it stays
-/// within the same repository.
-fn next_page(h: &HeaderMap, repo: &RepoName) -> Option<String> {
-    let link = header_str(h, "link")?;
-    if !link.contains("rel=\"next\"") {
-        return None;
-    }
-    let target = link.split('<').nth(1)?.split('>').next()?;
-    let prefix = format!("/v2/{repo}/");
-    let path = match target.find("/v2/") {
-        Some(i) => &target[i..],
-        None => return None,
-    };
-    path.strip_prefix(&prefix)
-        .filter(|t| t.starts_with("tags/list"))
-        .map(str::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn next_page_link() {
-        let repo = RepoName::parse("library/busybox").unwrap();
-        let mut h = HeaderMap::new();
-        h.insert(
-            "link",
-            HeaderValue::from_static("</v2/library/busybox/tags/list?last=b&n=2>; rel=\"next\""),
-        );
-        assert_eq!(next_page(&h, &repo).as_deref(), Some("tags/list?last=b&n=2"));
-        h.insert(
-            "link",
-            HeaderValue::from_static("</v2/other/tags/list?last=b>; rel=\"next\""),
-        );
-        assert_eq!(next_page(&h, &repo), None);
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        assert_eq!(parse_retry_after(" 2 "), Some(2));
-        let in_a_minute = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
-        let wait = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).expect("HTTP-date");
-        assert!((59..=61).contains(&wait), "{wait}");
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
-        assert_eq!(parse_retry_after("soon"), None);
+    fn a_429_is_not_a_fault_for_the_breaker() {
+        let status = |status| UpstreamError::Status {
+            status,
+            code: None,
+            retry_after: None,
+            ratelimit: None,
+            denied_with_token: false,
+        };
+        assert!(!counts_against_upstream(&status(429)));
+        assert!(status(429).is_rate_limited());
+        assert!(counts_against_upstream(&status(503)));
+        let token = UpstreamError::TokenRefused {
+            status: 429,
+            retry_after: None,
+        };
+        assert!(!counts_against_upstream(&token));
+        assert!(token.is_rate_limited());
+        let window = UpstreamError::RateLimitWindow { retry_after: 9 };
+        assert_eq!(window.cause(), FailureCause::RateLimited);
+        assert_eq!(window.retry_after(), Some(9));
+        assert!(window.is_unavailable(), "cached content is served");
+        assert_eq!(window.attempts(), 0);
     }
 }

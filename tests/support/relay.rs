@@ -41,6 +41,8 @@ pub enum Fault {
     Stall,
     /// Send the body `chunk` bytes at a time with `delay` between chunks.
     Drip { chunk: usize, delay: Duration },
+    /// Answer 307 to `location` instead (a blob sent on to a CDN).
+    Redirect { location: String, times: usize },
     /// Answer 200 with this body (and no Docker-Content-Digest) instead.
     Body { bytes: Bytes, times: usize },
     /// Flip the lowest bit of the byte at `offset` of the body.
@@ -71,6 +73,8 @@ struct Shared {
     ranges: Mutex<Vec<String>>,
     rules: Mutex<Vec<Rule>>,
     body_bytes: AtomicU64,
+    /// The token realm named in challenges, when not the relay's own `/token`.
+    realm: Mutex<Option<String>>,
 }
 
 pub struct Relay {
@@ -97,6 +101,7 @@ impl Relay {
             ranges: Mutex::default(),
             rules: Mutex::default(),
             body_bytes: AtomicU64::new(0),
+            realm: Mutex::default(),
         });
         let app = Router::new()
             .route("/token", any(token))
@@ -143,6 +148,11 @@ impl Relay {
         });
     }
 
+    /// Name `realm` as the token realm in challenges from now on.
+    pub fn set_realm(&self, realm: &str) {
+        *self.shared.realm.lock().expect("relay realm") = Some(realm.to_string());
+    }
+
     pub fn clear_faults(&self) {
         self.shared.rules.lock().expect("relay rules").clear();
     }
@@ -181,6 +191,7 @@ fn take_fault(s: &Shared, line: &str) -> Option<Fault> {
         Fault::Status { times, .. }
         | Fault::ResetAfter { times, .. }
         | Fault::FlipByte { times, .. }
+        | Fault::Redirect { times, .. }
         | Fault::Body { times, .. } => {
             *times = times.saturating_sub(1);
             Some(*times)
@@ -199,10 +210,13 @@ fn challenge(s: &Shared, path: &str) -> Response {
         .iter()
         .find_map(|k| repo.rfind(k).map(|i| &repo[..i]))
         .unwrap_or("");
-    let challenge = format!(
-        "Bearer realm=\"{}/token\",service=\"test-registry\",scope=\"repository:{repo}:pull\"",
-        s.addr
-    );
+    let realm = s
+        .realm
+        .lock()
+        .expect("relay realm")
+        .clone()
+        .unwrap_or_else(|| format!("{}/token", s.addr));
+    let challenge = format!("Bearer realm=\"{realm}\",service=\"test-registry\",scope=\"repository:{repo}:pull\"");
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, challenge)],
@@ -264,6 +278,9 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
         return resp;
     }
+    if let Some(Fault::Redirect { location, .. }) = &fault {
+        return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location.clone())]).into_response();
+    }
     if let Some(Fault::Body { bytes, .. }) = &fault {
         return (
             StatusCode::OK,
@@ -298,7 +315,9 @@ async fn relay(State(s): State<Arc<Shared>>, req: Request) -> Response {
         chunk.map_err(std::io::Error::other)
     });
     let body = match fault {
-        None | Some(Fault::Status { .. }) | Some(Fault::Body { .. }) => Body::from_stream(upstream),
+        None | Some(Fault::Status { .. }) | Some(Fault::Body { .. }) | Some(Fault::Redirect { .. }) => {
+            Body::from_stream(upstream)
+        }
         Some(fault) => Body::from_stream(faulty(upstream, fault)),
     };
     builder
