@@ -9,6 +9,7 @@ mod error;
 mod evict;
 mod fetch;
 mod inflight;
+mod lock;
 mod memo;
 mod meta;
 mod passthrough;
@@ -23,6 +24,7 @@ pub use blobs::read_range;
 pub use convert::ConvertError;
 pub use error::CacheError;
 pub use inflight::Joined;
+pub use lock::{CacheLock, LockError};
 pub use passthrough::PassThrough;
 
 use crate::failure::FailureCause;
@@ -64,6 +66,8 @@ pub struct Cache {
     tag_ttl: Duration,
     finish_abandoned: bool,
     events: Arc<crate::events::Events>,
+    /// Held while the cache is open: one process per cache directory.
+    _lock: CacheLock,
 }
 
 impl Cache {
@@ -72,6 +76,8 @@ impl Cache {
         upstreams: Vec<Arc<Upstream>>,
         events: Arc<crate::events::Events>,
     ) -> Result<Self, CacheError> {
+        // First: the blob store empties tmp/ and sled may be repaired.
+        let lock = CacheLock::acquire(&config.cache_dir).map_err(|e| CacheError::Lock(Arc::new(e)))?;
         let store = Arc::new(BlobStore::open(&config.cache_dir)?);
         let meta = Meta::open(&config.cache_dir)?;
         let removed = meta.repair(|d| store.size(d).is_some())?;
@@ -93,6 +99,7 @@ impl Cache {
             tag_ttl: config.tag_ttl,
             finish_abandoned: config.finish_abandoned,
             events,
+            _lock: lock,
         })
     }
 
