@@ -14,6 +14,7 @@ pub mod failures_table;
 pub mod manifest;
 pub mod media;
 pub mod metrics;
+pub mod redact;
 pub mod reference;
 pub mod routing;
 pub mod server;
