@@ -29,7 +29,8 @@ fn config() -> ProptestConfig {
 fn edgy() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<String>(),
-        "[a-zA-Z0-9._/:@%-]{0,40}",
+        "[ -~]{0,40}",
+        "[a-zA-Z0-9._/:@%+-]{0,40}",
         "[a-z0-9]{1,8}(/(manifests|blobs|tags|referrers|uploads|list|sha256:[0-9a-f]{0,70}|[a-z._-]{0,8})){0,6}",
         "(sha256|sha512|md5|SHA256):[0-9a-fA-F]{0,130}",
     ]

@@ -555,7 +555,7 @@ mod tests {
             fn fuzz_next_page_link(
                 link in prop_oneof![
                     any::<String>(),
-                    "<(https?://[a-z]{1,5})?(/v2/)?[a-z/]{0,20}(/tags/list)?[?a-z=&0-9]{0,12}>; rel=\"next\"",
+                    "<(https?://[a-z]{1,5})?(/v2/|/v2/library/busybox/)?[a-z/]{0,20}(/tags/list)?[?a-z=&0-9]{0,12}>; rel=\"next\"",
                 ],
                 retry_after in any::<String>(),
             ) {
