@@ -357,10 +357,7 @@ mod tests {
     fn lock_permission_and_fd_errors_are_not_corruption() {
         use std::io::{Error, ErrorKind};
         let not = [
-            sled::Error::Io(Error::new(
-                ErrorKind::Other,
-                "could not acquire lock on \"meta/db\": WouldBlock",
-            )),
+            sled::Error::Io(Error::other("could not acquire lock on \"meta/db\": WouldBlock")),
             sled::Error::Io(Error::from(ErrorKind::PermissionDenied)),
             sled::Error::Io(Error::from_raw_os_error(24)), // EMFILE
             sled::Error::Io(Error::from_raw_os_error(23)), // ENFILE
