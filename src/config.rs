@@ -522,6 +522,9 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         if u.password.is_some() {
             u.password = Some("<redacted>".into());
         }
+        for e in &mut u.endpoints {
+            *e = crate::redact::userinfo(e);
+        }
     }
     match (listen, log_format, max_size, tag_ttl) {
         (Some(listen), Some(log_format), Some(max_size), Some(tag_ttl)) if problems.is_empty() => Ok(Config {
@@ -593,7 +596,11 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Vec<String>) -> O
     for e in &u.endpoints {
         match Url::parse(e) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => endpoints.push(url),
-            _ => problems.push(format!("{}: {e:?} is not an http(s) URL", key("endpoints"))),
+            _ => problems.push(format!(
+                "{}: {:?} is not an http(s) URL",
+                key("endpoints"),
+                crate::redact::userinfo(e)
+            )),
         }
     }
     let convert = match u.convert.as_str() {

@@ -142,7 +142,7 @@ impl Events {
             upstream,
             repository,
             reference,
-            detail,
+            detail = %crate::redact::message(detail),
             hint = cause.hint(),
             "{what}"
         );
@@ -165,7 +165,7 @@ impl Events {
             upstream,
             repository,
             reference,
-            detail,
+            detail = %crate::redact::message(detail),
             hint = cause.hint(),
             "cache write failed; served without storing"
         );

@@ -14,8 +14,20 @@ pub mod failures_table;
 pub mod manifest;
 pub mod media;
 pub mod metrics;
+pub mod redact;
 pub mod reference;
 pub mod routing;
 pub mod server;
 pub mod units;
 pub mod upstream;
+
+/// The in-module property tests (`fuzz_*`): a few thousand cases by default,
+/// `PROPTEST_CASES` for a long run (see README, "Fuzzing").
+#[cfg(test)]
+pub(crate) fn fuzz_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    proptest::test_runner::Config::with_cases(cases)
+}

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use berth::cache::CacheError;
 use berth::config::{Config, LogFormat, Overrides};
+use berth::server::StartError;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -139,7 +141,9 @@ fn serve(config: Config) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "berth cannot start");
             eprintln!("berth: {e}");
-            ExitCode::FAILURE
+            // Another berth owns the cache directory: a usage problem, not a crash.
+            let held = matches!(&e, StartError::Cache { source: CacheError::Lock(l), .. } if l.is_held());
+            if held { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

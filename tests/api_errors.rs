@@ -192,12 +192,70 @@ async fn spec_errors_headers_ranges_and_tags() {
             StatusCode::BAD_REQUEST,
             "NAME_INVALID",
         ),
+        // A tag that cannot exist names no manifest (OCI conformance).
         (
             format!("{name}/manifests/-bad-tag"),
             "GET",
             None,
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            format!("{name}/manifests/.INVALID_MANIFEST_NAME"),
+            "GET",
+            None,
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        ),
+        // A push is refused only after its reference was parsed.
+        (
+            format!("{name}/manifests/sha256:1234"),
+            "PUT",
+            None,
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        ),
+        (
+            format!("{name}/manifests/sha256:1234"),
+            "DELETE",
+            None,
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        ),
+        (
+            format!("{name}/blobs/sha256:XYZ"),
+            "DELETE",
+            None,
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        ),
+        (
+            format!("{name}/manifests/.INVALID_MANIFEST_NAME"),
+            "PUT",
+            None,
             StatusCode::BAD_REQUEST,
             "TAG_INVALID",
+        ),
+        (
+            "BusyBox/manifests/latest".into(),
+            "PUT",
+            None,
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            "BusyBox/blobs/uploads/".into(),
+            "POST",
+            None,
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            format!("{name}/blobs/{layer}"),
+            "DELETE",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
         ),
         (
             format!("{name}/blobs/{layer}"),
@@ -272,6 +330,41 @@ async fn spec_errors_headers_ranges_and_tags() {
             "{method} {path}: message names the cause: {message}"
         );
     }
+
+    // The messages of the spec-required 404 and of the refused push name the cause.
+    for (path, method) in [
+        (format!("{name}/manifests/.INVALID_MANIFEST_NAME"), "GET"),
+        (format!("{name}/manifests/sha256:1234"), "PUT"),
+    ] {
+        let r = http.request(method.parse().unwrap(), url(&path)).send().await.unwrap();
+        let (_, _, message) = error_code(r).await;
+        assert!(
+            message.contains("(cause=invalid_reference)"),
+            "{method} {path}: {message}"
+        );
+    }
+    // HEAD answers the same status as GET (a HEAD answer has no body).
+    let r = http
+        .head(url(&format!("{name}/manifests/.INVALID_MANIFEST_NAME")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let failures: serde_json::Value = http
+        .get(format!("{}/_berth/failures", berth.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let invalid = failures["failures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["reference"] == ".INVALID_MANIFEST_NAME" && f["cause"] == "invalid_reference")
+        .count();
+    assert!(invalid >= 3, "GET, HEAD and PUT recorded: {failures}");
 
     // Paths a URL library would normalise away are sent raw.
     for path in [

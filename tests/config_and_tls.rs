@@ -27,6 +27,34 @@ fn check_config_prints_the_embedded_default() {
 }
 
 #[test]
+fn check_config_never_prints_a_password_from_an_endpoint_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[upstream]]\nname = \"docker.io\"\ndefault = true\n\
+         endpoints = [\"https://mirror-user:s3cr3t-pw@mirror.example:5000/\", \"https://registry-1.docker.io\"]\n",
+    )
+    .unwrap();
+    let out = berth_cmd(&["check-config", "--config", good.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("s3cr3t-pw") && !text.contains("mirror-user"), "{text}");
+    assert!(text.contains("https://<redacted>@mirror.example:5000/"), "{text}");
+    // A URL refused by validation is quoted in the error without its password.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"ftp://mirror-user:s3cr3t-pw@mirror.example/\"]\n",
+    )
+    .unwrap();
+    let out = berth_cmd(&["check-config", "--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("endpoints") && !err.contains("s3cr3t-pw"), "{err}");
+}
+
+#[test]
 fn shipped_configs_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;

@@ -181,8 +181,9 @@ fn body_response(digest: &Digest, size: Option<u64>, span: Option<(u64, u64)>, b
         (Some((start, end)), Some(size)) if end > start => {
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             let h = resp.headers_mut();
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end.saturating_sub(start)));
+            // `resolve` never yields an empty span; saturating all the same.
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end.saturating_sub(1))) {
                 h.insert(header::CONTENT_RANGE, v);
             }
         }

@@ -94,7 +94,9 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: Code, cause: FailureCause, summary: impl std::fmt::Display) -> Self {
-        let message = format!("{summary} (cause={}): {}", cause.name(), cause.hint());
+        // Whatever the summary quotes (an upstream error naming a signed
+        // redirect URL) reaches the client and the failure log redacted.
+        let message = crate::redact::message(&format!("{summary} (cause={}): {}", cause.name(), cause.hint()));
         Self {
             code,
             status: code.status(),

@@ -11,11 +11,11 @@ use crate::cache::{CachedManifest, ConvertError};
 use crate::convert::Refusal;
 use crate::failure::FailureCause;
 use crate::media::{Accept, Negotiation, is_oci, negotiate};
-use crate::reference::Reference;
+use crate::reference::{Reference, ReferenceError};
 
 pub async fn get(req: &Request<'_>, name: &str, reference: &str) -> Result<Response, ApiError> {
     let (_, route) = req.route(name)?;
-    let reference = Reference::parse(reference).map_err(ApiError::reference)?;
+    let reference = Reference::parse(reference).map_err(invalid_reference)?;
     let sep = if matches!(reference, Reference::Digest(_)) {
         '@'
     } else {
@@ -42,6 +42,16 @@ pub async fn get(req: &Request<'_>, name: &str, reference: &str) -> Result<Respo
             Err(ConvertError::Refused(r)) => Err(refused(&r, &what)),
             Err(ConvertError::Cache(e)) => Err(ApiError::from_cache(e, Subject::Manifest, &what)),
         },
+    }
+}
+
+/// A tag that cannot exist names no manifest: the OCI conformance suite asks
+/// for `.INVALID_MANIFEST_NAME` and expects 404 MANIFEST_UNKNOWN (as
+/// Distribution answers). A malformed digest stays 400 DIGEST_INVALID.
+fn invalid_reference(e: ReferenceError) -> ApiError {
+    match e {
+        ReferenceError::Tag(_) => ApiError::new(Code::ManifestUnknown, FailureCause::InvalidReference, e),
+        e => ApiError::reference(e),
     }
 }
 

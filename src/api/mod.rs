@@ -21,7 +21,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::events::Events;
 use crate::failure::FailureCause;
-use crate::reference::RepoName;
+use crate::reference::{Digest, Reference, RepoName};
 use crate::routing::{Route, route};
 use errors::{ApiError, Code};
 use path::Endpoint;
@@ -114,7 +114,10 @@ async fn dispatch(
 ) -> Response {
     let endpoint = path::parse(&rest);
     if method != Method::GET && method != Method::HEAD && endpoint != Endpoint::Unknown {
-        return unsupported(&method);
+        return match push_reference_error(&endpoint) {
+            Some(e) => with_version(e.into_response()),
+            None => unsupported(&method),
+        };
     }
     let req = Request {
         state: &state,
@@ -150,7 +153,32 @@ async fn dispatch(
         Some((name, reference)) => e.about(name, reference),
         None => e,
     });
-    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    with_version(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// A push names its repository and reference like a pull does, and a client
+/// learns what is wrong with them before it learns that berth does not take
+/// pushes: a malformed name is 400 NAME_INVALID, a malformed digest 400
+/// DIGEST_INVALID, a malformed tag 400 TAG_INVALID (for a push the spec's
+/// 404 for a bad tag on a pull does not apply), whatever the method.
+/// Only syntax is checked: no routing, so a push to an unconfigured registry
+/// is still 405.
+fn push_reference_error(endpoint: &Endpoint<'_>) -> Option<ApiError> {
+    let (name, reference) = match *endpoint {
+        Endpoint::Manifest { name, reference } => (name, Some(reference)),
+        Endpoint::Blob { name, digest } | Endpoint::Referrers { name, digest } => (name, Some(digest)),
+        Endpoint::Tags { name } | Endpoint::Upload { name } => (name, None),
+        Endpoint::Base | Endpoint::Unknown => return None,
+    };
+    let checked = RepoName::parse(name).and_then(|_| match (endpoint, reference) {
+        (Endpoint::Manifest { .. }, Some(r)) => Reference::parse(r).map(drop),
+        (_, Some(d)) => Digest::parse(d).map(drop),
+        (_, None) => Ok(()),
+    });
+    checked.err().map(|e| ApiError::reference(e).about(name, reference))
+}
+
+fn with_version(mut resp: Response) -> Response {
     resp.headers_mut()
         .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
     resp

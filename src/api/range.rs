@@ -103,4 +103,69 @@ mod tests {
             assert!(matches!(ByteRange::parse(h), Err(RangeError::Malformed(_))), "{h}");
         }
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The header text for a range (what a client would send).
+        fn render(r: ByteRange) -> String {
+            match r {
+                ByteRange::From { start, end: None } => format!("bytes={start}-"),
+                ByteRange::From { start, end: Some(end) } => format!("bytes={start}-{end}"),
+                ByteRange::Suffix(n) => format!("bytes=-{n}"),
+            }
+        }
+
+        fn size() -> impl Strategy<Value = u64> {
+            prop_oneof![Just(0u64), Just(1), 0u64..64, any::<u64>(), Just(u64::MAX)]
+        }
+
+        fn range() -> impl Strategy<Value = ByteRange> {
+            prop_oneof![
+                (any::<u64>(), proptest::option::of(any::<u64>())).prop_map(|(start, end)| ByteRange::From {
+                    start,
+                    end: end.map(|e| e.max(start)),
+                }),
+                (0u64..8, proptest::option::of(0u64..8)).prop_map(|(start, end)| ByteRange::From {
+                    start,
+                    end: end.map(|e| e.max(start)),
+                }),
+                any::<u64>().prop_map(ByteRange::Suffix),
+                (0u64..8).prop_map(ByteRange::Suffix),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config())]
+
+            /// Any header, any size (0 included): no panic; a satisfiable
+            /// range is a non-empty span inside the blob; an accepted header
+            /// rendered again parses to the same range.
+            #[test]
+            fn fuzz_range_parse_resolve(
+                header in prop_oneof![
+                    any::<String>(),
+                    "bytes=[0-9]{0,21}-[0-9]{0,21}",
+                    " ?bytes= ?-?[0-9]{0,3}-?[0-9]{0,3}(,[0-9]-[0-9])? ?",
+                ],
+                size in size(),
+            ) {
+                if let Ok(r) = ByteRange::parse(&header) {
+                    prop_assert_eq!(ByteRange::parse(&render(r)), Ok(r));
+                    if let Ok((start, end)) = r.resolve(size, &header) {
+                        prop_assert!(start < end && end <= size, "{header:?} on {size}: {start}..{end}");
+                    }
+                }
+            }
+
+            #[test]
+            fn fuzz_every_range_resolves_within_the_size(r in range(), size in size()) {
+                prop_assert_eq!(ByteRange::parse(&render(r)), Ok(r));
+                if let Ok((start, end)) = r.resolve(size, "") {
+                    prop_assert!(start < end && end <= size, "{r:?} on {size}: {start}..{end}");
+                }
+            }
+        }
+    }
 }

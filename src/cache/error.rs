@@ -31,6 +31,8 @@ pub enum CacheError {
     Io(#[source] Arc<std::io::Error>),
     #[error("{0}")]
     Meta(#[source] Arc<MetaError>),
+    #[error("{0}")]
+    Lock(#[source] Arc<super::LockError>),
 }
 
 impl CacheError {
@@ -50,7 +52,7 @@ impl CacheError {
             CacheError::Oversized { .. } => FailureCause::DigestMismatch,
             CacheError::Crashed(_) => FailureCause::Internal,
             CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => FailureCause::DiskFull,
-            CacheError::Io(_) | CacheError::Meta(_) => FailureCause::StorageError,
+            CacheError::Io(_) | CacheError::Meta(_) | CacheError::Lock(_) => FailureCause::StorageError,
         }
     }
 

@@ -57,20 +57,38 @@ pub fn now_secs() -> u64 {
         .unwrap_or_default()
 }
 
+/// Whether sled's failure to open means the database itself is unreadable.
+/// Only that justifies moving it aside; sled reports its lock held by another
+/// process as an `Io` error of kind `Other`, which must never count.
+fn is_unreadable(e: &sled::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => true,
+        sled::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::UnexpectedEof | ErrorKind::InvalidData | ErrorKind::NotADirectory
+        ),
+        sled::Error::CollectionNotFound(_) | sled::Error::ReportableBug(_) => false,
+    }
+}
+
 /// Keys join parts with NUL, which no validated name, tag or host contains.
 fn key(parts: &[&str]) -> Vec<u8> {
     parts.join("\0").into_bytes()
 }
 
 impl Meta {
-    /// Open the metadata; a database that cannot be opened (torn by a crash,
+    /// Open the metadata; a database that cannot be read (torn by a crash,
     /// from an incompatible version) is moved aside and started afresh, since
-    /// everything in it can be learned again from the upstream.
+    /// everything in it can be learned again from the upstream. Any other
+    /// failure (sled's lock held by another process, permissions, out of file
+    /// descriptors) says nothing about the database and is returned as is.
     pub fn open(cache_dir: &Path) -> Result<Self, MetaError> {
         let path = cache_dir.join("meta");
         let open = || sled::Config::new().path(&path).flush_every_ms(Some(500)).open();
         let db = match open() {
             Ok(db) => db,
+            Err(e) if !is_unreadable(&e) => return Err(e.into()),
             Err(e) => {
                 let aside = cache_dir.join(format!("meta.broken-{}", now_secs()));
                 tracing::warn!(error = %e, aside = %aside.display(), "cache metadata unreadable; moved aside, starting empty");
@@ -302,5 +320,59 @@ mod tests {
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().starts_with("meta.broken-"));
         assert!(aside, "the broken database is kept for inspection");
+    }
+
+    fn moved_aside(dir: &Path) -> bool {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("meta.broken-"))
+    }
+
+    #[test]
+    fn a_torn_config_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Meta::open(dir.path()).unwrap());
+        std::fs::write(dir.path().join("meta").join("conf"), b"segment_size: x\n").unwrap();
+        Meta::open(dir.path()).expect("starts afresh");
+        assert!(moved_aside(dir.path()));
+    }
+
+    #[test]
+    fn a_locked_database_is_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = RepoName::parse("library/busybox").unwrap();
+        let digest = Digest::sha256_of(b"m");
+        let first = Meta::open(dir.path()).unwrap();
+        first.put_tag("docker.io", &repo, "latest", &digest).unwrap();
+        // sled's own file lock, held by `first`, refuses the second open.
+        let err = Meta::open(dir.path()).err().expect("the second open fails");
+        assert!(err.to_string().contains("lock"), "{err}");
+        assert!(!moved_aside(dir.path()), "a lock is not corruption");
+        let rec = first.tag("docker.io", &repo, "latest").unwrap().expect("still there");
+        assert_eq!(rec.digest, digest.to_string());
+    }
+
+    #[test]
+    fn lock_permission_and_fd_errors_are_not_corruption() {
+        use std::io::{Error, ErrorKind};
+        let not = [
+            sled::Error::Io(Error::other("could not acquire lock on \"meta/db\": WouldBlock")),
+            sled::Error::Io(Error::from(ErrorKind::PermissionDenied)),
+            sled::Error::Io(Error::from_raw_os_error(24)), // EMFILE
+            sled::Error::Io(Error::from_raw_os_error(23)), // ENFILE
+            sled::Error::Io(Error::from(ErrorKind::StorageFull)),
+            sled::Error::ReportableBug("x".into()),
+        ];
+        for e in &not {
+            assert!(!is_unreadable(e), "{e:?}");
+        }
+        for e in [
+            sled::Error::Corruption { at: None, bt: () },
+            sled::Error::Unsupported("older sled".into()),
+            sled::Error::Io(Error::from(ErrorKind::UnexpectedEof)),
+        ] {
+            assert!(is_unreadable(&e), "{e:?}");
+        }
     }
 }

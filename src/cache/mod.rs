@@ -10,6 +10,7 @@ mod error;
 mod evict;
 mod fetch;
 mod inflight;
+mod lock;
 mod memo;
 mod meta;
 mod passthrough;
@@ -24,6 +25,7 @@ pub use blobs::{READ_CHUNK, read_range};
 pub use convert::ConvertError;
 pub use error::CacheError;
 pub use inflight::Joined;
+pub use lock::{CacheLock, LockError};
 pub use passthrough::PassThrough;
 
 use crate::failure::FailureCause;
@@ -109,6 +111,8 @@ pub struct Cache {
     /// cache.max_size: nothing larger could be kept anyway.
     max_size: u64,
     events: Arc<crate::events::Events>,
+    /// Held while the cache is open: one process per cache directory.
+    _lock: CacheLock,
 }
 
 impl Cache {
@@ -117,6 +121,8 @@ impl Cache {
         upstreams: Vec<Arc<Upstream>>,
         events: Arc<crate::events::Events>,
     ) -> Result<Self, CacheError> {
+        // First: the blob store empties tmp/ and sled may be repaired.
+        let lock = CacheLock::acquire(&config.cache_dir).map_err(|e| CacheError::Lock(Arc::new(e)))?;
         let store = Arc::new(BlobStore::open(&config.cache_dir)?);
         let meta = Meta::open(&config.cache_dir)?;
         let removed = meta.repair(|d| store.size(d).is_some())?;
@@ -140,6 +146,7 @@ impl Cache {
             finish_abandoned: config.finish_abandoned,
             max_size: config.max_size,
             events,
+            _lock: lock,
         })
     }
 

@@ -355,4 +355,49 @@ mod tests {
         );
         assert_eq!(cache.get("s").as_deref(), Some("Bearer u"));
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config())]
+
+            #[test]
+            fn fuzz_challenge_never_panics(
+                header in prop_oneof![
+                    any::<String>(),
+                    "(Bearer|Basic|bearer|BEARER) ?[a-z=\",\\ ]{0,40}",
+                    "Bearer (realm|service|scope)=\"?[^\"]{0,10}\"?(, ?(realm|service|scope)=\"?[a-z,=]{0,10}\"?){0,4}",
+                ]
+            ) {
+                if let Some(Challenge::Bearer { realm, service, scope }) = Challenge::parse(&header) {
+                    // Every value is a piece of the header.
+                    for v in [Some(realm), service, scope].into_iter().flatten() {
+                        prop_assert!(header.contains(v.as_str()), "{header:?}: {v:?}");
+                    }
+                }
+            }
+
+            /// A challenge written with quoted values (any text but a quote,
+            /// commas and '=' included), in any order, parses back to itself.
+            #[test]
+            fn fuzz_challenge_round_trips(
+                realm in "[^\"]{0,40}",
+                service in proptest::option::of("[^\"]{0,20}"),
+                scope in proptest::option::of("[a-z:/,=_.-]{0,40}"),
+                reversed in any::<bool>(),
+                sep in prop_oneof![Just(","), Just(", "), Just(" , ")],
+            ) {
+                let mut params = vec![format!("realm=\"{realm}\"")];
+                params.extend(service.iter().map(|s| format!("service=\"{s}\"")));
+                params.extend(scope.iter().map(|s| format!("scope=\"{s}\"")));
+                if reversed {
+                    params.reverse();
+                }
+                let header = format!("Bearer {}", params.join(sep));
+                prop_assert_eq!(Challenge::parse(&header), Some(Challenge::Bearer { realm, service, scope }));
+            }
+        }
+    }
 }

@@ -11,9 +11,10 @@ use crate::failure::FailureCause;
 
 #[derive(Debug, Error)]
 pub enum UpstreamError {
-    #[error("{0}")]
+    // reqwest names the URL, which may be a signed redirect: redacted.
+    #[error("{}", crate::redact::message(&.0.to_string()))]
     Http(#[source] reqwest::Error),
-    #[error("HTTP proxy: {0}")]
+    #[error("HTTP proxy: {}", crate::redact::message(&.0.to_string()))]
     Proxy(#[source] reqwest::Error),
     #[error("upstream answered {status}{}", .code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
     Status {

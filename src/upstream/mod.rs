@@ -539,4 +539,50 @@ mod tests {
         assert!(window.is_unavailable(), "cached content is served");
         assert_eq!(window.attempts(), 0);
     }
+
+    mod fuzz {
+        use super::*;
+        use crate::upstream::response::{SpecErrors, parse_retry_after};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config())]
+
+            /// The upstream's tag list body: arbitrary bytes never panic; a
+            /// list of strings comes back as it was sent.
+            #[test]
+            fn fuzz_tag_list_body(
+                bytes in proptest::collection::vec(any::<u8>(), 0..128),
+                tags in proptest::collection::vec(any::<String>(), 0..8),
+            ) {
+                let _ = serde_json::from_slice::<TagList>(&bytes);
+                let _ = serde_json::from_slice::<SpecErrors>(&bytes);
+                let body = serde_json::to_vec(&serde_json::json!({"name": "x", "tags": tags})).unwrap_or_default();
+                let page: TagList = serde_json::from_slice(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(page.tags, Some(tags));
+            }
+
+            /// The `Link` header of a tag page: any text never panics, and a
+            /// next page is only ever a `tags/list` tail taken from the header.
+            #[test]
+            fn fuzz_next_page_link(
+                link in prop_oneof![
+                    any::<String>(),
+                    "<(https?://[a-z]{1,5})?(/v2/|/v2/library/busybox/)?[a-z/]{0,20}(/tags/list)?[?a-z=&0-9]{0,12}>; rel=\"next\"",
+                ],
+                retry_after in any::<String>(),
+            ) {
+                let repo = RepoName::parse("library/busybox").map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&link) {
+                    h.insert("link", v);
+                }
+                if let Some(tail) = next_page(&h, &repo) {
+                    prop_assert!(tail.starts_with("tags/list") && link.contains(&tail), "{link:?}: {tail:?}");
+                    prop_assert!(link.contains("/v2/library/busybox/tags/list"));
+                }
+                let _ = parse_retry_after(&retry_after);
+            }
+        }
+    }
 }

@@ -17,7 +17,7 @@ use crate::reference::{Digest, RepoName};
 pub(super) struct FreshToken;
 
 #[derive(Deserialize)]
-struct SpecErrors {
+pub(super) struct SpecErrors {
     errors: Vec<SpecError>,
 }
 

@@ -1,0 +1,69 @@
+//! A registry that sends blobs to a CDN with a signed URL (`?X-Amz-Signature=…`):
+//! when following it fails, the failure says where berth went but not the
+//! signature, in the client's error body, in `/_berth/failures` and in the
+//! log. The upstream is an in-process fake: the point is the signed URL it
+//! hands out, which a real Distribution on loopback does not produce. The CDN
+//! redirects to itself, so reqwest gives up naming the signed URL.
+
+mod support;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use support::Berth;
+
+const SIGNATURE: &str = "X-Amz-Signature=c0ffee5ecret&X-Amz-Credential=AKIAEXAMPLE";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_signed_redirect_keeps_its_signature_out_of_errors() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let location = format!("http://{upstream}/cdn/layer?{SIGNATURE}");
+    let redirect = move || {
+        let location = location.clone();
+        async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response() }
+    };
+    let app = Router::new()
+        .route("/v2/", get(|| async { "{}" }))
+        .route("/v2/{*rest}", get(redirect.clone()))
+        .route("/cdn/{*rest}", get(redirect));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let berth = Berth::start(&format!(
+        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://{upstream}\"]\ndefault = true\n\
+         attempts = 1\nbreaker_threshold = 1000\n"
+    ));
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let r = http
+        .get(format!("{}/v2/library/app/blobs/{digest}", berth.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let body = r.text().await.unwrap();
+    assert!(body.contains("(cause="), "{body}");
+    // The URL berth was sent to is named, its query is not.
+    assert!(
+        body.contains(&format!("http://{upstream}/cdn/layer?<redacted>")),
+        "{body}"
+    );
+    let failures = http
+        .get(format!("{}/_berth/failures", berth.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(failures.contains("/cdn/layer?<redacted>"), "{failures}");
+    for (what, text) in [("body", &body), ("failures", &failures), ("log", &berth.log())] {
+        assert!(
+            !text.contains("c0ffee5ecret") && !text.contains("AKIAEXAMPLE"),
+            "{what}: {text}"
+        );
+    }
+    server.abort();
+}
