@@ -3,7 +3,9 @@
 //! signature, in the client's error body, in `/_berth/failures` and in the
 //! log. The upstream is an in-process fake: the point is the signed URL it
 //! hands out, which a real Distribution on loopback does not produce. The CDN
-//! redirects to itself, so reqwest gives up naming the signed URL.
+//! redirects to itself, so the redirect is given up (berth's redirect policy
+//! names the refused target by origin only; reqwest's own error would name the
+//! signed URL, whose query the redaction removes).
 
 mod support;
 
@@ -45,11 +47,9 @@ async fn a_failed_signed_redirect_keeps_its_signature_out_of_errors() {
     assert!(r.status().is_server_error(), "{}", r.status());
     let body = r.text().await.unwrap();
     assert!(body.contains("(cause="), "{body}");
-    // The URL berth was sent to is named, its query is not.
-    assert!(
-        body.contains(&format!("http://{upstream}/cdn/layer?<redacted>")),
-        "{body}"
-    );
+    // Where berth was sent is named (by origin, as the redirect policy
+    // reports it, or as a URL with its query redacted), the signature is not.
+    assert!(body.contains(&format!("http://{upstream}")), "{body}");
     let failures = http
         .get(format!("{}/_berth/failures", berth.url()))
         .send()
@@ -58,7 +58,7 @@ async fn a_failed_signed_redirect_keeps_its_signature_out_of_errors() {
         .text()
         .await
         .unwrap();
-    assert!(failures.contains("/cdn/layer?<redacted>"), "{failures}");
+    assert!(failures.contains(&format!("http://{upstream}")), "{failures}");
     for (what, text) in [("body", &body), ("failures", &failures), ("log", &berth.log())] {
         assert!(
             !text.contains("c0ffee5ecret") && !text.contains("AKIAEXAMPLE"),
