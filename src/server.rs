@@ -205,7 +205,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             continue;
         };
         let in_flight = Arc::new(InFlight::default());
-        let service = connection_service(app.router.clone(), remote, in_flight.clone());
+        let service = connection_service(app.router.clone(), remote, in_flight.clone(), tls.is_none());
         let io = GuardedIo::new(stream, in_flight, limits.idle_timeout, limits.write_timeout);
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -247,6 +247,7 @@ fn connection_service(
     router: Router,
     remote: SocketAddr,
     in_flight: Arc<InFlight>,
+    plain: bool,
 ) -> TowerToHyperService<
     impl tower::Service<
         Request<hyper::body::Incoming>,
@@ -257,6 +258,9 @@ fn connection_service(
 > {
     let service = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));
+        if plain {
+            req.extensions_mut().insert(api::PlainConnection);
+        }
         let guard = in_flight.start();
         let router = router.clone();
         async move {

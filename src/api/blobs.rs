@@ -61,7 +61,7 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
         BlobSource::Stored { .. } => {
             let (start, end) = span.unwrap_or((0, size.unwrap_or(0)));
             let stream = cache
-                .stored_body(route.upstream, &route.repo, &digest, start, end)
+                .stored_body(route.upstream, &route.repo, &digest, start, end, req.plain)
                 .await
                 .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
             Body::from_stream(record_failures(req, name, &route.repo, &digest, stream))

@@ -34,6 +34,13 @@ pub struct AppState {
     pub events: Arc<Events>,
 }
 
+/// Set by the server on requests of a plain-TCP connection: nothing in berth
+/// reads a response's bytes there (the kernel copies them to the socket), so
+/// stored blobs may go out as memory-mapped slices. TLS connections encrypt
+/// in berth and get blobs read into buffers instead.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainConnection;
+
 /// Per-request facts the middleware sets for handlers and streaming bodies.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
@@ -85,6 +92,8 @@ pub struct Request<'a> {
     pub headers: HeaderMap,
     pub query: Option<String>,
     pub ctx: Option<RequestContext>,
+    /// Whether the connection is plain TCP (see `PlainConnection`).
+    pub plain: bool,
 }
 
 impl Request<'_> {
@@ -111,6 +120,7 @@ async fn dispatch(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     ctx: Option<axum::Extension<RequestContext>>,
+    plain: Option<axum::Extension<PlainConnection>>,
 ) -> Response {
     let endpoint = path::parse(&rest);
     if method != Method::GET && method != Method::HEAD && endpoint != Endpoint::Unknown {
@@ -125,6 +135,7 @@ async fn dispatch(
         headers,
         query,
         ctx: ctx.map(|c| c.0),
+        plain: plain.is_some(),
     };
     let about = match &endpoint {
         Endpoint::Manifest { name, reference } => Some((*name, Some(*reference))),

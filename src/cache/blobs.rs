@@ -270,6 +270,132 @@ pub fn read_range(
     }))
 }
 
+/// A memory map of a window of a committed blob, shared by the slices sent
+/// out of it.
+struct MappedWindow(memmap2::Mmap);
+
+impl AsRef<[u8]> for MappedWindow {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The first mapped window; each next one doubles, up to `MAP_WINDOW`.
+const FIRST_WINDOW: u64 = 256 << 10;
+/// The largest mapped window.
+const MAP_WINDOW: u64 = 8 << 20;
+/// Slices handed to the socket out of a window.
+const MAP_SLICE: u64 = 4 << 20;
+
+/// Map `[offset, offset + len)` of a committed blob, its pages read in up
+/// front. The file's length is checked first: a file truncated behind
+/// berth's back fails here, before anything of it is mapped.
+fn map_window(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<bytes::Bytes> {
+    let have = file.metadata()?.len();
+    let end = offset.saturating_add(len);
+    if have < end {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("stored blob ends at {have}, {end} expected: it was truncated"),
+        ));
+    }
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: the map is of a committed blob, read only. Committed blobs
+    // are never written or truncated by berth: they appear by rename and
+    // leave by unlink, and an unlinked file stays mapped intact. A
+    // truncation behind berth's back makes the lost pages fault; only the
+    // kernel touches these pages (the plain-socket write copies from them,
+    // and a fault there fails that write with EFAULT instead of raising
+    // SIGBUS), which is why `read_range_mapped` is only for connections
+    // where nothing in berth reads the bytes (not TLS).
+    let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(file)? };
+    // Fault-time read-around would read megabytes beyond the window (the
+    // disk's whole read-ahead size); with it off, filling the page tables
+    // up front reads the window and nothing else. Kernels without
+    // MADV_POPULATE_READ (before 5.14) fault the pages in as they are sent.
+    let _ = map.advise(memmap2::Advice::Random);
+    let _ = map.advise(memmap2::Advice::PopulateRead);
+    Ok(bytes::Bytes::from_owner(MappedWindow(map)))
+}
+
+/// `[start, end)` of a committed blob as slices of memory maps, for
+/// connections whose bytes only the kernel touches (plain TCP): no copy in
+/// berth. Windows start at 256 KiB and double to 8 MiB, and the next one is
+/// mapped while the current one is sent, so a client that leaves early
+/// cost about what it was sent. Each window checks the file's length first,
+/// so a truncated file fails the stream (and is removed by the cache).
+pub fn read_range_mapped(
+    file: std::fs::File,
+    start: u64,
+    end: u64,
+) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static> {
+    let len = file.metadata()?.len();
+    if end > len || start > end {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("stored blob has {len} bytes, {start}..{end} was asked for"),
+        ));
+    }
+    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random);
+    let file = std::sync::Arc::new(file);
+    const PAGE: u64 = 4096;
+    // Windows are page aligned (mmap needs it); a window's size is about
+    // what was sent before it, within bounds.
+    let map_at = move |file: &std::sync::Arc<std::fs::File>, at: u64| {
+        let file = file.clone();
+        let size = at
+            .saturating_sub(start)
+            .clamp(FIRST_WINDOW, MAP_WINDOW)
+            .next_multiple_of(PAGE);
+        let aligned = at - at % PAGE;
+        let len = size.min(end - aligned);
+        (
+            aligned,
+            tokio::task::spawn_blocking(move || map_window(&file, aligned, len)),
+        )
+    };
+    let state = Mapped {
+        pos: start,
+        current: None,
+        next: None,
+        file,
+    };
+    Ok(futures_util::stream::try_unfold(state, move |mut w| async move {
+        if w.pos >= end {
+            return Ok(None);
+        }
+        let (at, map) = match w.current.take() {
+            Some((at, map)) if w.pos < at + map.len() as u64 => (at, map),
+            _ => {
+                let (at, pending) = match w.next.take() {
+                    Some((at, handle)) if at <= w.pos => (at, handle),
+                    _ => map_at(&w.file, w.pos),
+                };
+                let map = pending.await.map_err(std::io::Error::other)??;
+                let following = at + map.len() as u64;
+                if following < end {
+                    w.next = Some(map_at(&w.file, following));
+                }
+                (at, map)
+            }
+        };
+        let to = (w.pos + MAP_SLICE).min(at + map.len() as u64).min(end);
+        let piece = map.slice((w.pos - at) as usize..(to - at) as usize);
+        w.pos = to;
+        w.current = Some((at, map));
+        Ok(Some((piece, w)))
+    }))
+}
+
+/// Where a `read_range_mapped` stream is: the window being sent, and the
+/// next one being mapped.
+struct Mapped {
+    pos: u64,
+    current: Option<(u64, bytes::Bytes)>,
+    next: Option<(u64, tokio::task::JoinHandle<std::io::Result<bytes::Bytes>>)>,
+    file: std::sync::Arc<std::fs::File>,
+}
+
 /// Where a `read_range` stream is, and the one chunk being read ahead.
 struct Ahead {
     pos: u64,
@@ -319,6 +445,18 @@ mod tests {
                 .unwrap();
             assert!(parts.iter().all(|p| p.len() <= chunk && !p.is_empty()));
             assert_eq!(parts.concat(), &data[start as usize..end as usize], "{start}..{end}");
+            let file = std::fs::File::open(&path).unwrap();
+            let mapped: Vec<bytes::Bytes> = read_range_mapped(file, start, end)
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert!(mapped.iter().all(|p| !p.is_empty()));
+            assert_eq!(
+                mapped.concat(),
+                &data[start as usize..end as usize],
+                "mapped {start}..{end}"
+            );
         }
         // A file shorter than the range asked for is an error, not a short body.
         let file = std::fs::File::open(&path).unwrap();
@@ -328,6 +466,58 @@ mod tests {
         let file = std::fs::File::open(&path).unwrap();
         let parts: Vec<bytes::Bytes> = read_range(file, 0, 0, 4096).unwrap().try_collect().await.unwrap();
         assert!(parts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn mapped_ranges_cross_growing_windows_exactly() {
+        use futures_util::TryStreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let size = 21 << 20;
+        let data: Vec<u8> = (0..size as u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        for (start, end) in [
+            (0u64, size as u64),
+            (12_345, (19 << 20) + 7),
+            ((8 << 20) - 1, (8 << 20) + 1),
+            ((255 << 10) + 3, (800 << 10) + 9),
+            (size as u64 - 1, size as u64),
+        ] {
+            let file = std::fs::File::open(&path).unwrap();
+            let parts: Vec<bytes::Bytes> = read_range_mapped(file, start, end)
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert!(parts.iter().all(|p| !p.is_empty() && p.len() as u64 <= MAP_SLICE));
+            assert!(parts.concat() == data[start as usize..end as usize], "{start}..{end}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mapped_blob_truncated_under_a_reader_fails_that_read_only() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 16 << 20]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut stream = Box::pin(read_range_mapped(file, 0, 16 << 20).unwrap());
+        assert!(stream.next().await.unwrap().is_ok());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let mut failed = false;
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "a truncated blob must end the mapped stream with an error");
     }
 
     #[tokio::test]

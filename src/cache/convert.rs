@@ -174,7 +174,7 @@ impl Cache {
         let bytes = match self.blob(up, repo, &config).await? {
             BlobSource::Stored { size, .. } if size > MAX_CONFIG_SIZE => return Ok(None),
             BlobSource::Stored { size, .. } => {
-                collect_limited(self.stored_body(up, repo, &config, 0, size).await?).await?
+                collect_limited(self.stored_body(up, repo, &config, 0, size, false).await?).await?
             }
             BlobSource::Fetching { size, .. } if size.is_some_and(|s| s > MAX_CONFIG_SIZE) => return Ok(None),
             BlobSource::Fetching { joined, size } => collect_limited(joined.stream(0, size)).await?,

@@ -393,7 +393,9 @@ impl Cache {
         }
     }
 
-    /// The bytes `[start, end)` of a stored blob of `size` bytes. A stored
+    /// The bytes `[start, end)` of a stored blob. `mapped`: as slices of
+    /// memory maps (no copy; only for a consumer that never reads the bytes
+    /// itself, such as a plain socket), else read into buffers. A stored
     /// file that cannot be read whole (truncated or damaged behind berth's
     /// back) fails this one request and is removed, so the next request
     /// fetches the blob again, verified.
@@ -404,13 +406,21 @@ impl Cache {
         digest: &Digest,
         start: u64,
         end: u64,
+        mapped: bool,
     ) -> Result<impl futures_util::Stream<Item = Result<Bytes, CacheError>> + Send + 'static + use<>, CacheError> {
         let path = self.store.path(digest);
         let opened = tokio::task::spawn_blocking(move || std::fs::File::open(path))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r)
-            .and_then(|file| blobs::read_range(file, start, end, READ_CHUNK));
+            .and_then(|file| {
+                let stream: futures_util::stream::BoxStream<'static, std::io::Result<Bytes>> = if mapped {
+                    Box::pin(blobs::read_range_mapped(file, start, end)?)
+                } else {
+                    Box::pin(blobs::read_range(file, start, end, READ_CHUNK)?)
+                };
+                Ok(stream)
+            });
         let unreadable = UnreadableBlob {
             store: self.store.clone(),
             meta: self.meta.clone(),
