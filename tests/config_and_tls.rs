@@ -127,10 +127,9 @@ fn bad_configs_stop_startup_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/berth.toml"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_https_with_rustls() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+/// A self-signed certificate for 127.0.0.1 in `dir`: (cert, key).
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let status = Command::new("openssl")
         .args([
             "req",
@@ -156,21 +155,95 @@ async fn serves_https_with_rustls() {
         .output()
         .expect("openssl");
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    (cert, key)
+}
+
+fn https_client(cert: &std::path::Path) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(cert).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_https_with_rustls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
     let berth = Berth::start(&format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://127.0.0.1:9\"]\ndefault = true\n",
         cert.display(),
         key.display()
     ));
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
+    let http = https_client(&cert);
     let resp = http.get(format!("https://{}/v2/", berth.host())).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["docker-distribution-api-version"], "registry/2.0");
     // Plain HTTP to the TLS port does not get a registry answer.
     let plain = http.get(format!("http://{}/v2/", berth.host())).send().await;
     assert!(plain.map(|r| r.status().as_u16() != 200).unwrap_or(true));
+}
+
+/// Over TLS berth itself reads a blob's bytes (to encrypt them): a stored
+/// blob truncated under a TLS reader must fail that reader, not kill berth
+/// (a memory map would raise SIGBUS in the encryption).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_truncated_under_a_tls_reader_fails_that_reader_only() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let data = support::images::random_bytes(32 << 20, 7);
+    let digest = support::sha256_hex(&data);
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    let cache = dir.path().join("cache");
+    let blob_dir = cache.join("blobs/sha256").join(&hex[..2]);
+    std::fs::create_dir_all(&blob_dir).unwrap();
+    let path = blob_dir.join(&hex);
+    std::fs::write(&path, &data).unwrap();
+    let berth = Berth::start_in(
+        dir.path(),
+        &cache,
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://127.0.0.1:9\"]\ndefault = true\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let http = https_client(&cert);
+    let url = format!("https://{}/v2/library/big/blobs/{digest}", berth.host());
+    // Whole, over TLS, it verifies.
+    let body = http.get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(support::sha256_hex(&body), digest);
+    // Truncated after the first bytes went out.
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut got = stream.next().await.unwrap().unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let mut broke = false;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(b) => got += b.len(),
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        broke || got < data.len(),
+        "the reader must not get a complete-looking body"
+    );
+    let alive = http.get(format!("https://{}/v2/", berth.host())).send().await;
+    assert_eq!(
+        alive.map(|r| r.status().as_u16()).ok(),
+        Some(200),
+        "berth survives: {}",
+        berth.log()
+    );
 }

@@ -108,6 +108,8 @@ impl BlobFetch {
         let state = match committed {
             Ok((size, path)) => {
                 tracing::info!(upstream = %self.upstream.name, repo = %self.repo, digest = %self.digest, size, "blob cached");
+                // The temp bytes are content now: counted once, not twice.
+                self.evictor.temp_gone(std::mem::take(&mut guard.progress.temp));
                 self.evictor.committed(&self.digest, size);
                 FetchState::Done { size, path }
             }
