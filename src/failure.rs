@@ -29,6 +29,8 @@ pub enum FailureCause {
     UpstreamNotConfigured,
     DiskFull,
     StorageError,
+    UnsupportedOperation,
+    InvalidRequest,
     ClientAborted,
     Internal,
 }
@@ -60,6 +62,8 @@ impl FailureCause {
             UpstreamNotConfigured => "upstream_not_configured",
             DiskFull => "disk_full",
             StorageError => "storage_error",
+            UnsupportedOperation => "unsupported_operation",
+            InvalidRequest => "invalid_request",
             ClientAborted => "client_aborted",
             Internal => "internal",
         }
@@ -78,7 +82,7 @@ impl FailureCause {
             NotCachedOffline => "availability",
             UpstreamNotConfigured => "config",
             DiskFull | StorageError => "storage",
-            ClientAborted => "client",
+            UnsupportedOperation | InvalidRequest | ClientAborted => "client",
             Internal => "internal",
         }
     }
@@ -113,6 +117,8 @@ impl FailureCause {
             UpstreamNotConfigured => "add this registry as an [[upstream]] in berth's config",
             DiskFull => "the cache disk is full: free space or lower cache.max_size",
             StorageError => "cache I/O failed: check the cache directory",
+            UnsupportedOperation => "berth is a read-only mirror: push to (or delete on) the origin registry",
+            InvalidRequest => "fix the request: its Range, pagination or endpoint is not one berth serves",
             ClientAborted => "the client went away mid-transfer",
             Internal => "a bug in berth: please report it",
         }

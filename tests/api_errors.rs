@@ -343,6 +343,30 @@ async fn spec_errors_headers_ranges_and_tags() {
             "{method} {path}: {message}"
         );
     }
+    // Pushes name `unsupported_operation`; requests berth cannot serve as
+    // asked (Range, pagination, unknown endpoints) name `invalid_request`.
+    for (path, method, range, cause) in [
+        (format!("{name}/manifests/latest"), "PUT", None, "unsupported_operation"),
+        (format!("{name}/blobs/uploads/"), "POST", None, "unsupported_operation"),
+        (
+            format!("{name}/blobs/{layer}"),
+            "GET",
+            Some("bytes=99999999-"),
+            "invalid_request",
+        ),
+        (format!("{name}/tags/list?n=abc"), "GET", None, "invalid_request"),
+        (format!("{name}/things/x"), "GET", None, "invalid_request"),
+    ] {
+        let mut rq = http.request(method.parse().unwrap(), url(&path));
+        if let Some(range) = range {
+            rq = rq.header("range", range);
+        }
+        let (_, _, message) = error_code(rq.send().await.unwrap()).await;
+        assert!(
+            message.contains(&format!("(cause={cause})")),
+            "{method} {path}: {message}"
+        );
+    }
     // HEAD answers the same status as GET (a HEAD answer has no body).
     let r = http
         .head(url(&format!("{name}/manifests/.INVALID_MANIFEST_NAME")))

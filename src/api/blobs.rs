@@ -138,7 +138,7 @@ fn count_served<E>(counter: &prometheus_client::metrics::counter::Counter, chunk
 }
 
 fn range_error(e: RangeError, size: Option<u64>) -> ApiError {
-    let err = ApiError::new(Code::RangeInvalid, FailureCause::InvalidReference, &e);
+    let err = ApiError::new(Code::RangeInvalid, FailureCause::InvalidRequest, &e);
     match size {
         Some(size) => err.with_header(header::CONTENT_RANGE, &format!("bytes */{size}")),
         None => err,

@@ -150,12 +150,12 @@ async fn dispatch(
         Endpoint::Tags { name } => tags::list(&req, name).await,
         Endpoint::Upload { .. } => Err(ApiError::new(
             Code::Unsupported,
-            FailureCause::InvalidReference,
+            FailureCause::UnsupportedOperation,
             "berth is a read-only mirror; push is not supported",
         )),
         Endpoint::Referrers { .. } | Endpoint::Unknown => Err(ApiError::new(
             Code::Unsupported,
-            FailureCause::InvalidReference,
+            FailureCause::InvalidRequest,
             format!("no such registry API endpoint: /v2/{rest}"),
         )
         .with_status(StatusCode::NOT_FOUND)),
@@ -198,7 +198,7 @@ fn with_version(mut resp: Response) -> Response {
 fn unsupported(method: &Method) -> Response {
     let mut resp = ApiError::new(
         Code::Unsupported,
-        FailureCause::InvalidReference,
+        FailureCause::UnsupportedOperation,
         format!("{method} is not supported: berth is a read-only pull-through mirror"),
     )
     .with_header(header::ALLOW, "GET, HEAD")

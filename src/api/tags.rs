@@ -29,7 +29,7 @@ pub async fn list(req: &Request<'_>, name: &str) -> Result<Response, ApiError> {
             _ => {
                 return Err(ApiError::new(
                     Code::PaginationNumberInvalid,
-                    FailureCause::InvalidReference,
+                    FailureCause::InvalidRequest,
                     format!("n={v:?} must be a number from 0 to {MAX_PAGE}"),
                 ));
             }
