@@ -31,7 +31,7 @@ pub struct RequestFacts<'a> {
 pub struct FailureEntry {
     pub at_unix_ms: u64,
     pub cause: FailureCause,
-    pub category: &'static str,
+    pub category: crate::failure::Category,
     pub upstream: Option<String>,
     pub upstream_status: Option<u16>,
     pub repository: Option<String>,
@@ -76,7 +76,7 @@ impl Events {
         tracing::warn!(
             event = "pull_failed",
             cause = r.cause.name(),
-            category = r.cause.category(),
+            category = r.cause.category().as_str(),
             upstream,
             upstream_status = r.upstream_status,
             repository = r.repository.as_deref(),
@@ -138,7 +138,7 @@ impl Events {
         tracing::warn!(
             event = "upstream_degraded",
             cause = cause.name(),
-            category = cause.category(),
+            category = cause.category().as_str(),
             upstream,
             repository,
             reference,
@@ -161,7 +161,7 @@ impl Events {
         tracing::warn!(
             event = "storage_degraded",
             cause = cause.name(),
-            category = cause.category(),
+            category = cause.category().as_str(),
             upstream,
             repository,
             reference,

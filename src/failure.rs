@@ -69,21 +69,21 @@ impl FailureCause {
         }
     }
 
-    pub fn category(self) -> &'static str {
+    pub fn category(self) -> Category {
         use FailureCause::*;
         match self {
             DnsResolution | ConnectionRefused | ConnectTimeout | TlsError | ProxyError | ReadTimeout
-            | ConnectionReset => "network",
-            UpstreamUnavailable | RateLimited => "registry",
-            Unauthorized | Forbidden => "auth",
-            ManifestUnknown | NameUnknown | BlobUnknown | InvalidReference => "reference",
-            DigestMismatch | ManifestInvalid => "integrity",
-            UnsupportedMediaType => "format",
-            NotCachedOffline => "availability",
-            UpstreamNotConfigured => "config",
-            DiskFull | StorageError => "storage",
-            UnsupportedOperation | InvalidRequest | ClientAborted => "client",
-            Internal => "internal",
+            | ConnectionReset => Category::Network,
+            UpstreamUnavailable | RateLimited => Category::Registry,
+            Unauthorized | Forbidden => Category::Auth,
+            ManifestUnknown | NameUnknown | BlobUnknown | InvalidReference => Category::Reference,
+            DigestMismatch | ManifestInvalid => Category::Integrity,
+            UnsupportedMediaType => Category::Format,
+            NotCachedOffline => Category::Availability,
+            UpstreamNotConfigured => Category::Config,
+            DiskFull | StorageError => Category::Storage,
+            UnsupportedOperation | InvalidRequest | ClientAborted => Category::Client,
+            Internal => Category::Internal,
         }
     }
 
@@ -122,6 +122,47 @@ impl FailureCause {
             ClientAborted => "the client went away mid-transfer",
             Internal => "a bug in berth: please report it",
         }
+    }
+}
+
+/// The family of a cause: where to look first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Network,
+    Registry,
+    Auth,
+    Reference,
+    Integrity,
+    Format,
+    Availability,
+    Config,
+    Storage,
+    Client,
+    Internal,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Network => "network",
+            Category::Registry => "registry",
+            Category::Auth => "auth",
+            Category::Reference => "reference",
+            Category::Integrity => "integrity",
+            Category::Format => "format",
+            Category::Availability => "availability",
+            Category::Config => "config",
+            Category::Storage => "storage",
+            Category::Client => "client",
+            Category::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for Category {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -180,5 +221,21 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", c.name()));
             assert!(!c.hint().is_empty());
         }
+    }
+}
+
+#[cfg(test)]
+mod category_tests {
+    use super::*;
+
+    #[test]
+    fn categories_are_named_as_in_the_design_table() {
+        assert_eq!(FailureCause::ConnectTimeout.category(), Category::Network);
+        assert_eq!(FailureCause::UnsupportedOperation.category().as_str(), "client");
+        assert_eq!(FailureCause::InvalidRequest.category(), Category::Client);
+        assert_eq!(
+            serde_json::to_string(&Category::Availability).unwrap(),
+            "\"availability\""
+        );
     }
 }

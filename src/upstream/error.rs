@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use super::dns::{DnsError, InternalAddress};
 use super::redirect::RedirectRefused;
-use crate::failure::FailureCause;
+use crate::failure::{Category, FailureCause};
 
 #[derive(Debug, Error)]
 pub enum UpstreamError {
@@ -201,8 +201,10 @@ impl UpstreamError {
     /// Whether the upstream definitely could not be reached or answered with an
     /// outage, as opposed to a definite "no" about the content.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self.cause().category(), "network" | "registry" | "availability")
-            || matches!(self.root(), UpstreamError::TokenRefused { .. })
+        matches!(
+            self.cause().category(),
+            Category::Network | Category::Registry | Category::Availability
+        ) || matches!(self.root(), UpstreamError::TokenRefused { .. })
     }
 }
 

@@ -497,7 +497,7 @@ fn retried(e: UpstreamError, attempts: u32) -> UpstreamError {
 fn counts_against_upstream(e: &UpstreamError) -> bool {
     match e.root() {
         UpstreamError::Status { status, .. } | UpstreamError::TokenRefused { status, .. } => *status >= 500,
-        UpstreamError::Http(_) | UpstreamError::Proxy(_) => e.cause().category() == "network",
+        UpstreamError::Http(_) | UpstreamError::Proxy(_) => e.cause().category() == crate::failure::Category::Network,
         UpstreamError::DeadlineExceeded { .. } => true,
         _ => false,
     }
