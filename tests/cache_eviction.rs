@@ -75,10 +75,9 @@ async fn least_recently_used_content_is_evicted_over_max_size() {
     assert!(p0.exists(), "the recently used b0 stays");
     assert!(stored_bytes(&berth) <= max, "{} bytes stored", stored_bytes(&berth));
     assert!(
-        berth
-            .events()
-            .iter()
-            .any(|e| e["message"] == "cache over max_size; least recently used content evicted" && e["evicted"] == 1),
+        eventually(COMMIT_WAIT, || berth.events().iter().any(|e| e["message"]
+            == "cache over max_size; least recently used content evicted"
+            && e["evicted"] == 1)),
         "the eviction is logged: {}",
         berth.log()
     );

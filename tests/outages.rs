@@ -388,6 +388,7 @@ async fn kill_9_during_ten_cold_pulls_then_restart_serves_only_verified_content(
     }
     let parts = std::fs::read_dir(cache.join("tmp")).map(|d| d.count()).unwrap_or(0);
     eprintln!("killed with {parts} partial downloads in flight");
+    assert!(parts > 0, "the kill landed while downloads were in flight");
 
     relay.clear_faults();
     let berth = Berth::start_in(work.path(), &cache, &config);
