@@ -67,9 +67,26 @@ impl<T> GuardedIo<T> {
         }
     }
 
-    fn moved(&mut self) {
-        self.last = Instant::now();
-        self.write_armed = false;
+    /// The outcome of a write-side poll: any progress disarms the stall
+    /// timer (and bytes written count as traffic); a write stalled for
+    /// `write_timeout` is an error.
+    fn after_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+        wrote: bool,
+    ) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Ready(r) => {
+                if wrote {
+                    self.last = Instant::now();
+                }
+                self.write_armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.write_expired(cx) => Poll::Ready(Err(timed_out("client stopped reading"))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Whether the connection has been idle for `idle_timeout` (registers
@@ -129,14 +146,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.moved();
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.write_expired(cx) => Poll::Ready(Err(timed_out("client stopped reading"))),
-            Poll::Pending => Poll::Pending,
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, polled, true)
     }
 
     fn poll_write_vectored(
@@ -145,14 +156,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                this.moved();
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.write_expired(cx) => Poll::Ready(Err(timed_out("client stopped reading"))),
-            Poll::Pending => Poll::Pending,
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, polled, true)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -161,22 +166,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Ready(r) => {
-                this.write_armed = false;
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.write_expired(cx) => Poll::Ready(Err(timed_out("client stopped reading"))),
-            Poll::Pending => Poll::Pending,
-        }
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.after_write(cx, polled, false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_shutdown(cx) {
-            Poll::Pending if this.write_expired(cx) => Poll::Ready(Err(timed_out("client stopped reading"))),
-            other => other,
-        }
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.after_write(cx, polled, false)
     }
 }
 
