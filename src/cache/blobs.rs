@@ -215,6 +215,23 @@ fn read_exact_at(file: &std::fs::File, at: u64, len: usize) -> std::io::Result<b
     Ok(bytes::Bytes::from_owner(PooledChunk { buf, len }))
 }
 
+/// Check that a stored blob holds `[start, end)`, and turn the kernel's own
+/// read-ahead off for it: berth reads ahead itself, a little, and only while
+/// the client reads, whereas the kernel's (megabytes on many disks) would
+/// read far more than a client that leaves early was sent. The advice is
+/// only advice; a file system that ignores it changes nothing.
+fn prepare_range(file: &std::fs::File, start: u64, end: u64) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    if end > len || start > end {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("stored blob has {len} bytes, {start}..{end} was asked for"),
+        ));
+    }
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random);
+    Ok(())
+}
+
 /// The bytes `[start, end)` of a committed blob as a stream of chunks of at
 /// most `chunk` (≤ `READ_CHUNK`) bytes, read on the blocking pool. One chunk is
 /// read ahead while the previous one is sent; nothing more, and nothing once
@@ -226,18 +243,7 @@ pub fn read_range(
     end: u64,
     chunk: usize,
 ) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static> {
-    let len = file.metadata()?.len();
-    if end > len || start > end {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("stored blob has {len} bytes, {start}..{end} was asked for"),
-        ));
-    }
-    // berth reads ahead itself, one chunk, and only while the client reads:
-    // the kernel's own read-ahead (megabytes on many disks) would read far
-    // more than a client that leaves early was sent. Advice only; a file
-    // system that ignores it changes nothing.
-    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random);
+    prepare_range(&file, start, end)?;
     let file = std::sync::Arc::new(file);
     let chunk = chunk.clamp(1, READ_CHUNK) as u64;
     // Reads start small and double up to `chunk`: a client that reads a
@@ -329,14 +335,7 @@ pub fn read_range_mapped(
     start: u64,
     end: u64,
 ) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static> {
-    let len = file.metadata()?.len();
-    if end > len || start > end {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("stored blob has {len} bytes, {start}..{end} was asked for"),
-        ));
-    }
-    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random);
+    prepare_range(&file, start, end)?;
     let file = std::sync::Arc::new(file);
     const PAGE: u64 = 4096;
     // Windows are page aligned (mmap needs it); a window's size is about
@@ -503,37 +502,19 @@ mod tests {
         let file = std::fs::File::open(&path).unwrap();
         let mut stream = Box::pin(read_range_mapped(file, 0, 16 << 20).unwrap());
         assert!(stream.next().await.unwrap().is_ok());
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(10)
-            .unwrap();
-        let mut failed = false;
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
-                failed = true;
-                break;
-            }
-        }
-        assert!(failed, "a truncated blob must end the mapped stream with an error");
+        truncate_then_expect_eof(&path, stream).await;
     }
 
-    #[tokio::test]
-    async fn a_blob_truncated_under_a_reader_fails_that_read_only() {
+    /// Truncate `path` behind the reader's back; the rest of `stream` must
+    /// end with an `UnexpectedEof` error.
+    async fn truncate_then_expect_eof(
+        path: &std::path::Path,
+        mut stream: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+    ) {
         use futures_util::StreamExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, vec![7u8; 3 * READ_CHUNK]).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let mut stream = Box::pin(read_range(file, 0, 3 * READ_CHUNK as u64, READ_CHUNK).unwrap());
-        let first = stream.next().await.unwrap().unwrap();
-        assert_eq!(first.len() as u64, FIRST_READ);
-        // Behind berth's back: the file loses its tail.
         std::fs::OpenOptions::new()
             .write(true)
-            .open(&path)
+            .open(path)
             .unwrap()
             .set_len(10)
             .unwrap();
@@ -546,5 +527,18 @@ mod tests {
             }
         }
         assert!(failed, "a truncated blob must end the stream with an error");
+    }
+
+    #[tokio::test]
+    async fn a_blob_truncated_under_a_reader_fails_that_read_only() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 3 * READ_CHUNK]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut stream = Box::pin(read_range(file, 0, 3 * READ_CHUNK as u64, READ_CHUNK).unwrap());
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.len() as u64, FIRST_READ);
+        truncate_then_expect_eof(&path, stream).await;
     }
 }

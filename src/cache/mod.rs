@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use blobs::{READ_CHUNK, read_range};
 pub use convert::ConvertError;
 pub use error::CacheError;
 pub use inflight::Joined;
@@ -417,7 +416,7 @@ impl Cache {
                 let stream: futures_util::stream::BoxStream<'static, std::io::Result<Bytes>> = if mapped {
                     Box::pin(blobs::read_range_mapped(file, start, end)?)
                 } else {
-                    Box::pin(blobs::read_range(file, start, end, READ_CHUNK)?)
+                    Box::pin(blobs::read_range(file, start, end, blobs::READ_CHUNK)?)
                 };
                 Ok(stream)
             });
