@@ -41,7 +41,6 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
         .await
         .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
     let size = match &mut source {
-        BlobSource::Stored { size, .. } => Some(*size),
         // A range needs the size; an upstream that did not announce it makes
         // this request wait for the whole (verified) blob.
         BlobSource::Fetching { joined, size: None } if range.is_some() => Some(
@@ -51,7 +50,7 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
                 .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?
                 .0,
         ),
-        BlobSource::Fetching { size, .. } | BlobSource::PassThrough { size, .. } => *size,
+        other => other.size(),
     };
     let span = match (&range, size) {
         (Some((r, text)), Some(size)) => Some(r.resolve(size, text).map_err(|e| range_error(e, Some(size)))?),

@@ -171,19 +171,16 @@ impl Cache {
             tracing::debug!(config = %config, ?declared, "image config missing a size or over the limit; platform not read");
             return Ok(None);
         }
-        let bytes = match self.blob(up, repo, &config).await? {
-            BlobSource::Stored { size, .. } if size > MAX_CONFIG_SIZE => return Ok(None),
+        let source = self.blob(up, repo, &config).await?;
+        if source.size().is_some_and(|size| size > MAX_CONFIG_SIZE) {
+            return Ok(None);
+        }
+        let bytes = match source {
             BlobSource::Stored { size, .. } => {
                 collect_limited(self.stored_body(up, repo, &config, 0, size, false).await?).await?
             }
-            BlobSource::Fetching { size, .. } if size.is_some_and(|s| s > MAX_CONFIG_SIZE) => return Ok(None),
             BlobSource::Fetching { joined, size } => collect_limited(joined.stream(0, size)).await?,
-            BlobSource::PassThrough { pass, size } => {
-                if size.is_some_and(|s| s > MAX_CONFIG_SIZE) {
-                    return Ok(None);
-                }
-                collect_limited((*pass).window(0, size).into_stream()).await?
-            }
+            BlobSource::PassThrough { pass, size } => collect_limited((*pass).window(0, size).into_stream()).await?,
         };
         let Some(bytes) = bytes else {
             return Ok(None);

@@ -54,6 +54,16 @@ pub enum BlobSource {
     PassThrough { pass: Box<PassThrough>, size: Option<u64> },
 }
 
+impl BlobSource {
+    /// The blob's size, where known: stored, or announced by the upstream.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            BlobSource::Stored { size, .. } => Some(*size),
+            BlobSource::Fetching { size, .. } | BlobSource::PassThrough { size, .. } => *size,
+        }
+    }
+}
+
 /// How long an upstream's "unknown" (404) is believed: a burst of requests
 /// for something missing costs one upstream request, and something pushed
 /// just now is found a few seconds later.
