@@ -137,12 +137,7 @@ async fn dispatch(
         ctx: ctx.map(|c| c.0),
         plain: plain.is_some(),
     };
-    let about = match &endpoint {
-        Endpoint::Manifest { name, reference } => Some((*name, Some(*reference))),
-        Endpoint::Blob { name, digest } | Endpoint::Referrers { name, digest } => Some((*name, Some(*digest))),
-        Endpoint::Tags { name } | Endpoint::Upload { name } => Some((*name, None)),
-        Endpoint::Base | Endpoint::Unknown => None,
-    };
+    let about = endpoint.subject();
     let result = match endpoint {
         Endpoint::Base => return base(req.method).await,
         Endpoint::Manifest { name, reference } => manifests::get(&req, name, reference).await,
@@ -175,12 +170,7 @@ async fn dispatch(
 /// Only syntax is checked: no routing, so a push to an unconfigured registry
 /// is still 405.
 fn push_reference_error(endpoint: &Endpoint<'_>) -> Option<ApiError> {
-    let (name, reference) = match *endpoint {
-        Endpoint::Manifest { name, reference } => (name, Some(reference)),
-        Endpoint::Blob { name, digest } | Endpoint::Referrers { name, digest } => (name, Some(digest)),
-        Endpoint::Tags { name } | Endpoint::Upload { name } => (name, None),
-        Endpoint::Base | Endpoint::Unknown => return None,
-    };
+    let (name, reference) = endpoint.subject()?;
     let checked = RepoName::parse(name).and_then(|_| match (endpoint, reference) {
         (Endpoint::Manifest { .. }, Some(r)) => Reference::parse(r).map(drop),
         (_, Some(d)) => Digest::parse(d).map(drop),

@@ -13,6 +13,19 @@ pub enum Endpoint<'a> {
     Unknown,
 }
 
+impl<'a> Endpoint<'a> {
+    /// The repository and the reference (tag or digest) the request is
+    /// about, where it names them.
+    pub fn subject(&self) -> Option<(&'a str, Option<&'a str>)> {
+        match *self {
+            Endpoint::Manifest { name, reference } => Some((name, Some(reference))),
+            Endpoint::Blob { name, digest } | Endpoint::Referrers { name, digest } => Some((name, Some(digest))),
+            Endpoint::Tags { name } | Endpoint::Upload { name } => Some((name, None)),
+            Endpoint::Base | Endpoint::Unknown => None,
+        }
+    }
+}
+
 /// `rest` is the path after `/v2/`.
 pub fn parse(rest: &str) -> Endpoint<'_> {
     if rest.is_empty() {

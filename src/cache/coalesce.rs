@@ -1,7 +1,8 @@
 //! Single flight with a short memory: concurrent asks for the same key share
 //! one upstream request, and its answer is reused for a moment afterwards.
 //! A burst of identical requests (a fleet rolling out, or someone hammering a
-//! missing tag) costs the upstream one request per key per `ttl`.
+//! missing tag) costs the upstream one request per key for as long as the
+//! caller's `keep` says its answer holds.
 
 use std::collections::HashMap;
 use std::hash::Hash;
