@@ -438,13 +438,18 @@ impl Cache {
             repo: repo.to_string(),
             digest: digest.clone(),
         };
-        let stream = match opened {
+        let inner = match opened {
             Ok(stream) => stream,
             Err(e) => return Err(unreadable.fail(e)),
         };
-        Ok(futures_util::StreamExt::map(stream, move |item| {
-            item.map_err(|e| unreadable.fail(e))
-        }))
+        Ok(StoredBody {
+            inner,
+            watch: Some(Watch {
+                unreadable,
+                path: self.store.path(digest),
+                end,
+            }),
+        })
     }
 
     async fn pass_through(&self, up: usize, repo: &RepoName, digest: &Digest) -> Result<BlobSource, CacheError> {
@@ -513,6 +518,67 @@ impl Cache {
                     _ => Err(e),
                 }
             }
+        }
+    }
+}
+
+/// A stored blob's body that drops the blob when it turns out unreadable:
+/// on a read error, or, when the body is dropped unfinished, if the file
+/// has become shorter than the range it was sending. The second case is the
+/// mapped path's: there a truncated page fails the socket write inside the
+/// kernel, the connection ends, and no read error ever reaches the stream.
+struct StoredBody {
+    inner: futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>,
+    /// Taken once the body finished or failed.
+    watch: Option<Watch>,
+}
+
+struct Watch {
+    unreadable: UnreadableBlob,
+    path: PathBuf,
+    end: u64,
+}
+
+impl futures_util::Stream for StoredBody {
+    type Item = Result<Bytes, CacheError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        match futures_util::StreamExt::poll_next_unpin(&mut self.inner, cx) {
+            Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Some(Ok(bytes))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(match self.watch.take() {
+                Some(w) => w.unreadable.fail(e),
+                None => CacheError::from(e),
+            }))),
+            Poll::Ready(None) => {
+                self.watch = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for StoredBody {
+    fn drop(&mut self) {
+        let Some(w) = self.watch.take() else {
+            return;
+        };
+        // Most unfinished bodies are clients that left; a stat (on the
+        // blocking pool) tells those from a file truncated under them.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || {
+                let len = std::fs::metadata(&w.path).map(|m| m.len());
+                if len.is_ok_and(|len| len < w.end) {
+                    w.unreadable.fail(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "stored blob was truncated while it was being sent",
+                    ));
+                }
+            });
         }
     }
 }
