@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::media::{DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST};
+use crate::media::{DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2};
 
 pub const CONVERSION_VERSION: u32 = 1;
 
@@ -303,18 +303,10 @@ pub fn platform_from_config(config: &[u8]) -> Option<Platform> {
     })
 }
 
-/// The Docker type an OCI type converts to.
-pub fn docker_equivalent(media_type: &str) -> Option<&'static str> {
-    match media_type {
-        OCI_MANIFEST => Some(DOCKER_MANIFEST_V2),
-        OCI_INDEX => Some(DOCKER_MANIFEST_LIST),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::{OCI_INDEX, OCI_MANIFEST};
 
     fn oci(layers: &str) -> String {
         format!(

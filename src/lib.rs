@@ -18,6 +18,7 @@ pub mod redact;
 pub mod reference;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod units;
 pub mod upstream;
 

@@ -7,7 +7,6 @@ use axum::http::HeaderMap;
 use axum::http::header::ACCEPT;
 
 use crate::config::ConvertMode;
-use crate::convert::docker_equivalent;
 
 pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -102,6 +101,15 @@ pub fn negotiate(accept: &Accept, stored: &str, by_tag: bool, mode: ConvertMode,
         _ if original_ok => Negotiation::Original,
         ConvertMode::Auto if accept.accepts(docker) => Negotiation::Convert,
         _ => Negotiation::NotAcceptable,
+    }
+}
+
+/// The Docker type an OCI type converts to.
+pub fn docker_equivalent(media_type: &str) -> Option<&'static str> {
+    match media_type {
+        OCI_MANIFEST => Some(DOCKER_MANIFEST_V2),
+        OCI_INDEX => Some(DOCKER_MANIFEST_LIST),
+        _ => None,
     }
 }
 

@@ -264,6 +264,31 @@ impl Hasher {
     }
 }
 
+/// Proof that content hashed to its digest: only `Hasher::verify` makes
+/// one, and a store makes content visible under a digest only with one.
+#[derive(Debug)]
+pub struct Verified {
+    digest: Digest,
+}
+
+impl Verified {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+}
+
+impl Hasher {
+    /// The proof that what was hashed is `expected`, or the digest it really has.
+    pub fn verify(self, expected: &Digest) -> Result<Verified, Digest> {
+        let actual = self.finish();
+        if &actual == expected {
+            Ok(Verified { digest: actual })
+        } else {
+            Err(actual)
+        }
+    }
+}
+
 /// What a manifest request names: a tag or a digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reference {

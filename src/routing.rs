@@ -4,20 +4,40 @@
 //! default upstream. A registry that is not configured is refused: berth is a
 //! mirror of named registries, never an open proxy.
 
+use std::sync::Arc;
+
 use thiserror::Error;
 
 use crate::config::UpstreamConfig;
 use crate::reference::RepoName;
+use crate::upstream::Upstream;
 
 /// Docker Hub's canonical name; one-component names there live under `library/`.
 pub const DOCKER_HUB: &str = "docker.io";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Index into the configured upstreams.
-    pub upstream: usize,
+/// Which upstream serves a request, and the repository it names there.
+#[derive(Clone)]
+pub struct Route<U = Arc<Upstream>> {
+    pub upstream: U,
     /// The repository as the upstream names it (prefix stripped, `library/` added).
     pub repo: RepoName,
+}
+
+/// What routing needs to know of an upstream: its configuration.
+pub trait Routable: Clone {
+    fn config(&self) -> &UpstreamConfig;
+}
+
+impl Routable for Arc<Upstream> {
+    fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+}
+
+impl Routable for UpstreamConfig {
+    fn config(&self) -> &UpstreamConfig {
+        self
+    }
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -26,45 +46,51 @@ pub struct NotConfigured {
     pub registry: String,
 }
 
-pub fn route(upstreams: &[UpstreamConfig], name: &RepoName, ns: Option<&str>) -> Result<Route, NotConfigured> {
+pub fn route<U: Routable>(upstreams: &[U], name: &RepoName, ns: Option<&str>) -> Result<Route<U>, NotConfigured> {
     let not_configured = |registry: &str| NotConfigured {
         registry: registry.to_string(),
     };
     let (index, repo) = if let Some(ns) = ns {
         let i = upstreams
             .iter()
-            .position(|u| u.name == ns)
+            .position(|u| u.config().name == ns)
             .ok_or_else(|| not_configured(ns))?;
         // containerd may also carry the prefix in the path (hosts.toml with a
         // path), in which case it is stripped here too.
-        (i, strip_prefix(name, &upstreams[i].prefix))
+        (i, strip_prefix(name, &upstreams[i].config().prefix))
     } else if let Some(i) = prefixed_upstream(upstreams, name) {
-        (i, strip_prefix(name, &upstreams[i].prefix))
+        (i, strip_prefix(name, &upstreams[i].config().prefix))
     } else {
         let i = upstreams
             .iter()
-            .position(|u| u.default)
+            .position(|u| u.config().default)
             .ok_or_else(|| not_configured(name.first_component()))?;
         // Docker Hub namespaces never contain a dot, so a dotted first
         // component names another registry the operator has not configured.
-        if upstreams[i].name == DOCKER_HUB && name.component_count() > 1 && name.first_component().contains('.') {
+        if upstreams[i].config().name == DOCKER_HUB
+            && name.component_count() > 1
+            && name.first_component().contains('.')
+        {
             return Err(not_configured(name.first_component()));
         }
         (i, name.clone())
     };
-    let repo = if upstreams[index].name == DOCKER_HUB && repo.component_count() == 1 {
+    let upstream = upstreams[index].clone();
+    let repo = if upstream.config().name == DOCKER_HUB && repo.component_count() == 1 {
         repo.with_prefix("library").unwrap_or(repo)
     } else {
         repo
     };
-    Ok(Route { upstream: index, repo })
+    Ok(Route { upstream, repo })
 }
 
-fn prefixed_upstream(upstreams: &[UpstreamConfig], name: &RepoName) -> Option<usize> {
+fn prefixed_upstream<U: Routable>(upstreams: &[U], name: &RepoName) -> Option<usize> {
     if name.component_count() < 2 {
         return None;
     }
-    upstreams.iter().position(|u| u.prefix == name.first_component())
+    upstreams
+        .iter()
+        .position(|u| u.config().prefix == name.first_component())
 }
 
 fn strip_prefix(name: &RepoName, prefix: &str) -> RepoName {
@@ -110,7 +136,7 @@ mod tests {
 
     fn r(name: &str, ns: Option<&str>) -> Result<(String, String), NotConfigured> {
         let u = ups();
-        route(&u, &RepoName::parse(name).unwrap(), ns).map(|r| (u[r.upstream].name.clone(), r.repo.to_string()))
+        route(&u, &RepoName::parse(name).unwrap(), ns).map(|r| (r.upstream.name, r.repo.to_string()))
     }
 
     fn ok(up: &str, repo: &str) -> Result<(String, String), NotConfigured> {

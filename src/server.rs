@@ -49,7 +49,7 @@ pub struct App {
 }
 
 /// The whole application as a router, ready to serve (tests use it in-process).
-pub fn build(config: Config) -> Result<App, StartError> {
+pub async fn build(config: Config) -> Result<App, StartError> {
     let events = Arc::new(Events::default());
     let upstreams = config
         .upstreams
@@ -63,12 +63,15 @@ pub fn build(config: Config) -> Result<App, StartError> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let cache = Cache::open(&config, upstreams, events.clone()).map_err(|source| StartError::Cache {
-        dir: config.cache_dir.display().to_string(),
-        source,
-    })?;
+    let cache = Cache::open(&config, events.clone())
+        .await
+        .map_err(|source| StartError::Cache {
+            dir: config.cache_dir.display().to_string(),
+            source,
+        })?;
     let state = Arc::new(AppState {
         config,
+        upstreams,
         cache,
         events: events.clone(),
     });
@@ -153,7 +156,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let listen = config.listen;
     let limits = config.server;
-    let app = build(config)?;
+    let app = build(config).await?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Listen { addr: listen, source })?;

@@ -1,8 +1,9 @@
 //! `GET|HEAD /v2/<name>/blobs/<digest>`, with a single `Range`.
 //!
-//! Stored blobs are served from their file; cold ones stream from the growing
-//! file of the single-flight fetch. A fetch that fails after the headers went
-//! out ends the body abnormally, so the client never sees a complete response.
+//! The cache hands over a `Blob` (stored, being fetched, or passed through);
+//! this resolves the Range against its size and sends the bytes. A fetch
+//! that fails after the headers went out ends the body abnormally, so the
+//! client never sees a complete response.
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -12,7 +13,7 @@ use futures_util::StreamExt;
 use super::Request;
 use super::errors::{ApiError, Code, Subject};
 use super::range::{ByteRange, RangeError};
-use crate::cache::{BlobSource, CacheError};
+use crate::cache::{CacheError, ReadMode};
 use crate::events::RequestFacts;
 use crate::failure::{FailureCause, FailureRecord};
 use crate::reference::Digest;
@@ -31,65 +32,35 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
     };
     if req.method == Method::HEAD {
         let size = cache
-            .blob_size(route.upstream, &route.repo, &digest)
+            .blob_size(&route, &digest)
             .await
             .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
         return Ok(head_response(&digest, size));
     }
-    let mut source = cache
-        .blob(route.upstream, &route.repo, &digest)
+    let mut blob = cache
+        .blob(&route, &digest)
         .await
         .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
-    let size = match &mut source {
-        // A range needs the size; an upstream that did not announce it makes
-        // this request wait for the whole (verified) blob.
-        BlobSource::Fetching { joined, size: None } if range.is_some() => Some(
-            joined
-                .done()
-                .await
-                .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?
-                .0,
-        ),
-        other => other.size(),
-    };
+    let size = match range {
+        Some(_) => blob.size_for_range().await,
+        None => Ok(blob.size()),
+    }
+    .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
     let span = match (&range, size) {
         (Some((r, text)), Some(size)) => Some(r.resolve(size, text).map_err(|e| range_error(e, Some(size)))?),
         _ => None,
     };
-    let body = match source {
-        BlobSource::Stored { .. } => {
-            let (start, end) = span.unwrap_or((0, size.unwrap_or(0)));
-            let stream = cache
-                .stored_body(route.upstream, &route.repo, &digest, start, end, req.plain)
-                .await
-                .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
-            Body::from_stream(record_failures(req, name, &route.repo, &digest, stream))
-        }
-        BlobSource::Fetching { joined, .. } => {
-            let (start, end) = window(span, size);
-            Body::from_stream(record_failures(
-                req,
-                name,
-                &route.repo,
-                &digest,
-                joined.stream(start, end),
-            ))
-        }
-        BlobSource::PassThrough { pass, .. } => {
-            let (start, end) = window(span, size);
-            let stream = (*pass).window(start, end).into_stream();
-            Body::from_stream(record_failures(req, name, &route.repo, &digest, stream))
-        }
-    };
-    Ok(body_response(&digest, size, span, body))
-}
-
-/// The `[start, end)` of the blob a response carries.
-fn window(span: Option<(u64, u64)>, size: Option<u64>) -> (u64, Option<u64>) {
-    match span {
+    let (start, end) = match span {
         Some((s, e)) => (s, Some(e)),
         None => (0, size),
-    }
+    };
+    let mode = if req.plain { ReadMode::Mapped } else { ReadMode::Copied };
+    let body = blob
+        .range(start, end, mode)
+        .await
+        .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
+    let body = Body::from_stream(record_failures(req, name, &route.repo, &digest, body));
+    Ok(body_response(&digest, size, span, body))
 }
 
 /// Record a failure that happens after the status went out: the body ends

@@ -24,18 +24,18 @@ pub async fn get(req: &Request<'_>, name: &str, reference: &str) -> Result<Respo
     let what = format!("manifest {}{sep}{reference}", route.repo);
     let cache = &req.state.cache;
     let m = cache
-        .manifest(route.upstream, &route.repo, &reference)
+        .manifest(&route, &reference)
         .await
         .map_err(|e| ApiError::from_cache(e, Subject::Manifest, &what))?;
     let accept = Accept::from_headers(&req.headers);
     let by_tag = matches!(reference, Reference::Tag(_));
-    let mode = req.state.config.upstreams[route.upstream].convert;
-    let converted_digest = !by_tag && cache.is_converted(&m.digest);
+    let mode = route.upstream.config.convert;
+    let converted_digest = !by_tag && cache.is_converted(&m.digest).await;
     match negotiate(&accept, &m.media_type, by_tag, mode, converted_digest) {
         Negotiation::Original => Ok(respond(&req.method, m)),
         Negotiation::NotAcceptable => Err(not_acceptable(&m, &what)),
         Negotiation::ByDigestNotAcceptable => Err(refused(&Refusal::ByDigestNotAcceptable, &what)),
-        Negotiation::Convert => match cache.converted(route.upstream, &route.repo, &m).await {
+        Negotiation::Convert => match cache.converted(&route, &m).await {
             Ok(c) => Ok(respond(&req.method, c)),
             // convert = "docker" on a client that can read the original anyway.
             Err(ConvertError::Refused(_)) if accept.accepts(&m.media_type) => Ok(respond(&req.method, m)),

@@ -23,6 +23,7 @@ use crate::events::Events;
 use crate::failure::FailureCause;
 use crate::reference::{Digest, Reference, RepoName};
 use crate::routing::{Route, route};
+use crate::upstream::Upstream;
 use errors::{ApiError, Code};
 use path::Endpoint;
 
@@ -30,6 +31,8 @@ pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
 pub struct AppState {
     pub config: Config,
+    /// One client per configured upstream, in the configured order.
+    pub upstreams: Vec<Arc<Upstream>>,
     pub cache: Cache,
     pub events: Arc<Events>,
 }
@@ -108,7 +111,7 @@ impl Request<'_> {
     pub fn route(&self, name: &str) -> Result<(RepoName, Route), ApiError> {
         let name = RepoName::parse(name).map_err(ApiError::reference)?;
         let ns = self.query_param("ns");
-        let r = route(&self.state.config.upstreams, &name, ns.as_deref()).map_err(ApiError::not_configured)?;
+        let r = route(&self.state.upstreams, &name, ns.as_deref()).map_err(ApiError::not_configured)?;
         Ok((name, r))
     }
 }

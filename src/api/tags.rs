@@ -40,7 +40,7 @@ pub async fn list(req: &Request<'_>, name: &str) -> Result<Response, ApiError> {
     let mut tags = req
         .state
         .cache
-        .tags(route.upstream, &route.repo)
+        .tags(&route)
         .await
         .map_err(|e| ApiError::from_cache(e, Subject::Tags, &what))?;
     tags.sort();

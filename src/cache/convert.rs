@@ -8,10 +8,11 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use super::{BlobSource, Cache, CacheError, CachedManifest};
+use super::{Cache, CacheError, CachedManifest, ReadMode};
 use crate::convert::{self, CONVERSION_VERSION, ChildOutcome, Refusal};
 use crate::media::{DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST};
-use crate::reference::{Digest, Reference, RepoName};
+use crate::reference::{Digest, Reference};
+use crate::routing::Route;
 
 /// Image configs are small; this bounds what is read to learn a platform
 /// (the manifest limit: a config is a JSON document like a manifest).
@@ -36,55 +37,49 @@ impl From<std::io::Error> for ConvertError {
     }
 }
 
-impl From<super::meta::MetaError> for ConvertError {
-    fn from(e: super::meta::MetaError) -> Self {
+impl From<crate::store::MetaError> for ConvertError {
+    fn from(e: crate::store::MetaError) -> Self {
         ConvertError::Cache(e.into())
     }
 }
 
 impl Cache {
     /// Whether `digest` names a manifest berth produced by conversion.
-    pub fn is_converted(&self, digest: &Digest) -> bool {
-        self.meta.is_converted(digest).unwrap_or(false)
+    pub async fn is_converted(&self, digest: &Digest) -> bool {
+        self.meta.is_converted(digest).await.unwrap_or(false)
     }
 
     /// The Docker schema2 form of an OCI manifest or index.
-    pub async fn converted(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        m: &CachedManifest,
-    ) -> Result<CachedManifest, ConvertError> {
-        if let Some(d) = self.meta.converted(CONVERSION_VERSION, &m.digest)?
+    pub async fn converted(&self, route: &Route, m: &CachedManifest) -> Result<CachedManifest, ConvertError> {
+        if let Some(d) = self.meta.converted(CONVERSION_VERSION, &m.digest).await?
             && let Some(c) = self.load_manifest(&d).await
         {
             return Ok(c);
         }
         let (bytes, media_type) = match m.media_type.as_str() {
             OCI_MANIFEST => (convert::convert_manifest(&m.bytes)?, DOCKER_MANIFEST_V2),
-            OCI_INDEX => (
-                self.convert_index(up, repo, m).await?,
-                crate::media::DOCKER_MANIFEST_LIST,
-            ),
+            OCI_INDEX => (self.convert_index(route, m).await?, crate::media::DOCKER_MANIFEST_LIST),
             other => {
                 return Err(Refusal::Invalid(format!("{other} is not an OCI manifest type")).into());
             }
         };
         let digest = Digest::sha256_of(&bytes);
-        if self.store.put(&digest, &bytes)? {
-            self.evictor.committed(&digest, bytes.len() as u64);
+        let size = bytes.len() as u64;
+        let bytes = bytes::Bytes::from(bytes);
+        if self.store.put(&digest, bytes.clone()).await? {
+            self.evictor.committed(&digest, size);
         }
-        self.meta.put_manifest(&digest, media_type, bytes.len() as u64)?;
-        self.meta.put_converted(CONVERSION_VERSION, &m.digest, &digest)?;
+        self.meta.put_manifest(&digest, media_type, size).await?;
+        self.meta.put_converted(CONVERSION_VERSION, &m.digest, &digest).await?;
         tracing::info!(original = %m.digest, converted = %digest, media_type, "converted manifest to Docker schema2");
         Ok(CachedManifest {
-            bytes: bytes.into(),
+            bytes,
             media_type: media_type.to_string(),
             digest,
         })
     }
 
-    async fn convert_index(&self, up: usize, repo: &RepoName, index: &CachedManifest) -> Result<Vec<u8>, ConvertError> {
+    async fn convert_index(&self, route: &Route, index: &CachedManifest) -> Result<Vec<u8>, ConvertError> {
         let mut outcomes = HashMap::new();
         let children = convert::index_children(&index.bytes)?;
         if children.len() > MAX_INDEX_CHILDREN {
@@ -98,7 +93,7 @@ impl Cache {
             let outcome = if convert::is_attestation(&child) {
                 ChildOutcome::Dropped(Refusal::UnknownLayerType("attestation manifest".into()))
             } else {
-                self.convert_child(up, repo, &child).await?
+                self.convert_child(route, &child).await?
             };
             if let ChildOutcome::Dropped(why) = &outcome {
                 tracing::debug!(index = %index.digest, child = %child.digest, reason = why.reason(), "index child dropped in conversion");
@@ -108,12 +103,7 @@ impl Cache {
         Ok(convert::convert_index(&index.bytes, &outcomes)?)
     }
 
-    async fn convert_child(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        child: &convert::Descriptor,
-    ) -> Result<ChildOutcome, ConvertError> {
+    async fn convert_child(&self, route: &Route, child: &convert::Descriptor) -> Result<ChildOutcome, ConvertError> {
         let Ok(digest) = Digest::parse(&child.digest) else {
             return Ok(ChildOutcome::Dropped(Refusal::Invalid(format!(
                 "bad child digest {}",
@@ -133,8 +123,8 @@ impl Cache {
                 child.media_type.clone(),
             )));
         }
-        let original = self.manifest(up, repo, &Reference::Digest(digest)).await?;
-        let converted = match Box::pin(self.converted(up, repo, &original)).await {
+        let original = self.manifest(route, &Reference::Digest(digest)).await?;
+        let converted = match Box::pin(self.converted(route, &original)).await {
             Ok(c) => c,
             Err(ConvertError::Refused(r)) => return Ok(ChildOutcome::Dropped(r)),
             Err(e) => return Err(e),
@@ -142,7 +132,7 @@ impl Cache {
         // A platform is read from the child's config, never guessed.
         let platform = match child.platform {
             Some(_) => None,
-            None => self.config_platform(up, repo, &original.bytes).await?,
+            None => self.config_platform(route, &original.bytes).await?,
         };
         Ok(ChildOutcome::Kept {
             digest: converted.digest.to_string(),
@@ -152,12 +142,7 @@ impl Cache {
         })
     }
 
-    async fn config_platform(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        manifest: &[u8],
-    ) -> Result<Option<convert::Platform>, ConvertError> {
+    async fn config_platform(&self, route: &Route, manifest: &[u8]) -> Result<Option<convert::Platform>, ConvertError> {
         let value = serde_json::from_slice::<serde_json::Value>(manifest).ok();
         let descriptor = value.as_ref().map(|v| &v["config"]);
         let config = descriptor.and_then(|c| c["digest"].as_str().and_then(|d| Digest::parse(d).ok()));
@@ -171,18 +156,12 @@ impl Cache {
             tracing::debug!(config = %config, ?declared, "image config missing a size or over the limit; platform not read");
             return Ok(None);
         }
-        let source = self.blob(up, repo, &config).await?;
-        if source.size().is_some_and(|size| size > MAX_CONFIG_SIZE) {
+        let blob = self.blob(route, &config).await?;
+        let size = blob.size();
+        if size.is_some_and(|size| size > MAX_CONFIG_SIZE) {
             return Ok(None);
         }
-        let bytes = match source {
-            BlobSource::Stored { size, .. } => {
-                collect_limited(self.stored_body(up, repo, &config, 0, size, false).await?).await?
-            }
-            BlobSource::Fetching { joined, size } => collect_limited(joined.stream(0, size)).await?,
-            BlobSource::PassThrough { pass, size } => collect_limited((*pass).window(0, size).into_stream()).await?,
-        };
-        let Some(bytes) = bytes else {
+        let Some(bytes) = collect_limited(blob.range(0, size, ReadMode::Copied).await?).await? else {
             return Ok(None);
         };
         Ok(convert::platform_from_config(&bytes))

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::meta::MetaError;
 use crate::failure::FailureCause;
+use crate::store::MetaError;
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, Clone, Error)]

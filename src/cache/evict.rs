@@ -9,9 +9,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::blobs::BlobStore;
-use super::meta::Meta;
 use crate::reference::Digest;
+use crate::store::{BlobStore, MetaStore};
 
 pub struct Evictor {
     max: u64,
@@ -20,8 +19,8 @@ pub struct Evictor {
     /// and become content soon, so they count against the limit.
     temp: AtomicU64,
     running: AtomicBool,
-    store: Arc<BlobStore>,
-    meta: Arc<Meta>,
+    store: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetaStore>,
 }
 
 /// What one eviction run did.
@@ -32,17 +31,16 @@ pub struct Evicted {
 }
 
 impl Evictor {
-    /// Account for what the store already holds.
-    pub fn open(max: u64, store: Arc<BlobStore>, meta: Arc<Meta>) -> std::io::Result<Self> {
-        let used = store.list()?.iter().map(|(_, size, _)| size).sum();
-        Ok(Self {
+    /// `used`: what the store already holds.
+    pub fn new(max: u64, used: u64, store: Arc<dyn BlobStore>, meta: Arc<dyn MetaStore>) -> Self {
+        Self {
             max,
             used: AtomicU64::new(used),
             temp: AtomicU64::new(0),
             running: AtomicBool::new(false),
             store,
             meta,
-        })
+        }
     }
 
     /// Bytes the store holds, as accounted.
@@ -63,8 +61,8 @@ impl Evictor {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(n)));
     }
 
-    /// `size` bytes were committed under `digest`; evict (on the blocking
-    /// pool, one run at a time) if that took the store over the limit.
+    /// `size` bytes were committed under `digest`; evict (in a task of its
+    /// own, one run at a time) if that took the store over the limit.
     pub fn committed(self: &Arc<Self>, digest: &Digest, size: u64) {
         self.used.fetch_add(size, Ordering::Relaxed);
         self.evict_if_over(Some(digest.clone()));
@@ -76,8 +74,8 @@ impl Evictor {
             return;
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            match this.run(keep.as_ref()) {
+        tokio::spawn(async move {
+            match this.run(keep.as_ref()).await {
                 Ok(done) if done.items > 0 => {
                     tracing::info!(
                         evicted = done.items,
@@ -96,24 +94,26 @@ impl Evictor {
 
     /// Remove least recently used items, never `keep`, until the store and
     /// the downloads under way are under 90 % of the limit.
-    pub fn run(&self, keep: Option<&Digest>) -> std::io::Result<Evicted> {
-        let mut items = self.store.list()?;
+    pub async fn run(&self, keep: Option<&Digest>) -> std::io::Result<Evicted> {
+        let items = self.store.list().await?;
         // Re-account from what is really there (crashes, outside changes).
-        let total: u64 = items.iter().map(|(_, size, _)| size).sum();
+        let total: u64 = items.iter().map(|i| i.size).sum();
         self.used.store(total, Ordering::Relaxed);
         let target = (self.max / 10 * 9).saturating_sub(self.temp.load(Ordering::Relaxed));
         if total <= target {
             return Ok(Evicted::default());
         }
         // Last use as berth knows it, else the commit time.
-        let mut aged: Vec<(u64, Digest, u64)> = items
-            .drain(..)
-            .filter(|(d, _, _)| Some(d) != keep)
-            .map(|(d, size, mtime)| {
-                let used = self.meta.last_used_ms(&d).unwrap_or(0).max(mtime);
-                (used, d, size)
-            })
-            .collect();
+        let mut aged: Vec<(u64, Digest, u64)> = Vec::with_capacity(items.len());
+        for item in items.into_iter().filter(|i| Some(&i.digest) != keep) {
+            let used = self
+                .meta
+                .last_used_ms(&item.digest)
+                .await
+                .unwrap_or(0)
+                .max(item.stored_ms);
+            aged.push((used, item.digest, item.size));
+        }
         aged.sort_by_key(|(used, _, _)| *used);
         let mut done = Evicted::default();
         let mut left = total;
@@ -121,9 +121,9 @@ impl Evictor {
             if left <= target {
                 break;
             }
-            match self.store.remove(&digest) {
+            match self.store.delete(&digest).await {
                 Ok(()) => {
-                    self.meta.forget(&digest);
+                    self.meta.forget(&digest).await;
                     left -= size;
                     done.items += 1;
                     done.bytes += size;
@@ -141,52 +141,63 @@ impl Evictor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{FsBlobStore, SledMetaStore};
 
-    #[test]
-    fn evicts_least_recently_used_first_and_keeps_the_new_item() {
+    async fn stores(dir: &std::path::Path) -> (Arc<dyn BlobStore>, Arc<dyn MetaStore>) {
+        (
+            Arc::new(FsBlobStore::open(dir).unwrap()),
+            Arc::new(SledMetaStore::open(dir).unwrap()),
+        )
+    }
+
+    async fn put(store: &Arc<dyn BlobStore>, n: u8) -> Digest {
+        let bytes = vec![n; 1000];
+        let d = Digest::sha256_of(&bytes);
+        store.put(&d, bytes.into()).await.unwrap();
+        d
+    }
+
+    async fn evictor(max: u64, store: &Arc<dyn BlobStore>, meta: &Arc<dyn MetaStore>) -> Evictor {
+        let used = store.list().await.unwrap().iter().map(|i| i.size).sum();
+        Evictor::new(max, used, store.clone(), meta.clone())
+    }
+
+    #[tokio::test]
+    async fn evicts_least_recently_used_first_and_keeps_the_new_item() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
-        let meta = Arc::new(Meta::open(dir.path()).unwrap());
-        let put = |n: u8| {
-            let bytes = vec![n; 1000];
-            let d = Digest::sha256_of(&bytes);
-            store.put(&d, &bytes).unwrap();
-            d
-        };
-        let (a, b, c) = (put(1), put(2), put(3));
-        let evictor = Evictor::open(2500, store.clone(), meta.clone()).unwrap();
+        let (store, meta) = stores(dir.path()).await;
+        let (a, b, c) = (put(&store, 1).await, put(&store, 2).await, put(&store, 3).await);
+        let evictor = evictor(2500, &store, &meta).await;
         assert_eq!(evictor.used(), 3000);
         // `a` is used after `b` and `c` were written: `b` is now the oldest.
         std::thread::sleep(std::time::Duration::from_millis(5));
-        meta.touch(&a).unwrap();
-        let done = evictor.run(Some(&c)).unwrap();
+        meta.touch(&a).await.unwrap();
+        let done = evictor.run(Some(&c)).await.unwrap();
         assert_eq!(done, Evicted { items: 1, bytes: 1000 });
-        assert_eq!(store.size(&b), None, "least recently used goes");
-        assert!(store.size(&a).is_some() && store.size(&c).is_some());
+        assert_eq!(store.stat(&b).await.unwrap(), None, "least recently used goes");
+        assert!(store.stat(&a).await.unwrap().is_some() && store.stat(&c).await.unwrap().is_some());
         assert_eq!(evictor.used(), 2000);
         // Under 90 %: nothing more to do.
-        assert_eq!(evictor.run(Some(&c)).unwrap(), Evicted::default());
+        assert_eq!(evictor.run(Some(&c)).await.unwrap(), Evicted::default());
         // The item just committed is never evicted, even when it is the oldest.
-        let small = Evictor::open(500, store.clone(), meta.clone()).unwrap();
-        let done = small.run(Some(&c)).unwrap();
+        let small = self::evictor(500, &store, &meta).await;
+        let done = small.run(Some(&c)).await.unwrap();
         assert_eq!(done.items, 1);
-        assert!(store.size(&c).is_some());
+        assert!(store.stat(&c).await.unwrap().is_some());
     }
 
-    #[test]
-    fn bytes_of_downloads_under_way_count_against_the_limit() {
+    #[tokio::test]
+    async fn bytes_of_downloads_under_way_count_against_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
-        let meta = Arc::new(Meta::open(dir.path()).unwrap());
+        let (store, meta) = stores(dir.path()).await;
         for n in 1..=3u8 {
-            let bytes = vec![n; 1000];
-            store.put(&Digest::sha256_of(&bytes), &bytes).unwrap();
+            put(&store, n).await;
         }
         // 3000 stored, limit 4000: under it, until 1500 more are being written.
-        let evictor = Evictor::open(4000, store.clone(), meta).unwrap();
-        assert_eq!(evictor.run(None).unwrap(), Evicted::default());
+        let evictor = evictor(4000, &store, &meta).await;
+        assert_eq!(evictor.run(None).await.unwrap(), Evicted::default());
         evictor.temp.fetch_add(1500, Ordering::Relaxed);
-        let done = evictor.run(None).unwrap();
+        let done = evictor.run(None).await.unwrap();
         assert_eq!(done.items, 1, "3000 + 1500 > 3600: one item makes room");
         evictor.temp_gone(1500);
         assert_eq!(evictor.temp.load(Ordering::Relaxed), 0);

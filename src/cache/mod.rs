@@ -1,9 +1,12 @@
 //! The get-or-fetch facade: the API asks here for manifests, blobs and tags;
 //! this answers from the store when it can and from the upstream when it must.
 //! It owns the cache rules (digests immutable, tags revalidated once per TTL,
-//! stale-if-error) and never deals with HTTP requests or responses.
+//! stale-if-error) and never deals with HTTP requests or responses, files or
+//! wire formats: below it are the `store` seams and the `upstream` client.
+//!
+//! Manifests and tags are here; blobs in `blob.rs`.
 
-mod blobs;
+mod blob;
 mod coalesce;
 mod convert;
 mod error;
@@ -12,56 +15,36 @@ mod fetch;
 mod inflight;
 mod lock;
 mod memo;
-mod meta;
 mod passthrough;
+mod reader;
+mod verify;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use crate::store::ReadMode;
+pub use blob::{Blob, BlobBody};
 pub use convert::ConvertError;
 pub use error::CacheError;
-pub use inflight::Joined;
 pub use lock::{CacheLock, LockError};
-pub use passthrough::PassThrough;
 
 use crate::failure::FailureCause;
-use crate::reference::{Digest, Reference, RepoName};
-use crate::upstream::{Upstream, UpstreamManifest};
-use blobs::BlobStore;
+use crate::reference::{Digest, Reference};
+use crate::routing::Route;
+use crate::store::{BlobStore, FsBlobStore, MetaStore, SledMetaStore, now_secs};
+use crate::upstream::{ManifestHead, UpstreamManifest};
 use coalesce::Coalesce;
 use evict::Evictor;
-use inflight::{Fallback, Inflight, Slot};
+use inflight::Inflight;
 use memo::ManifestMemo;
-use meta::{Meta, now_secs};
 
 #[derive(Debug, Clone)]
 pub struct CachedManifest {
     pub bytes: Bytes,
     pub media_type: String,
     pub digest: Digest,
-}
-
-/// Where a blob's bytes come from.
-pub enum BlobSource {
-    /// Stored and verified.
-    Stored { path: PathBuf, size: u64 },
-    /// Being fetched; `size` is the upstream's announced length, if any.
-    Fetching { joined: Joined, size: Option<u64> },
-    /// The cache cannot store it: streamed from the upstream, not stored.
-    PassThrough { pass: Box<PassThrough>, size: Option<u64> },
-}
-
-impl BlobSource {
-    /// The blob's size, where known: stored, or announced by the upstream.
-    pub fn size(&self) -> Option<u64> {
-        match self {
-            BlobSource::Stored { size, .. } => Some(*size),
-            BlobSource::Fetching { size, .. } | BlobSource::PassThrough { size, .. } => *size,
-        }
-    }
 }
 
 /// How long an upstream's "unknown" (404) is believed: a burst of requests
@@ -73,13 +56,22 @@ const TAG_LIST_KEPT: Duration = Duration::from_secs(10);
 /// A blob's size never changes; its HEAD answer is reused this long.
 const BLOB_SIZE_KEPT: Duration = Duration::from_secs(60);
 
-type Key = (usize, String, String);
+/// Upstream name, repository, reference.
+type Key = (String, String, String);
+
+fn key(route: &Route, reference: &str) -> Key {
+    (
+        route.upstream.name.clone(),
+        route.repo.to_string(),
+        reference.to_string(),
+    )
+}
 
 /// Upstream requests shared by concurrent callers, with their answers.
 #[derive(Default)]
 struct Flights {
     manifests: Coalesce<Key, Result<CachedManifest, CacheError>>,
-    heads: Coalesce<Key, Result<crate::upstream::ManifestHead, CacheError>>,
+    heads: Coalesce<Key, Result<ManifestHead, CacheError>>,
     blob_sizes: Coalesce<Key, Result<Option<u64>, CacheError>>,
     tag_lists: Coalesce<Key, Result<Arc<Vec<String>>, CacheError>>,
 }
@@ -108,13 +100,12 @@ fn is_unknown(e: &CacheError) -> bool {
 const MANIFEST_MEMO_BYTES: usize = 32 << 20;
 
 pub struct Cache {
-    store: Arc<BlobStore>,
-    meta: Arc<Meta>,
+    store: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetaStore>,
     evictor: Arc<Evictor>,
     memo: ManifestMemo,
     inflight: Arc<Inflight>,
     flights: Flights,
-    upstreams: Vec<Arc<Upstream>>,
     tag_ttl: Duration,
     finish_abandoned: bool,
     /// cache.max_size: nothing larger could be kept anyway.
@@ -125,24 +116,34 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn open(
-        config: &crate::config::Config,
-        upstreams: Vec<Arc<Upstream>>,
-        events: Arc<crate::events::Events>,
-    ) -> Result<Self, CacheError> {
+    /// Open the cache directory of `config`: lock it, open the filesystem
+    /// and sled stores, and drop records that point at missing content.
+    pub async fn open(config: &crate::config::Config, events: Arc<crate::events::Events>) -> Result<Self, CacheError> {
         // First: the blob store empties tmp/ and sled may be repaired.
         let lock = CacheLock::acquire(&config.cache_dir).map_err(|e| CacheError::Lock(Arc::new(e)))?;
-        let store = Arc::new(BlobStore::open(&config.cache_dir)?);
-        let meta = Meta::open(&config.cache_dir)?;
-        let removed = meta.repair(|d| store.size(d).is_some())?;
+        let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::open(&config.cache_dir)?);
+        let meta: Arc<dyn MetaStore> = Arc::new(SledMetaStore::open(&config.cache_dir)?);
+        Self::with_stores(config, store, meta, lock, events).await
+    }
+
+    async fn with_stores(
+        config: &crate::config::Config,
+        store: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetaStore>,
+        lock: CacheLock,
+        events: Arc<crate::events::Events>,
+    ) -> Result<Self, CacheError> {
+        let items = store.list().await?;
+        let present = items.iter().map(|i| i.digest.clone()).collect();
+        let removed = meta.repair(&present).await?;
         if removed > 0 {
             tracing::warn!(
                 removed,
                 "cache metadata pointed at missing content; those records were dropped"
             );
         }
-        let meta = Arc::new(meta);
-        let evictor = Arc::new(Evictor::open(config.max_size, store.clone(), meta.clone())?);
+        let used = items.iter().map(|i| i.size).sum();
+        let evictor = Arc::new(Evictor::new(config.max_size, used, store.clone(), meta.clone()));
         Ok(Self {
             store,
             meta,
@@ -150,7 +151,6 @@ impl Cache {
             memo: ManifestMemo::new(MANIFEST_MEMO_BYTES),
             inflight: Arc::default(),
             flights: Flights::default(),
-            upstreams,
             tag_ttl: config.tag_ttl,
             finish_abandoned: config.finish_abandoned,
             max_size: config.max_size,
@@ -159,28 +159,23 @@ impl Cache {
         })
     }
 
-    pub fn upstream_name(&self, index: usize) -> &str {
-        &self.upstreams[index].name
-    }
-
     async fn load_manifest(&self, digest: &Digest) -> Option<CachedManifest> {
         if let Some(m) = self.memo.get(digest) {
-            let _ = self.meta.touch(digest);
+            let _ = self.meta.touch(digest).await;
             return Some(m);
         }
-        // Blobs share the store: a manifest request naming a large layer's
-        // digest must not read the layer into memory.
-        if self.store.size(digest)? > crate::upstream::MAX_MANIFEST_SIZE as u64 {
-            return None;
-        }
-        let bytes = tokio::fs::read(self.store.path(digest)).await.ok()?;
-        let media_type = match self.meta.manifest(digest).ok().flatten() {
+        let bytes = self
+            .store
+            .read(digest, crate::upstream::MAX_MANIFEST_SIZE as u64)
+            .await
+            .ok()??;
+        let media_type = match self.meta.manifest(digest).await.ok().flatten() {
             Some(rec) => rec.media_type,
             None => crate::manifest::media_type(&bytes, None).ok()?,
         };
-        let _ = self.meta.touch(digest);
+        let _ = self.meta.touch(digest).await;
         let m = CachedManifest {
-            bytes: Bytes::from(bytes),
+            bytes,
             media_type,
             digest: digest.clone(),
         };
@@ -190,34 +185,31 @@ impl Cache {
 
     /// Store a fetched manifest. A cache that cannot be written does not fail
     /// the pull: the manifest is served anyway and the problem logged.
-    fn store_manifest(&self, upstream: &str, repo: &RepoName, m: &UpstreamManifest) {
-        let stored = self
-            .store
-            .put(&m.digest, &m.bytes)
-            .map_err(CacheError::from)
-            .and_then(|written| {
+    async fn store_manifest(&self, route: &Route, m: &UpstreamManifest) {
+        let stored = match self.store.put(&m.digest, m.bytes.clone()).await {
+            Ok(written) => {
                 if written {
                     self.evictor.committed(&m.digest, m.bytes.len() as u64);
                 }
-                Ok(self.meta.put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)?)
-            });
+                self.meta
+                    .put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)
+                    .await
+                    .map_err(CacheError::from)
+            }
+            Err(e) => Err(CacheError::from(e)),
+        };
         if let Err(e) = stored {
             self.events.storage_degraded(
                 e.cause(),
-                upstream,
-                repo.as_str(),
+                &route.upstream.name,
+                route.repo.as_str(),
                 &m.digest.to_string(),
                 &e.to_string(),
             );
         }
     }
 
-    pub async fn manifest(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<CachedManifest, CacheError> {
+    pub async fn manifest(&self, route: &Route, reference: &Reference) -> Result<CachedManifest, CacheError> {
         match reference {
             Reference::Digest(d) => {
                 if let Some(m) = self.load_manifest(d).await {
@@ -225,37 +217,31 @@ impl Cache {
                     return Ok(m);
                 }
                 self.events.metrics.miss("manifest");
-                self.fetch_manifest(up, repo, &d.to_string()).await
+                self.fetch_manifest(route, reference).await
             }
-            Reference::Tag(tag) => self.manifest_by_tag(up, repo, tag.as_str()).await,
+            Reference::Tag(tag) => self.manifest_by_tag(route, reference, tag.as_str()).await,
         }
     }
 
     /// GET a manifest from the upstream, shared by concurrent requests for it.
-    async fn fetch_manifest(&self, up: usize, repo: &RepoName, reference: &str) -> Result<CachedManifest, CacheError> {
-        let key = (up, repo.to_string(), reference.to_string());
+    async fn fetch_manifest(&self, route: &Route, reference: &Reference) -> Result<CachedManifest, CacheError> {
         self.flights
             .manifests
             .get(
-                key,
+                key(route, &reference.to_string()),
                 |r| kept(r, Duration::ZERO),
-                || self.fetch_manifest_now(up, repo, reference),
+                || self.fetch_manifest_now(route, reference),
             )
             .await
     }
 
-    async fn fetch_manifest_now(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        reference: &str,
-    ) -> Result<CachedManifest, CacheError> {
-        let upstream = &self.upstreams[up];
+    async fn fetch_manifest_now(&self, route: &Route, reference: &Reference) -> Result<CachedManifest, CacheError> {
+        let upstream = &route.upstream;
         let m = upstream
-            .manifest(repo, reference)
+            .manifest(&route.repo, reference)
             .await
             .map_err(|e| CacheError::upstream(&upstream.name, e))?;
-        self.store_manifest(&upstream.name, repo, &m);
+        self.store_manifest(route, &m).await;
         Ok(CachedManifest {
             bytes: m.bytes,
             media_type: m.media_type,
@@ -263,9 +249,15 @@ impl Cache {
         })
     }
 
-    async fn manifest_by_tag(&self, up: usize, repo: &RepoName, tag: &str) -> Result<CachedManifest, CacheError> {
-        let upstream = &self.upstreams[up];
-        let known = self.meta.tag(&upstream.name, repo, tag)?;
+    async fn manifest_by_tag(
+        &self,
+        route: &Route,
+        reference: &Reference,
+        tag: &str,
+    ) -> Result<CachedManifest, CacheError> {
+        let upstream = &route.upstream;
+        let repo = &route.repo;
+        let known = self.meta.tag(&upstream.name, repo, tag).await?;
         let cached = match &known {
             Some(rec) => match Digest::parse(&rec.digest) {
                 Ok(d) => self.load_manifest(&d).await.map(|m| (m, rec.checked_at)),
@@ -275,8 +267,8 @@ impl Cache {
         };
         let Some((cached, checked_at)) = cached else {
             self.events.metrics.miss("manifest");
-            let m = self.fetch_manifest(up, repo, tag).await?;
-            self.remember_tag(&upstream.name, repo, tag, &m.digest);
+            let m = self.fetch_manifest(route, reference).await?;
+            self.remember_tag(route, tag, &m.digest).await;
             return Ok(m);
         };
         // Offline, the cached digest is the answer: nothing to revalidate against.
@@ -285,16 +277,15 @@ impl Cache {
             return Ok(cached);
         }
         // Revalidate with HEAD: it does not count against Docker Hub's limit.
-        let key = (up, repo.to_string(), tag.to_string());
         let head = self
             .flights
             .heads
             .get(
-                key,
+                key(route, tag),
                 |r| kept(r, Duration::ZERO),
                 || async {
                     upstream
-                        .manifest_head(repo, tag)
+                        .manifest_head(repo, reference)
                         .await
                         .map_err(|e| CacheError::upstream(&upstream.name, e))
                 },
@@ -307,13 +298,13 @@ impl Cache {
             }
             Ok(_) => {
                 self.events.metrics.miss("manifest");
-                self.fetch_manifest(up, repo, tag).await
+                self.fetch_manifest(route, reference).await
             }
             Err(e) => Err(e),
         };
         match fresh {
             Ok(m) => {
-                self.remember_tag(&upstream.name, repo, tag, &m.digest);
+                self.remember_tag(route, tag, &m.digest).await;
                 Ok(m)
             }
             Err(e) if serves_stale(&e) => {
@@ -332,151 +323,29 @@ impl Cache {
     }
 
     /// Record what a tag resolved to; failing to is logged, not fatal.
-    fn remember_tag(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest) {
-        if let Err(e) = self.meta.put_tag(upstream, repo, tag, digest) {
+    async fn remember_tag(&self, route: &Route, tag: &str, digest: &Digest) {
+        let upstream = &route.upstream.name;
+        if let Err(e) = self.meta.put_tag(upstream, &route.repo, tag, digest).await {
             let e = CacheError::from(e);
             self.events
-                .storage_degraded(e.cause(), upstream, repo.as_str(), tag, &e.to_string());
+                .storage_degraded(e.cause(), upstream, route.repo.as_str(), tag, &e.to_string());
         }
-    }
-
-    /// A stored blob, or a join on its (possibly new) single-flight fetch.
-    pub async fn blob(&self, up: usize, repo: &RepoName, digest: &Digest) -> Result<BlobSource, CacheError> {
-        if let Some(size) = self.store.size(digest) {
-            let _ = self.meta.touch(digest);
-            self.events.metrics.hit("blob");
-            return Ok(BlobSource::Stored {
-                path: self.store.path(digest),
-                size,
-            });
-        }
-        self.events.metrics.miss("blob");
-        let upstream = &self.upstreams[up];
-        let slot = match self.inflight.join_or_lead(digest, || self.store.temp_file()) {
-            Ok(slot) => slot,
-            Err(e) => {
-                let e = CacheError::from(e);
-                self.events.storage_degraded(
-                    e.cause(),
-                    &upstream.name,
-                    repo.as_str(),
-                    &digest.to_string(),
-                    &e.to_string(),
-                );
-                return self.pass_through(up, repo, digest).await;
-            }
-        };
-        let mut joined = match slot {
-            Slot::Follower(joined) => joined,
-            Slot::Leader(fetch, writer, joined) => {
-                let task = fetch::BlobFetch {
-                    fetch,
-                    writer,
-                    upstream: self.upstreams[up].clone(),
-                    repo: repo.clone(),
-                    digest: digest.clone(),
-                    store: self.store.clone(),
-                    evictor: self.evictor.clone(),
-                    inflight: self.inflight.clone(),
-                    finish_abandoned: self.finish_abandoned,
-                    max_unannounced: self.max_size,
-                    events: self.events.clone(),
-                };
-                // The fetch outlives the request that started it; its events
-                // name that request.
-                tokio::spawn(tracing::Instrument::in_current_span(task.run()));
-                joined
-            }
-        };
-        joined.fallback = Some(Fallback {
-            upstream: upstream.clone(),
-            repo: repo.clone(),
-            digest: digest.clone(),
-        });
-        match joined.started().await {
-            Ok(size) => Ok(BlobSource::Fetching { joined, size }),
-            // The fetch could not store what it got before this request read
-            // anything: stream it from the upstream instead.
-            Err(e) if e.is_storage() => self.pass_through(up, repo, digest).await,
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The bytes `[start, end)` of a stored blob. `mapped`: as slices of
-    /// memory maps (no copy; only for a consumer that never reads the bytes
-    /// itself, such as a plain socket), else read into buffers. A stored
-    /// file that cannot be read whole (truncated or damaged behind berth's
-    /// back) fails this one request and is removed, so the next request
-    /// fetches the blob again, verified.
-    pub async fn stored_body(
-        &self,
-        up: usize,
-        repo: &RepoName,
-        digest: &Digest,
-        start: u64,
-        end: u64,
-        mapped: bool,
-    ) -> Result<impl futures_util::Stream<Item = Result<Bytes, CacheError>> + Send + 'static + use<>, CacheError> {
-        let path = self.store.path(digest);
-        let opened = tokio::task::spawn_blocking(move || std::fs::File::open(path))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .and_then(|file| {
-                let stream: futures_util::stream::BoxStream<'static, std::io::Result<Bytes>> = if mapped {
-                    Box::pin(blobs::read_range_mapped(file, start, end)?)
-                } else {
-                    Box::pin(blobs::read_range(file, start, end, blobs::READ_CHUNK)?)
-                };
-                Ok(stream)
-            });
-        let unreadable = UnreadableBlob {
-            store: self.store.clone(),
-            meta: self.meta.clone(),
-            events: self.events.clone(),
-            upstream: self.upstreams[up].name.clone(),
-            repo: repo.to_string(),
-            digest: digest.clone(),
-        };
-        let inner = match opened {
-            Ok(stream) => stream,
-            Err(e) => return Err(unreadable.fail(e)),
-        };
-        Ok(StoredBody {
-            inner,
-            watch: Some(Watch {
-                unreadable,
-                path: self.store.path(digest),
-                end,
-            }),
-        })
-    }
-
-    async fn pass_through(&self, up: usize, repo: &RepoName, digest: &Digest) -> Result<BlobSource, CacheError> {
-        let hasher = crate::reference::Hasher::new(digest.algorithm());
-        let pass = PassThrough::open(&self.upstreams[up], repo, digest, 0, hasher).await?;
-        let size = pass.total();
-        Ok(BlobSource::PassThrough {
-            pass: Box::new(pass),
-            size,
-        })
     }
 
     /// A blob's size without fetching its body.
-    pub async fn blob_size(&self, up: usize, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, CacheError> {
-        if let Some(size) = self.store.size(digest) {
+    pub async fn blob_size(&self, route: &Route, digest: &Digest) -> Result<Option<u64>, CacheError> {
+        if let Some(size) = self.store.stat(digest).await? {
             return Ok(Some(size));
         }
-        let upstream = &self.upstreams[up];
-        let key = (up, repo.to_string(), digest.to_string());
+        let upstream = &route.upstream;
         self.flights
             .blob_sizes
             .get(
-                key,
+                key(route, &digest.to_string()),
                 |r| kept(r, BLOB_SIZE_KEPT),
                 || async {
                     upstream
-                        .blob_size(repo, digest)
+                        .blob_size(&route.repo, digest)
                         .await
                         .map_err(|e| CacheError::upstream(&upstream.name, e))
                 },
@@ -486,25 +355,24 @@ impl Cache {
 
     /// All tags of a repository; the last known list when the upstream is down.
     /// Concurrent requests share one upstream walk, reused for a few seconds.
-    pub async fn tags(&self, up: usize, repo: &RepoName) -> Result<Vec<String>, CacheError> {
-        let key = (up, repo.to_string(), String::new());
+    pub async fn tags(&self, route: &Route) -> Result<Vec<String>, CacheError> {
         let listed = self
             .flights
             .tag_lists
-            .get(key, |r| kept(r, TAG_LIST_KEPT), || self.fetch_tags(up, repo))
+            .get(key(route, ""), |r| kept(r, TAG_LIST_KEPT), || self.fetch_tags(route))
             .await;
         listed.map(|tags| tags.as_ref().clone())
     }
 
-    async fn fetch_tags(&self, up: usize, repo: &RepoName) -> Result<Arc<Vec<String>>, CacheError> {
-        let upstream = &self.upstreams[up];
+    async fn fetch_tags(&self, route: &Route) -> Result<Arc<Vec<String>>, CacheError> {
+        let (upstream, repo) = (&route.upstream, &route.repo);
         match upstream.tags(repo).await {
             Ok(tags) => {
                 // The list is only a fallback for outages: failing to record
                 // it does not fail the request. Unchanged lists are not rewritten.
-                let known = self.meta.tag_list(&upstream.name, repo).ok().flatten();
+                let known = self.meta.tag_list(&upstream.name, repo).await.ok().flatten();
                 let changed = known.is_none_or(|k| k.tags != tags);
-                if changed && let Err(e) = self.meta.put_tag_list(&upstream.name, repo, tags.clone()) {
+                if changed && let Err(e) = self.meta.put_tag_list(&upstream.name, repo, tags.clone()).await {
                     let e = CacheError::from(e);
                     self.events
                         .storage_degraded(e.cause(), &upstream.name, repo.as_str(), "tags/list", &e.to_string());
@@ -513,102 +381,12 @@ impl Cache {
             }
             Err(e) => {
                 let e = CacheError::upstream(&upstream.name, e);
-                match self.meta.tag_list(&upstream.name, repo)? {
+                match self.meta.tag_list(&upstream.name, repo).await? {
                     Some(rec) if serves_stale(&e) => Ok(Arc::new(rec.tags)),
                     _ => Err(e),
                 }
             }
         }
-    }
-}
-
-/// A stored blob's body that drops the blob when it turns out unreadable:
-/// on a read error, or, when the body is dropped unfinished, if the file
-/// has become shorter than the range it was sending. The second case is the
-/// mapped path's: there a truncated page fails the socket write inside the
-/// kernel, the connection ends, and no read error ever reaches the stream.
-struct StoredBody {
-    inner: futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>,
-    /// Taken once the body finished or failed.
-    watch: Option<Watch>,
-}
-
-struct Watch {
-    unreadable: UnreadableBlob,
-    path: PathBuf,
-    end: u64,
-}
-
-impl futures_util::Stream for StoredBody {
-    type Item = Result<Bytes, CacheError>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        match futures_util::StreamExt::poll_next_unpin(&mut self.inner, cx) {
-            Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Some(Ok(bytes))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(match self.watch.take() {
-                Some(w) => w.unreadable.fail(e),
-                None => CacheError::from(e),
-            }))),
-            Poll::Ready(None) => {
-                self.watch = None;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for StoredBody {
-    fn drop(&mut self) {
-        let Some(w) = self.watch.take() else {
-            return;
-        };
-        // Most unfinished bodies are clients that left; a stat (on the
-        // blocking pool) tells those from a file truncated under them.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(move || {
-                let len = std::fs::metadata(&w.path).map(|m| m.len());
-                if len.is_ok_and(|len| len < w.end) {
-                    w.unreadable.fail(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "stored blob was truncated while it was being sent",
-                    ));
-                }
-            });
-        }
-    }
-}
-
-/// What is needed to drop a stored blob found unreadable while serving it.
-struct UnreadableBlob {
-    store: Arc<BlobStore>,
-    meta: Arc<Meta>,
-    events: Arc<crate::events::Events>,
-    upstream: String,
-    repo: String,
-    digest: Digest,
-}
-
-impl UnreadableBlob {
-    fn fail(&self, e: std::io::Error) -> CacheError {
-        let removed = match self.store.remove(&self.digest) {
-            Ok(()) => "removed; it is fetched again when next asked for",
-            Err(_) => "could not be removed",
-        };
-        self.meta.forget(&self.digest);
-        let e = CacheError::from(e);
-        self.events.storage_degraded(
-            e.cause(),
-            &self.upstream,
-            &self.repo,
-            &self.digest.to_string(),
-            &format!("stored blob unreadable ({e}); {removed}"),
-        );
-        e
     }
 }
 

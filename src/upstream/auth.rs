@@ -235,7 +235,7 @@ pub async fn answer(
                 });
             }
             // Tokens are a few KiB; a token service sending more is broken.
-            let bytes = super::read_limited(resp, TOKEN_RESPONSE_LIMIT)
+            let bytes = super::response::read_limited(resp, TOKEN_RESPONSE_LIMIT)
                 .await
                 .map_err(|e| match e {
                     UpstreamError::Http(e) => UpstreamError::Http(e),

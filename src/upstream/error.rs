@@ -59,6 +59,12 @@ pub enum UpstreamError {
     NoCredentials,
     #[error("content does not match its digest: expected {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
+    #[error("ended the blob after {got} of {expected} bytes")]
+    Truncated { expected: u64, got: u64 },
+    #[error("sent {got} bytes of a blob it announced as {expected} bytes")]
+    Overlong { expected: u64, got: u64 },
+    #[error("answered a Range request for a blob from byte {at} with content that does not continue there")]
+    RangeMisplaced { at: u64 },
     #[error("upstream manifest is invalid: {0}")]
     ManifestInvalid(String),
     #[error("{last} (after {attempts} attempts)")]
@@ -163,6 +169,11 @@ impl UpstreamError {
             // be asked now; both leave cached content served.
             UpstreamError::RedirectRefused(_) | UpstreamError::Saturated { .. } => FailureCause::UpstreamUnavailable,
             UpstreamError::DigestMismatch { .. } => FailureCause::DigestMismatch,
+            // A body that ends early, runs long or does not continue where
+            // it should: the transfer broke.
+            UpstreamError::Truncated { .. } | UpstreamError::Overlong { .. } | UpstreamError::RangeMisplaced { .. } => {
+                FailureCause::ConnectionReset
+            }
             UpstreamError::ManifestInvalid(_) => FailureCause::ManifestInvalid,
             // Waiting on an upstream that sends nothing: a stall.
             UpstreamError::DeadlineExceeded { .. } => FailureCause::ReadTimeout,

@@ -16,6 +16,8 @@ pub fn is_retryable(e: &UpstreamError) -> bool {
     match e.root() {
         UpstreamError::Status { status, .. } => matches!(status, 429 | 502 | 503 | 504),
         UpstreamError::TokenRefused { status, .. } => *status == 429 || *status >= 500,
+        // A body that ended early continues from where it stopped.
+        UpstreamError::Truncated { .. } => true,
         UpstreamError::Http(_) => matches!(
             e.cause(),
             FailureCause::ConnectionRefused

@@ -1,20 +1,23 @@
-//! Metadata in sled: tag → digest records, manifest media types, tag lists,
-//! access times. The only file that imports sled. Nothing here is the only
-//! copy of content: a record pointing at a missing blob is treated as absent.
+//! `MetaStore` in sled: tag → digest records, manifest media types, tag
+//! lists, conversions, access times. The only file that imports sled.
+//! Reads and buffered writes are sled's in-memory work and run inline; the
+//! flushes that make a record durable run on the blocking pool.
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
+use super::{ManifestRecord, MetaStore, TagListRecord, TagRecord, now_secs};
 use crate::reference::{Digest, RepoName};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cache metadata: {0}")]
 pub struct MetaError(#[from] sled::Error);
 
-pub struct Meta {
+pub struct SledMetaStore {
     tags: sled::Tree,
     manifests: sled::Tree,
     tag_lists: sled::Tree,
@@ -30,32 +33,6 @@ pub struct Meta {
 
 /// Access times are written at most this often per digest.
 const TOUCH_INTERVAL_SECS: u64 = 60;
-
-/// What a tag resolved to, and when the upstream last confirmed it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TagRecord {
-    pub digest: String,
-    pub checked_at: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ManifestRecord {
-    pub media_type: String,
-    pub size: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TagListRecord {
-    pub tags: Vec<String>,
-    pub fetched_at: u64,
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
 
 /// Whether sled's failure to open means the database itself is unreadable.
 /// Only that justifies moving it aside; sled reports its lock held by another
@@ -77,7 +54,7 @@ fn key(parts: &[&str]) -> Vec<u8> {
     parts.join("\0").into_bytes()
 }
 
-impl Meta {
+impl SledMetaStore {
     /// Open the metadata; a database that cannot be read (torn by a crash,
     /// from an incompatible version) is moved aside and started afresh, since
     /// everything in it can be learned again from the upstream. Any other
@@ -118,11 +95,23 @@ impl Meta {
         Ok(())
     }
 
-    pub fn tag(&self, upstream: &str, repo: &RepoName, tag: &str) -> Result<Option<TagRecord>, MetaError> {
+    /// Make a tree's writes durable, on the blocking pool.
+    async fn flush(tree: &sled::Tree) -> Result<(), MetaError> {
+        let tree = tree.clone();
+        tokio::task::spawn_blocking(move || tree.flush().map(|_| ()))
+            .await
+            .map_err(|e| MetaError(sled::Error::Io(std::io::Error::other(e))))??;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MetaStore for SledMetaStore {
+    async fn tag(&self, upstream: &str, repo: &RepoName, tag: &str) -> Result<Option<TagRecord>, MetaError> {
         Self::get(&self.tags, &key(&[upstream, repo.as_str(), tag]))
     }
 
-    pub fn put_tag(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest) -> Result<(), MetaError> {
+    async fn put_tag(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest) -> Result<(), MetaError> {
         let rec = TagRecord {
             digest: digest.to_string(),
             checked_at: now_secs(),
@@ -131,15 +120,14 @@ impl Meta {
         // What a tag resolved to is what an offline restart serves; it must
         // not be lost to a crash in the flush interval. Tags resolve at most
         // once per tag_ttl, so the fsync is rare.
-        self.tags.flush()?;
-        Ok(())
+        Self::flush(&self.tags).await
     }
 
-    pub fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+    async fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
         Self::get(&self.manifests, digest.to_string().as_bytes())
     }
 
-    pub fn put_manifest(&self, digest: &Digest, media_type: &str, size: u64) -> Result<(), MetaError> {
+    async fn put_manifest(&self, digest: &Digest, media_type: &str, size: u64) -> Result<(), MetaError> {
         let rec = ManifestRecord {
             media_type: media_type.to_string(),
             size,
@@ -147,11 +135,11 @@ impl Meta {
         Self::put(&self.manifests, digest.to_string().as_bytes(), &rec)
     }
 
-    pub fn tag_list(&self, upstream: &str, repo: &RepoName) -> Result<Option<TagListRecord>, MetaError> {
+    async fn tag_list(&self, upstream: &str, repo: &RepoName) -> Result<Option<TagListRecord>, MetaError> {
         Self::get(&self.tag_lists, &key(&[upstream, repo.as_str()]))
     }
 
-    pub fn put_tag_list(&self, upstream: &str, repo: &RepoName, tags: Vec<String>) -> Result<(), MetaError> {
+    async fn put_tag_list(&self, upstream: &str, repo: &RepoName, tags: Vec<String>) -> Result<(), MetaError> {
         let rec = TagListRecord {
             tags,
             fetched_at: now_secs(),
@@ -159,7 +147,7 @@ impl Meta {
         Self::put(&self.tag_lists, &key(&[upstream, repo.as_str()]), &rec)
     }
 
-    pub fn converted(&self, version: u32, original: &Digest) -> Result<Option<Digest>, MetaError> {
+    async fn converted(&self, version: u32, original: &Digest) -> Result<Option<Digest>, MetaError> {
         let k = key(&[&format!("v{version}"), &original.to_string()]);
         Ok(self
             .converted
@@ -167,7 +155,7 @@ impl Meta {
             .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| Digest::parse(s).ok())))
     }
 
-    pub fn put_converted(&self, version: u32, original: &Digest, converted: &Digest) -> Result<(), MetaError> {
+    async fn put_converted(&self, version: u32, original: &Digest, converted: &Digest) -> Result<(), MetaError> {
         let k = key(&[&format!("v{version}"), &original.to_string()]);
         self.converted.insert(k, converted.to_string().as_bytes())?;
         self.converted_from
@@ -175,25 +163,24 @@ impl Meta {
         // Clients are handed the converted digest right away; the fact that
         // berth made it must survive a crash, so it does not wait for the
         // periodic flush. Conversions are rare, so this costs little.
-        self.converted_from.flush()?;
-        self.converted.flush()?;
-        Ok(())
+        Self::flush(&self.converted_from).await?;
+        Self::flush(&self.converted).await
     }
 
     /// Whether berth made this digest by conversion.
-    pub fn is_converted(&self, digest: &Digest) -> Result<bool, MetaError> {
+    async fn is_converted(&self, digest: &Digest) -> Result<bool, MetaError> {
         Ok(self.converted_from.contains_key(digest.to_string().as_bytes())?)
     }
 
     /// Drop records that point at content no longer on disk (a crash between
     /// writing the record and the file, or files removed by hand), so no
     /// request trusts them. Returns how many records were removed.
-    pub fn repair(&self, present: impl Fn(&Digest) -> bool) -> Result<usize, MetaError> {
+    async fn repair(&self, present: &HashSet<Digest>) -> Result<usize, MetaError> {
         let missing = |text: &[u8]| {
             std::str::from_utf8(text)
                 .ok()
                 .and_then(|s| Digest::parse(s).ok())
-                .is_none_or(|d| !present(&d))
+                .is_none_or(|d| !present.contains(&d))
         };
         let mut removed = 0;
         for entry in self.manifests.iter() {
@@ -228,12 +215,11 @@ impl Meta {
         Ok(removed)
     }
 
-    /// Record that a digest was served, for least-recently-used eviction.
     /// Record that content was used. The precise time is kept in memory;
     /// the database gets it at most once per `TOUCH_INTERVAL_SECS` per
     /// digest (eviction after a restart needs only minute precision), so a
     /// hot manifest costs no database write per request.
-    pub fn touch(&self, digest: &Digest) -> Result<(), MetaError> {
+    async fn touch(&self, digest: &Digest) -> Result<(), MetaError> {
         let now_ms = now_millis();
         let now = now_ms / 1000;
         let key = digest.to_string();
@@ -251,7 +237,7 @@ impl Meta {
 
     /// When content was last used, in milliseconds since the epoch, as far
     /// as berth knows (memory first, then the database).
-    pub fn last_used_ms(&self, digest: &Digest) -> Option<u64> {
+    async fn last_used_ms(&self, digest: &Digest) -> Option<u64> {
         let key = digest.to_string();
         if let Some(&(_, ms)) = self.touched.lock().ok()?.get(&key) {
             return Some(ms);
@@ -262,7 +248,7 @@ impl Meta {
     }
 
     /// Forget an evicted digest's access time.
-    pub fn forget(&self, digest: &Digest) {
+    async fn forget(&self, digest: &Digest) {
         let key = digest.to_string();
         if let Ok(mut touched) = self.touched.lock() {
             touched.remove(&key);
@@ -282,39 +268,40 @@ fn now_millis() -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn repair_drops_records_pointing_at_missing_content() {
+    #[tokio::test]
+    async fn repair_drops_records_pointing_at_missing_content() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Meta::open(dir.path()).unwrap();
+        let meta = SledMetaStore::open(dir.path()).unwrap();
         let repo = RepoName::parse("library/app").unwrap();
         let (kept, lost) = (Digest::sha256_of(b"kept"), Digest::sha256_of(b"lost"));
         for d in [&kept, &lost] {
             meta.put_manifest(d, "application/vnd.oci.image.manifest.v1+json", 4)
+                .await
                 .unwrap();
         }
-        meta.put_tag("docker.io", &repo, "ok", &kept).unwrap();
-        meta.put_tag("docker.io", &repo, "gone", &lost).unwrap();
-        meta.put_converted(1, &kept, &lost).unwrap();
+        meta.put_tag("docker.io", &repo, "ok", &kept).await.unwrap();
+        meta.put_tag("docker.io", &repo, "gone", &lost).await.unwrap();
+        meta.put_converted(1, &kept, &lost).await.unwrap();
 
-        let removed = meta.repair(|d| *d == kept).unwrap();
+        let removed = meta.repair(&HashSet::from([kept.clone()])).await.unwrap();
         assert_eq!(
             removed, 4,
             "manifest, tag, and both conversion records of the lost digest"
         );
-        assert!(meta.manifest(&kept).unwrap().is_some());
-        assert!(meta.manifest(&lost).unwrap().is_none());
-        assert!(meta.tag("docker.io", &repo, "ok").unwrap().is_some());
-        assert!(meta.tag("docker.io", &repo, "gone").unwrap().is_none());
-        assert!(meta.converted(1, &kept).unwrap().is_none());
-        assert!(!meta.is_converted(&lost).unwrap());
+        assert!(meta.manifest(&kept).await.unwrap().is_some());
+        assert!(meta.manifest(&lost).await.unwrap().is_none());
+        assert!(meta.tag("docker.io", &repo, "ok").await.unwrap().is_some());
+        assert!(meta.tag("docker.io", &repo, "gone").await.unwrap().is_none());
+        assert!(meta.converted(1, &kept).await.unwrap().is_none());
+        assert!(!meta.is_converted(&lost).await.unwrap());
     }
 
-    #[test]
-    fn an_unreadable_database_is_moved_aside() {
+    #[tokio::test]
+    async fn an_unreadable_database_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("meta"), b"not a sled database").unwrap();
-        let meta = Meta::open(dir.path()).expect("starts afresh");
-        assert!(meta.manifest(&Digest::sha256_of(b"x")).unwrap().is_none());
+        let meta = SledMetaStore::open(dir.path()).expect("starts afresh");
+        assert!(meta.manifest(&Digest::sha256_of(b"x")).await.unwrap().is_none());
         let aside = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
@@ -332,24 +319,28 @@ mod tests {
     #[test]
     fn a_torn_config_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Meta::open(dir.path()).unwrap());
+        drop(SledMetaStore::open(dir.path()).unwrap());
         std::fs::write(dir.path().join("meta").join("conf"), b"segment_size: x\n").unwrap();
-        Meta::open(dir.path()).expect("starts afresh");
+        SledMetaStore::open(dir.path()).expect("starts afresh");
         assert!(moved_aside(dir.path()));
     }
 
-    #[test]
-    fn a_locked_database_is_reported_and_left_alone() {
+    #[tokio::test]
+    async fn a_locked_database_is_reported_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let repo = RepoName::parse("library/busybox").unwrap();
         let digest = Digest::sha256_of(b"m");
-        let first = Meta::open(dir.path()).unwrap();
-        first.put_tag("docker.io", &repo, "latest", &digest).unwrap();
+        let first = SledMetaStore::open(dir.path()).unwrap();
+        first.put_tag("docker.io", &repo, "latest", &digest).await.unwrap();
         // sled's own file lock, held by `first`, refuses the second open.
-        let err = Meta::open(dir.path()).err().expect("the second open fails");
+        let err = SledMetaStore::open(dir.path()).err().expect("the second open fails");
         assert!(err.to_string().contains("lock"), "{err}");
         assert!(!moved_aside(dir.path()), "a lock is not corruption");
-        let rec = first.tag("docker.io", &repo, "latest").unwrap().expect("still there");
+        let rec = first
+            .tag("docker.io", &repo, "latest")
+            .await
+            .unwrap()
+            .expect("still there");
         assert_eq!(rec.digest, digest.to_string());
     }
 

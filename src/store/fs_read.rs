@@ -1,133 +1,24 @@
-//! Content-addressed files under `<cache_dir>/blobs/<alg>/<2 hex>/<hex>`.
-//!
-//! Content becomes visible only by `commit`: written to a temp file under
-//! `<cache_dir>/tmp`, fsynced, renamed into place, directory fsynced. Paths are
-//! built only from a parsed `Digest`, so no input can name a file elsewhere.
+//! Reading stored files: ranges as streams read ahead a little on the
+//! blocking pool (`read_range`, with `pread`), or as slices of memory maps
+//! for plain sockets (`read_range_mapped`); reads of an upload in progress;
+//! and the watch that removes a file found damaged under a reader.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use rand::Rng;
+use super::{ByteStream, OnDamaged};
 
-use crate::reference::Digest;
-
-pub struct BlobStore {
-    root: PathBuf,
-    tmp: PathBuf,
-}
-
-impl BlobStore {
-    /// Open the store; leftover temp files of an earlier run are removed, as
-    /// they were never verified.
-    pub fn open(cache_dir: &Path) -> std::io::Result<Self> {
-        let root = cache_dir.join("blobs");
-        let tmp = cache_dir.join("tmp");
-        std::fs::create_dir_all(&root)?;
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir_all(&tmp)?;
-        Ok(Self { root, tmp })
-    }
-
-    pub fn path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.root.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
-    }
-
-    /// The size of a stored blob, if present.
-    pub fn size(&self, digest: &Digest) -> Option<u64> {
-        std::fs::metadata(self.path(digest))
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-    }
-
-    /// A new, uniquely named temp file for a download in progress.
-    pub fn temp_file(&self) -> std::io::Result<(PathBuf, std::fs::File)> {
-        let name = format!("{:016x}.part", rand::rng().random::<u64>());
-        let path = self.tmp.join(name);
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok((path, file))
-    }
-
-    /// Make a verified temp file visible under its digest. The caller has
-    /// fsynced the file; this renames it and fsyncs the directory.
-    pub fn commit(&self, temp: &Path, digest: &Digest) -> std::io::Result<PathBuf> {
-        let dest = self.path(digest);
-        let dir = dest.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(dir)?;
-        std::fs::rename(temp, &dest)?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(dest)
-    }
-
-    /// Every stored item: digest, size and modification time (ms since the
-    /// epoch). Files whose names are not digests are left out.
-    pub fn list(&self) -> std::io::Result<Vec<(Digest, u64, u64)>> {
-        let mut out = Vec::new();
-        for alg in std::fs::read_dir(&self.root)? {
-            let alg = alg?;
-            let Some(alg_name) = alg.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            for shard in std::fs::read_dir(alg.path())? {
-                for file in std::fs::read_dir(shard?.path())? {
-                    let file = file?;
-                    let Some(hex) = file.file_name().to_str().map(str::to_string) else {
-                        continue;
-                    };
-                    let Ok(digest) = Digest::parse(&format!("{alg_name}:{hex}")) else {
-                        continue;
-                    };
-                    let meta = file.metadata()?;
-                    let mtime = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or_default();
-                    out.push((digest, meta.len(), mtime));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Remove a stored item. A reader that has it open (or mapped) keeps
-    /// reading it: unlinking does not disturb open files.
-    pub fn remove(&self, digest: &Digest) -> std::io::Result<()> {
-        std::fs::remove_file(self.path(digest))
-    }
-
-    /// Store small, already verified content (manifests) in one go.
-    /// Whether it was written (false: it was there already).
-    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> std::io::Result<bool> {
-        if self.size(digest) == Some(bytes.len() as u64) {
-            return Ok(false);
-        }
-        let (path, mut file) = self.temp_file()?;
-        let result = file
-            .write_all(bytes)
-            .and_then(|_| file.sync_all())
-            .and_then(|_| self.commit(&path, digest).map(|_| ()));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&path);
-        }
-        result.map(|_| true)
-    }
-}
-
-/// Read up to `len` bytes at the file's position into a new buffer, in as
-/// few `read` calls as the kernel allows. Shorter only at end of file.
-pub fn read_chunk(file: &mut std::fs::File, len: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    // A zeroed buffer costs a memset; `read_to_end` into spare capacity
-    // would avoid it but reads in small, growing steps (many syscalls).
+/// Up to `len` bytes at `pos`, fewer only at the end of what is written.
+pub fn read_at_most(file: &std::fs::File, pos: u64, len: usize) -> std::io::Result<bytes::Bytes> {
+    use std::os::unix::fs::FileExt;
+    // A zeroed buffer costs a memset; reading into spare capacity would
+    // need unsafe code for a path (joined cold downloads) that is not hot.
     let mut buf = vec![0u8; len];
     let mut filled = 0;
     while filled < len {
-        match file.read(&mut buf[filled..]) {
+        let at = pos
+            .checked_add(filled as u64)
+            .ok_or_else(|| std::io::Error::other("offset overflow"))?;
+        match file.read_at(&mut buf[filled..], at) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -135,7 +26,101 @@ pub fn read_chunk(file: &mut std::fs::File, len: usize) -> std::io::Result<Vec<u
         }
     }
     buf.truncate(filled);
-    Ok(buf)
+    Ok(bytes::Bytes::from(buf))
+}
+
+/// Watches a stored file's range being read: removes the file when it
+/// turns out unreadable (a read error, or, when the reader went away
+/// unfinished, a file now shorter than the range it was sending) and tells
+/// the cache once. The second case is the mapped path's: there a truncated
+/// page fails the socket write inside the kernel, the connection ends, and
+/// no read error ever reaches the stream.
+pub struct Watch {
+    path: PathBuf,
+    end: u64,
+    damaged: Option<OnDamaged>,
+}
+
+impl Watch {
+    pub fn new(path: PathBuf, end: u64, damaged: OnDamaged) -> Self {
+        Self {
+            path,
+            end,
+            damaged: Some(damaged),
+        }
+    }
+
+    /// The file is damaged: remove it, tell the cache, hand back the error.
+    pub fn damaged(mut self, e: std::io::Error) -> std::io::Error {
+        self.fire(&e);
+        e
+    }
+
+    fn fire(&mut self, e: &std::io::Error) {
+        if let Some(damaged) = self.damaged.take() {
+            let removed = std::fs::remove_file(&self.path).is_ok();
+            damaged(e, removed);
+        }
+    }
+
+    /// `stream`, watched.
+    pub fn guard(self, stream: ByteStream) -> ByteStream {
+        Box::pin(Watched {
+            inner: stream,
+            watch: Some(self),
+        })
+    }
+}
+
+struct Watched {
+    inner: ByteStream,
+    /// Taken once the body finished or failed.
+    watch: Option<Watch>,
+}
+
+impl futures_util::Stream for Watched {
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        match std::task::ready!(futures_util::StreamExt::poll_next_unpin(&mut self.inner, cx)) {
+            Some(Ok(bytes)) => Poll::Ready(Some(Ok(bytes))),
+            Some(Err(e)) => {
+                if let Some(mut w) = self.watch.take() {
+                    w.fire(&e);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                self.watch = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let Some(mut w) = self.watch.take() else {
+            return;
+        };
+        // Most unfinished bodies are clients that left; a stat (on the
+        // blocking pool) tells those from a file truncated under them.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || {
+                let len = std::fs::metadata(&w.path).map(|m| m.len());
+                if len.is_ok_and(|len| len < w.end) {
+                    w.fire(&std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "stored blob was truncated while it was being sent",
+                    ));
+                }
+            });
+        }
+    }
 }
 
 /// Buffers for stored-blob reads, reused once the socket write that carried
@@ -405,21 +390,6 @@ struct Ahead {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn put_read_and_temp_cleanup() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
-        let d = Digest::sha256_of(b"hello");
-        store.put(&d, b"hello").unwrap();
-        assert_eq!(std::fs::read(store.path(&d)).unwrap(), b"hello");
-        assert!(store.path(&d).starts_with(dir.path().join("blobs/sha256")));
-        let (stale, _) = store.temp_file().unwrap();
-        drop(store);
-        let store = BlobStore::open(dir.path()).unwrap();
-        assert!(!stale.exists(), "temp files are removed on open");
-        assert_eq!(store.size(&d), Some(5));
-    }
 
     #[tokio::test]
     async fn read_range_streams_exactly_the_range() {

@@ -1,0 +1,188 @@
+//! Blobs through the cache: a stored blob, a join on its single-flight
+//! fetch (started here if it is cold), or, when the cache cannot store it,
+//! a pass-through from the upstream. Whichever it is, the API gets a `Blob`:
+//! its size where known and `range` for its bytes, never a file.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+use super::error::CacheError;
+use super::fetch::BlobFetch;
+use super::inflight::{Fallback, Joined, Slot};
+use super::passthrough::{PassThrough, falls_back};
+use super::{Cache, reader};
+use crate::reference::{Digest, Hasher};
+use crate::routing::Route;
+use crate::store::{BlobStore, MetaStore, OnDamaged, ReadMode};
+
+/// A blob's bytes as they go to a client; an error item ends the response
+/// abnormally.
+pub type BlobBody = BoxStream<'static, Result<Bytes, CacheError>>;
+
+/// A blob the cache is serving.
+pub struct Blob {
+    source: Source,
+}
+
+enum Source {
+    /// Stored and verified.
+    Stored { size: u64, read: StoredRead },
+    /// Being fetched; `size` is the upstream's announced length, if any.
+    Fetching { joined: Joined, size: Option<u64> },
+    /// The cache cannot store it: streamed from the upstream, not stored.
+    PassThrough { pass: Box<PassThrough>, size: Option<u64> },
+}
+
+/// What reading a stored blob needs, and what to do if it turns out damaged.
+struct StoredRead {
+    store: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetaStore>,
+    events: Arc<crate::events::Events>,
+    upstream: String,
+    repo: String,
+    digest: Digest,
+}
+
+impl StoredRead {
+    /// Forget and log a stored blob the store found damaged (and removed),
+    /// so the next request fetches it again, verified.
+    fn on_damaged(&self) -> OnDamaged {
+        let (meta, events) = (self.meta.clone(), self.events.clone());
+        let (upstream, repo, digest) = (self.upstream.clone(), self.repo.clone(), self.digest.clone());
+        Box::new(move |e: &std::io::Error, removed: bool| {
+            let removed = match removed {
+                true => "removed; it is fetched again when next asked for",
+                false => "could not be removed",
+            };
+            let err = CacheError::from(std::io::Error::new(e.kind(), e.to_string()));
+            events.storage_degraded(
+                err.cause(),
+                &upstream,
+                &repo,
+                &digest.to_string(),
+                &format!("stored blob unreadable ({err}); {removed}"),
+            );
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { meta.forget(&digest).await });
+            }
+        })
+    }
+}
+
+impl Blob {
+    /// The blob's size, where known: stored, or announced by the upstream.
+    pub fn size(&self) -> Option<u64> {
+        match &self.source {
+            Source::Stored { size, .. } => Some(*size),
+            Source::Fetching { size, .. } | Source::PassThrough { size, .. } => *size,
+        }
+    }
+
+    /// The size a Range is resolved against. A blob being fetched whose
+    /// upstream did not announce its size makes this wait for the whole
+    /// (verified) blob; a pass-through without one has none.
+    pub async fn size_for_range(&mut self) -> Result<Option<u64>, CacheError> {
+        match &mut self.source {
+            Source::Fetching { joined, size: None } => Ok(Some(joined.done().await?)),
+            _ => Ok(self.size()),
+        }
+    }
+
+    /// The bytes `[start, end)` of the blob (`end` None: to its end). `mode`
+    /// says how stored bytes may be handed out.
+    pub async fn range(self, start: u64, end: Option<u64>, mode: ReadMode) -> Result<BlobBody, CacheError> {
+        match self.source {
+            Source::Stored { size, read } => {
+                let end = end.unwrap_or(size);
+                let damaged = read.on_damaged();
+                let stream = read.store.read_range(&read.digest, start, end, mode, damaged).await?;
+                Ok(stream.map(|item| item.map_err(CacheError::from)).boxed())
+            }
+            Source::Fetching { joined, .. } => Ok(reader::stream(joined, start, end).boxed()),
+            Source::PassThrough { pass, .. } => Ok((*pass).window(start, end).into_stream().boxed()),
+        }
+    }
+}
+
+impl Cache {
+    /// A stored blob, or a join on its (possibly new) single-flight fetch.
+    pub async fn blob(&self, route: &Route, digest: &Digest) -> Result<Blob, CacheError> {
+        if let Some(size) = self.store.stat(digest).await? {
+            let _ = self.meta.touch(digest).await;
+            self.events.metrics.hit("blob");
+            let read = StoredRead {
+                store: self.store.clone(),
+                meta: self.meta.clone(),
+                events: self.events.clone(),
+                upstream: route.upstream.name.clone(),
+                repo: route.repo.to_string(),
+                digest: digest.clone(),
+            };
+            return Ok(Blob {
+                source: Source::Stored { size, read },
+            });
+        }
+        self.events.metrics.miss("blob");
+        let fallback = Fallback {
+            upstream: route.upstream.clone(),
+            repo: route.repo.clone(),
+            digest: digest.clone(),
+        };
+        let slot = self.inflight.join_or_lead(fallback, self.store.begin(digest)).await;
+        let mut joined = match slot {
+            Ok(Slot::Follower(joined)) => joined,
+            Ok(Slot::Leader(fetch, upload, joined)) => {
+                let task = BlobFetch {
+                    fetch,
+                    upstream: route.upstream.clone(),
+                    repo: route.repo.clone(),
+                    digest: digest.clone(),
+                    evictor: self.evictor.clone(),
+                    inflight: self.inflight.clone(),
+                    finish_abandoned: self.finish_abandoned,
+                    max_unannounced: self.max_size,
+                    events: self.events.clone(),
+                };
+                // The fetch outlives the request that started it; its events
+                // name that request.
+                tokio::spawn(tracing::Instrument::in_current_span(task.run(upload)));
+                joined
+            }
+            Err(e) => {
+                let e = CacheError::from(e);
+                self.events.storage_degraded(
+                    e.cause(),
+                    &route.upstream.name,
+                    route.repo.as_str(),
+                    &digest.to_string(),
+                    &e.to_string(),
+                );
+                return self.pass_through(route, digest).await;
+            }
+        };
+        match joined.started().await {
+            Ok(size) => Ok(Blob {
+                source: Source::Fetching { joined, size },
+            }),
+            // The fetch could not store what it got before this request read
+            // anything: stream it from the upstream instead.
+            Err(e) if falls_back(&e) => self.pass_through(route, digest).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn pass_through(&self, route: &Route, digest: &Digest) -> Result<Blob, CacheError> {
+        let hasher = Hasher::new(digest.algorithm());
+        let pass = PassThrough::open(&route.upstream, &route.repo, digest, 0, hasher).await?;
+        let size = pass.total();
+        Ok(Blob {
+            source: Source::PassThrough {
+                pass: Box::new(pass),
+                size,
+            },
+        })
+    }
+}

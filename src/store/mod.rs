@@ -1,0 +1,159 @@
+//! Where bytes and records live: the `BlobStore` seam (content by digest)
+//! and the `MetaStore` seam (tags, media types, conversions, tag lists,
+//! access times). The cache talks to these traits only, so a store can be
+//! local or remote: every call is async, content goes in and out as
+//! streams, and nothing in the interface names a path.
+//!
+//! First implementations: files under the cache directory (`fs.rs`, reads in
+//! `fs_read.rs`) and sled (`sled_meta.rs`, the only file importing sled).
+//! Blocking I/O (fsync, rename, unlink, sled flushes) runs on the blocking
+//! pool, inside the store, through `blocking` below.
+
+mod fs;
+mod fs_read;
+mod sled_meta;
+
+use std::io;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::reference::{Digest, RepoName, Verified};
+
+pub use fs::FsBlobStore;
+pub use sled_meta::{MetaError, SledMetaStore};
+
+/// The bytes of stored content, in order.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// How a range of stored content is handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Read into buffers: for consumers that look at the bytes (TLS, hashing).
+    Copied,
+    /// Slices of memory maps, no copy: only for a consumer whose bytes only
+    /// the kernel touches (a plain socket), where a page lost to a
+    /// truncation fails the socket write instead of raising SIGBUS.
+    Mapped,
+}
+
+/// Called once when stored content turns out damaged while it is read (a
+/// read error, or a file found shorter than the range after the reader went
+/// away). The store has already removed it; the cache forgets and logs.
+pub type OnDamaged = Box<dyn FnOnce(&io::Error, bool) + Send>;
+
+/// One stored item, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredItem {
+    pub digest: Digest,
+    pub size: u64,
+    /// When it was stored, in milliseconds since the epoch.
+    pub stored_ms: u64,
+}
+
+/// Content by digest. Content becomes visible under its digest only by a
+/// commit that carries the proof it hashed to that digest.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// The size of stored content, if present.
+    async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>>;
+    /// Small content whole; None when absent or larger than `limit`.
+    async fn read(&self, digest: &Digest, limit: u64) -> io::Result<Option<Bytes>>;
+    /// `[start, end)` of stored content. A range past its end fails here.
+    async fn read_range(
+        &self,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+        mode: ReadMode,
+        damaged: OnDamaged,
+    ) -> io::Result<ByteStream>;
+    /// Store small content in one go, hashed here first. Whether it was
+    /// written (false: it was there already).
+    async fn put(&self, digest: &Digest, bytes: Bytes) -> io::Result<bool>;
+    /// Start storing a blob that arrives in pieces.
+    async fn begin(&self, digest: &Digest) -> io::Result<Box<dyn BlobUpload>>;
+    async fn delete(&self, digest: &Digest) -> io::Result<()>;
+    async fn list(&self) -> io::Result<Vec<StoredItem>>;
+}
+
+/// A blob being stored. Nothing of it is visible under the digest until
+/// `commit`; dropped or aborted, it leaves nothing behind.
+#[async_trait]
+pub trait BlobUpload: Send {
+    /// Append pieces, in order.
+    async fn write(&mut self, pieces: Vec<Bytes>) -> io::Result<()>;
+    /// A reader of what has been written so far, for requests that join the
+    /// download; it stays readable after the commit.
+    fn partial(&self) -> Arc<dyn PartialRead>;
+    /// Make the blob durable and visible under its digest.
+    async fn commit(self: Box<Self>, proof: Verified) -> io::Result<()>;
+    async fn abort(self: Box<Self>);
+}
+
+/// Reads of an upload in progress.
+#[async_trait]
+pub trait PartialRead: Send + Sync {
+    /// Up to `len` bytes at `pos`, all of them already written.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes>;
+}
+
+/// What a tag resolved to, and when the upstream last confirmed it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: String,
+    pub checked_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagListRecord {
+    pub tags: Vec<String>,
+    pub fetched_at: u64,
+}
+
+/// Records about content. Nothing in it is the only copy of content: a
+/// record pointing at missing content is treated as absent.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    async fn tag(&self, upstream: &str, repo: &RepoName, tag: &str) -> Result<Option<TagRecord>, MetaError>;
+    /// Durable before it returns: what a tag resolved to is what an offline
+    /// restart serves.
+    async fn put_tag(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest) -> Result<(), MetaError>;
+    async fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError>;
+    async fn put_manifest(&self, digest: &Digest, media_type: &str, size: u64) -> Result<(), MetaError>;
+    async fn tag_list(&self, upstream: &str, repo: &RepoName) -> Result<Option<TagListRecord>, MetaError>;
+    async fn put_tag_list(&self, upstream: &str, repo: &RepoName, tags: Vec<String>) -> Result<(), MetaError>;
+    async fn converted(&self, version: u32, original: &Digest) -> Result<Option<Digest>, MetaError>;
+    /// Durable before it returns: clients are handed the converted digest.
+    async fn put_converted(&self, version: u32, original: &Digest, converted: &Digest) -> Result<(), MetaError>;
+    async fn is_converted(&self, digest: &Digest) -> Result<bool, MetaError>;
+    /// Drop records pointing at content not in `present`; how many went.
+    async fn repair(&self, present: &std::collections::HashSet<Digest>) -> Result<usize, MetaError>;
+    /// Content was used now (for least-recently-used eviction).
+    async fn touch(&self, digest: &Digest) -> Result<(), MetaError>;
+    /// When content was last used, in milliseconds since the epoch.
+    async fn last_used_ms(&self, digest: &Digest) -> Option<u64>;
+    /// Forget an evicted digest's access time.
+    async fn forget(&self, digest: &Digest);
+}
+
+/// Run blocking I/O on the blocking pool: the one way this layer does it.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
