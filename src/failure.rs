@@ -36,6 +36,36 @@ pub enum FailureCause {
 }
 
 impl FailureCause {
+    /// Every cause, in the order declared.
+    pub const ALL: [FailureCause; 26] = [
+        FailureCause::DnsResolution,
+        FailureCause::ConnectionRefused,
+        FailureCause::ConnectTimeout,
+        FailureCause::TlsError,
+        FailureCause::ProxyError,
+        FailureCause::ReadTimeout,
+        FailureCause::ConnectionReset,
+        FailureCause::UpstreamUnavailable,
+        FailureCause::RateLimited,
+        FailureCause::Unauthorized,
+        FailureCause::Forbidden,
+        FailureCause::ManifestUnknown,
+        FailureCause::NameUnknown,
+        FailureCause::BlobUnknown,
+        FailureCause::InvalidReference,
+        FailureCause::DigestMismatch,
+        FailureCause::ManifestInvalid,
+        FailureCause::UnsupportedMediaType,
+        FailureCause::NotCachedOffline,
+        FailureCause::UpstreamNotConfigured,
+        FailureCause::DiskFull,
+        FailureCause::StorageError,
+        FailureCause::UnsupportedOperation,
+        FailureCause::InvalidRequest,
+        FailureCause::ClientAborted,
+        FailureCause::Internal,
+    ];
+
     /// The stable snake_case name used in logs, metrics and client messages.
     pub fn name(self) -> &'static str {
         use FailureCause::*;
@@ -220,6 +250,53 @@ mod tests {
             let json = serde_json::to_string(&c).unwrap();
             assert_eq!(json, format!("\"{}\"", c.name()));
             assert!(!c.hint().is_empty());
+        }
+    }
+}
+
+#[cfg(test)]
+mod all_tests {
+    use super::*;
+
+    /// Fails to compile when a cause is added without a place here, and
+    /// fails when `ALL` does not list it at that place.
+    fn position(c: FailureCause) -> usize {
+        use FailureCause::*;
+        match c {
+            DnsResolution => 0,
+            ConnectionRefused => 1,
+            ConnectTimeout => 2,
+            TlsError => 3,
+            ProxyError => 4,
+            ReadTimeout => 5,
+            ConnectionReset => 6,
+            UpstreamUnavailable => 7,
+            RateLimited => 8,
+            Unauthorized => 9,
+            Forbidden => 10,
+            ManifestUnknown => 11,
+            NameUnknown => 12,
+            BlobUnknown => 13,
+            InvalidReference => 14,
+            DigestMismatch => 15,
+            ManifestInvalid => 16,
+            UnsupportedMediaType => 17,
+            NotCachedOffline => 18,
+            UpstreamNotConfigured => 19,
+            DiskFull => 20,
+            StorageError => 21,
+            UnsupportedOperation => 22,
+            InvalidRequest => 23,
+            ClientAborted => 24,
+            Internal => 25,
+        }
+    }
+
+    #[test]
+    fn all_lists_every_cause_once() {
+        for (i, c) in FailureCause::ALL.iter().enumerate() {
+            assert_eq!(position(*c), i, "{c:?}");
+            assert!(!c.hint().is_empty(), "{c:?} has a hint");
         }
     }
 }

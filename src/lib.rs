@@ -19,6 +19,8 @@ pub mod reference;
 pub mod routing;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod units;
 pub mod upstream;
 

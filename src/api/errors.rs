@@ -146,31 +146,7 @@ impl ApiError {
     /// Map a cache failure for a request about `subject` named `what`.
     pub fn from_cache(e: CacheError, subject: Subject, what: &str) -> Self {
         let cause = e.cause();
-        let (code, status) = match cause {
-            FailureCause::ManifestUnknown | FailureCause::BlobUnknown | FailureCause::NameUnknown => {
-                let code = match (cause, subject) {
-                    (FailureCause::NameUnknown, _) => Code::NameUnknown,
-                    (_, Subject::Blob) => Code::BlobUnknown,
-                    (_, Subject::Manifest) => Code::ManifestUnknown,
-                    (_, Subject::Tags) => Code::NameUnknown,
-                };
-                (code, StatusCode::NOT_FOUND)
-            }
-            FailureCause::Forbidden => (Code::Denied, StatusCode::FORBIDDEN),
-            // Upstream credentials are berth's problem, not the client's: a
-            // 401 here would send the client looking for a token service.
-            FailureCause::Unauthorized => (Code::Unauthorized, StatusCode::BAD_GATEWAY),
-            FailureCause::RateLimited => (Code::TooManyRequests, StatusCode::TOO_MANY_REQUESTS),
-            FailureCause::ConnectTimeout | FailureCause::ReadTimeout => {
-                (Code::Unavailable, StatusCode::GATEWAY_TIMEOUT)
-            }
-            FailureCause::DigestMismatch => (Code::DigestInvalid, StatusCode::BAD_GATEWAY),
-            FailureCause::ManifestInvalid => (Code::ManifestInvalid, StatusCode::BAD_GATEWAY),
-            FailureCause::DiskFull | FailureCause::StorageError | FailureCause::Internal => {
-                (Code::Unknown, StatusCode::INTERNAL_SERVER_ERROR)
-            }
-            _ => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
-        };
+        let (code, status) = answer_for(cause, subject);
         let mut err = ApiError::new(code, cause, format!("{what}: {e}")).with_status(status);
         err.record.upstream = e.upstream_name().map(str::to_string);
         err.record.upstream_status = e.upstream_status();
@@ -180,6 +156,34 @@ impl ApiError {
             err = err.with_header(axum::http::header::RETRY_AFTER, &retry_after.to_string());
         }
         err
+    }
+}
+
+/// The spec code and status a cache failure of `cause` becomes, for a
+/// request about `subject`.
+pub fn answer_for(cause: FailureCause, subject: Subject) -> (Code, StatusCode) {
+    match cause {
+        FailureCause::ManifestUnknown | FailureCause::BlobUnknown | FailureCause::NameUnknown => {
+            let code = match (cause, subject) {
+                (FailureCause::NameUnknown, _) => Code::NameUnknown,
+                (_, Subject::Blob) => Code::BlobUnknown,
+                (_, Subject::Manifest) => Code::ManifestUnknown,
+                (_, Subject::Tags) => Code::NameUnknown,
+            };
+            (code, StatusCode::NOT_FOUND)
+        }
+        FailureCause::Forbidden => (Code::Denied, StatusCode::FORBIDDEN),
+        // Upstream credentials are berth's problem, not the client's: a
+        // 401 here would send the client looking for a token service.
+        FailureCause::Unauthorized => (Code::Unauthorized, StatusCode::BAD_GATEWAY),
+        FailureCause::RateLimited => (Code::TooManyRequests, StatusCode::TOO_MANY_REQUESTS),
+        FailureCause::ConnectTimeout | FailureCause::ReadTimeout => (Code::Unavailable, StatusCode::GATEWAY_TIMEOUT),
+        FailureCause::DigestMismatch => (Code::DigestInvalid, StatusCode::BAD_GATEWAY),
+        FailureCause::ManifestInvalid => (Code::ManifestInvalid, StatusCode::BAD_GATEWAY),
+        FailureCause::DiskFull | FailureCause::StorageError | FailureCause::Internal => {
+            (Code::Unknown, StatusCode::INTERNAL_SERVER_ERROR)
+        }
+        _ => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
     }
 }
 

@@ -9,6 +9,9 @@ pub mod path;
 mod range;
 mod tags;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use axum::Router;

@@ -241,3 +241,66 @@ impl BlobFetch {
         Ok((written, proof))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::inflight::{Fallback, Slot};
+    use crate::store::{BlobStore, FsBlobStore, SledMetaStore};
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_fails_its_readers_and_frees_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::open(dir.path()).unwrap());
+        let meta = Arc::new(SledMetaStore::open(dir.path()).unwrap());
+        let evictor = Arc::new(Evictor::new(1 << 30, 0, store.clone(), meta));
+        let inflight = Arc::new(Inflight::default());
+        let digest = Digest::sha256_of(b"never arrives");
+        let text = format!(
+            "cache_dir = \"{}\"\n[[upstream]]\nname = \"x\"\nendpoints = [\"http://127.0.0.1:9\"]\ndefault = true\n",
+            dir.path().display()
+        );
+        let config = crate::config::Config::from_toml(&text, "test", Default::default()).unwrap();
+        let events = Arc::new(crate::events::Events::default());
+        let fallback = || Fallback {
+            upstream: crate::testing::route(&config, &events, "library/x").upstream,
+            repo: RepoName::parse("library/x").unwrap(),
+            digest: digest.clone(),
+        };
+        let Ok(Slot::Leader(fetch, upload, mut joined)) = inflight.join_or_lead(fallback(), store.begin(&digest)).await
+        else {
+            panic!("the first request leads");
+        };
+        let guard = EndGuard {
+            fetch,
+            inflight: inflight.clone(),
+            evictor: evictor.clone(),
+            digest: digest.clone(),
+            progress: Progress {
+                abandoned: false,
+                temp: 10,
+            },
+            finished: false,
+        };
+        evictor.temp_grew(10);
+        let task = tokio::spawn(async move {
+            let (_guard, _upload) = (guard, upload);
+            panic!("injected panic inside a blob fetch");
+        });
+        assert!(task.await.is_err(), "the task panicked");
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), joined.started()).await;
+        assert!(
+            matches!(outcome, Ok(Err(CacheError::Crashed(_)))),
+            "a reader of a crashed fetch gets an error, not a wait"
+        );
+        let temps = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+        assert_eq!(temps, 0, "the upload's temp file is removed");
+        assert!(
+            matches!(
+                inflight.join_or_lead(fallback(), store.begin(&digest)).await,
+                Ok(Slot::Leader(..))
+            ),
+            "the next request starts anew"
+        );
+    }
+}

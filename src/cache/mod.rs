@@ -19,6 +19,9 @@ mod passthrough;
 mod reader;
 mod verify;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -28,6 +28,7 @@ pub fn stream(
         pos: start,
         end,
         seen_total: None,
+        seen_written: 0,
         pass: None,
     };
     futures_util::stream::unfold(Some(reader), |reader| async move {
@@ -46,6 +47,8 @@ struct Reader {
     end: Option<u64>,
     /// The fetch's announced size, as last seen.
     seen_total: Option<u64>,
+    /// Bytes the fetch had written, as last seen.
+    seen_written: u64,
     /// Set once the fetch failed to store and this reader streams the rest
     /// from the upstream itself.
     pass: Option<PassThrough>,
@@ -69,6 +72,7 @@ impl Reader {
             // Hold back the response's last byte until verification.
             FetchState::Running { written, total } => {
                 self.seen_total = *total;
+                self.seen_written = *written;
                 let end = self.end.unwrap_or(u64::MAX);
                 (*written.min(&end.saturating_sub(1)), false)
             }
@@ -108,7 +112,9 @@ impl Reader {
     /// sent (read back from the upload), take the rest from the upstream.
     async fn pass_through(&mut self) -> Result<(), CacheError> {
         let fallback = self.joined.fallback.clone();
-        let mut have = self.pos;
+        // Re-hashed from the upload: what it is known to hold, which is
+        // less than `pos` for a window that starts past what was written.
+        let mut have = self.pos.min(self.seen_written);
         // Ask for at least one byte: a Range starting at the end is unsatisfiable.
         if self.seen_total.is_some_and(|t| have >= t) {
             have = have.saturating_sub(1);
