@@ -13,7 +13,7 @@ use url::Url;
 use crate::units::{parse_duration, parse_size};
 
 /// The configuration compiled into the binary; `berth serve` with no flags runs it.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../config/berth.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/berth.toml");
 
 /// Port 5000 is what registries conventionally listen on.
 const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
