@@ -6,61 +6,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use url::Url;
 
 use crate::units::{parse_duration, parse_size};
 
+mod raw;
+
+#[cfg(test)]
+use raw::DEFAULT_MAX_CONCURRENT_REQUESTS;
+use raw::{RawConfig, RawServer, RawUpstream};
+
 /// The configuration compiled into the binary; `berth serve` with no flags runs it.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/berth.toml");
 
-/// Port 5000 is what registries conventionally listen on.
-const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
-/// Relative to the working directory, so a first run needs no setup.
-const DEFAULT_CACHE_DIR: &str = "berth-data";
-/// 50 GiB: a few hundred typical images; operators size it to their disk.
-const DEFAULT_MAX_SIZE: &str = "50GiB";
-/// Docker Hub counts GETs; a 5 minute tag TTL keeps tag pulls fresh while
-/// turning a fleet's rollout into one HEAD per tag per TTL.
-const DEFAULT_TAG_TTL: &str = "5m";
-/// Long enough for a slow TLS handshake across continents, short enough that a
-/// dropped SYN is noticed before the client gives up.
-const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
-/// Maximum silence on an open upstream connection before it counts as stalled.
-const DEFAULT_READ_TIMEOUT: &str = "30s";
-/// Upstream attempts per request: enough to ride out a restart or a brief
-/// 503 burst, few enough that a dead upstream is given up on quickly.
-const DEFAULT_ATTEMPTS: u32 = 4;
-/// First backoff ceiling; doubled per attempt up to the maximum (full jitter).
-const DEFAULT_RETRY_BASE: &str = "200ms";
-const DEFAULT_RETRY_MAX: &str = "5s";
-/// Bound on all attempts of one request, waits included: a client (docker
-/// pull) gives up on its own after about a minute.
-const DEFAULT_DEADLINE: &str = "45s";
-/// A client has this long to send a whole request head (slowloris bound).
-const DEFAULT_HEADER_TIMEOUT: &str = "10s";
-/// A connection with no traffic and no request in flight is closed after this.
-const DEFAULT_IDLE_TIMEOUT: &str = "120s";
-/// A TLS client has this long to finish its handshake.
-const DEFAULT_HANDSHAKE_TIMEOUT: &str = "10s";
-/// A client that accepts no response bytes for this long is dropped.
-const DEFAULT_WRITE_TIMEOUT: &str = "60s";
-/// Open connections at once; accepting waits beyond this.
-const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
-/// Open connections from one client address: a node pulls with a few dozen.
-const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 256;
-/// Consecutive failed attempts after which the upstream is treated as down.
-const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
-/// How long a down upstream is left alone before one probe is let through.
-const DEFAULT_BREAKER_COOLDOWN: &str = "30s";
-/// Requests in flight to one upstream at once, blob bodies included. 64 is
-/// well above what one pull needs (docker and containerd fetch 3 layers at a
-/// time per image; a node pulls a few images at once, so a rollout over a
-/// dozen nodes stays under it) and well below what gets a client IP throttled
-/// or leaves berth holding thousands of sockets and temp files when a
-/// burst of distinct digests arrives.
-const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 64;
 /// The host Docker Hub's token service lives on (`WWW-Authenticate` realm).
 const DOCKER_HUB_AUTH_HOST: &str = "auth.docker.io";
 
@@ -72,201 +31,6 @@ pub enum ConfigError {
     Parse { origin: String, message: String },
     #[error("config {origin} is invalid:\n  {}", .problems.join("\n  "))]
     Invalid { origin: String, problems: Vec<String> },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default = "d_listen")]
-    listen: String,
-    #[serde(default = "d_cache_dir")]
-    cache_dir: String,
-    #[serde(default = "d_log_format")]
-    log_format: String,
-    /// Serve only from the cache; never contact an upstream.
-    #[serde(default)]
-    offline: bool,
-    #[serde(default)]
-    server: RawServer,
-    #[serde(default)]
-    cache: RawCache,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tls: Option<RawTls>,
-    #[serde(default)]
-    upstream: Vec<RawUpstream>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    #[serde(default = "d_header_timeout")]
-    header_timeout: String,
-    #[serde(default = "d_idle_timeout")]
-    idle_timeout: String,
-    #[serde(default = "d_handshake_timeout")]
-    handshake_timeout: String,
-    #[serde(default = "d_write_timeout")]
-    write_timeout: String,
-    #[serde(default = "d_max_connections")]
-    max_connections: u32,
-    #[serde(default = "d_max_connections_per_client")]
-    max_connections_per_client: u32,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        Self {
-            header_timeout: d_header_timeout(),
-            idle_timeout: d_idle_timeout(),
-            handshake_timeout: d_handshake_timeout(),
-            write_timeout: d_write_timeout(),
-            max_connections: d_max_connections(),
-            max_connections_per_client: d_max_connections_per_client(),
-        }
-    }
-}
-
-fn d_header_timeout() -> String {
-    DEFAULT_HEADER_TIMEOUT.into()
-}
-fn d_idle_timeout() -> String {
-    DEFAULT_IDLE_TIMEOUT.into()
-}
-fn d_handshake_timeout() -> String {
-    DEFAULT_HANDSHAKE_TIMEOUT.into()
-}
-fn d_write_timeout() -> String {
-    DEFAULT_WRITE_TIMEOUT.into()
-}
-fn d_max_connections() -> u32 {
-    DEFAULT_MAX_CONNECTIONS
-}
-fn d_max_connections_per_client() -> u32 {
-    DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCache {
-    #[serde(default = "d_max_size")]
-    max_size: String,
-    #[serde(default = "d_tag_ttl")]
-    tag_ttl: String,
-    #[serde(default = "d_true")]
-    finish_abandoned: bool,
-}
-
-impl Default for RawCache {
-    fn default() -> Self {
-        Self {
-            max_size: d_max_size(),
-            tag_ttl: d_tag_ttl(),
-            finish_abandoned: true,
-        }
-    }
-}
-
-/// A blob download whose clients all went away is finished by default, so the
-/// next pull is warm (zot's #4393 is the bug of cancelling it).
-fn d_true() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    name: String,
-    #[serde(default)]
-    endpoints: Vec<String>,
-    #[serde(default)]
-    default: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    prefix: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    password_file: Option<PathBuf>,
-    #[serde(default = "d_convert")]
-    convert: String,
-    #[serde(default = "d_connect_timeout")]
-    connect_timeout: String,
-    #[serde(default = "d_read_timeout")]
-    read_timeout: String,
-    #[serde(default = "d_attempts")]
-    attempts: u32,
-    #[serde(default = "d_retry_base")]
-    retry_base_delay: String,
-    #[serde(default = "d_retry_max")]
-    retry_max_delay: String,
-    #[serde(default = "d_deadline")]
-    deadline: String,
-    #[serde(default = "d_breaker_threshold")]
-    breaker_threshold: u32,
-    #[serde(default = "d_breaker_cooldown")]
-    breaker_cooldown: String,
-    #[serde(default)]
-    offline: bool,
-    /// Hosts (`host` or `host:port`) a token realm may name besides the endpoints'.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    auth_hosts: Option<Vec<String>>,
-    #[serde(default = "d_max_concurrent_requests")]
-    max_concurrent_requests: u32,
-}
-
-fn d_max_concurrent_requests() -> u32 {
-    DEFAULT_MAX_CONCURRENT_REQUESTS
-}
-
-fn d_listen() -> String {
-    DEFAULT_LISTEN.into()
-}
-fn d_cache_dir() -> String {
-    DEFAULT_CACHE_DIR.into()
-}
-fn d_log_format() -> String {
-    "text".into()
-}
-fn d_max_size() -> String {
-    DEFAULT_MAX_SIZE.into()
-}
-fn d_tag_ttl() -> String {
-    DEFAULT_TAG_TTL.into()
-}
-fn d_convert() -> String {
-    "auto".into()
-}
-fn d_connect_timeout() -> String {
-    DEFAULT_CONNECT_TIMEOUT.into()
-}
-fn d_read_timeout() -> String {
-    DEFAULT_READ_TIMEOUT.into()
-}
-fn d_attempts() -> u32 {
-    DEFAULT_ATTEMPTS
-}
-fn d_retry_base() -> String {
-    DEFAULT_RETRY_BASE.into()
-}
-fn d_retry_max() -> String {
-    DEFAULT_RETRY_MAX.into()
-}
-fn d_deadline() -> String {
-    DEFAULT_DEADLINE.into()
-}
-fn d_breaker_threshold() -> u32 {
-    DEFAULT_BREAKER_THRESHOLD
-}
-fn d_breaker_cooldown() -> String {
-    DEFAULT_BREAKER_COOLDOWN.into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -517,15 +281,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         }
     }
     // The raw copy is kept only to print the effective config; secrets leave it here.
-    let mut raw = raw;
-    for u in &mut raw.upstream {
-        if u.password.is_some() {
-            u.password = Some("<redacted>".into());
-        }
-        for e in &mut u.endpoints {
-            *e = crate::redact::userinfo(e);
-        }
-    }
+    let raw = raw.redacted();
     match (listen, log_format, max_size, tag_ttl) {
         (Some(listen), Some(log_format), Some(max_size), Some(tag_ttl)) if problems.is_empty() => Ok(Config {
             listen,
