@@ -1,12 +1,13 @@
 //! Loading: the config file's text (or the embedded default), `BERTH_*`
-//! environment overrides and flags on top, then validation; and printing the
-//! effective config back, secrets redacted.
+//! environment overrides and flags on top, validation, then the files the
+//! config names (TLS keys checked, password files read); and printing the
+//! effective config back, secrets redacted. All the config's I/O is here.
 
 use std::path::Path;
 
 use super::raw::RawConfig;
-use super::validate::validate;
-use super::{Config, ConfigError};
+use super::validate::{NamedFiles, Validated, validate};
+use super::{Config, ConfigError, Credentials};
 
 /// The configuration compiled into the binary; `berth serve` with no flags runs it.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/berth.toml");
@@ -70,16 +71,54 @@ impl Config {
         if let Some(v) = ov.log_format {
             raw.log_format = v;
         }
-        validate(raw).map_err(|problems| ConfigError::Invalid {
+        let Validated { config, files } = validate(raw);
+        let mut problems = Vec::new();
+        let read = read_named_files(files, &mut problems);
+        let invalid = |problems| ConfigError::Invalid {
             origin: origin.to_string(),
             problems,
-        })
+        };
+        match config {
+            Err(mut shape) => {
+                shape.append(&mut problems);
+                Err(invalid(shape))
+            }
+            Ok(_) if !problems.is_empty() => Err(invalid(problems)),
+            Ok(mut config) => {
+                for (upstream, credentials) in read {
+                    config.upstreams[upstream].credentials = Some(credentials);
+                }
+                Ok(config)
+            }
+        }
     }
 
     /// The effective configuration as TOML, with secrets redacted.
     pub fn to_toml_redacted(&self) -> String {
         toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// Opens the TLS files and reads the password files, each failure a problem
+/// under the key naming the file. Returns the credentials read, by upstream.
+fn read_named_files(files: NamedFiles, problems: &mut Vec<String>) -> Vec<(usize, Credentials)> {
+    let cannot_read = |key: &str, path: &Path, e: std::io::Error| format!("{key}: cannot read {}: {e}", path.display());
+    for (key, path) in &files.tls {
+        if let Err(e) = std::fs::File::open(path) {
+            problems.push(cannot_read(key, path, e));
+        }
+    }
+    let mut read = Vec::new();
+    for file in files.passwords {
+        match std::fs::read_to_string(&file.path) {
+            Ok(s) => read.extend(file.username.map(|username| {
+                let password = s.trim_end_matches(['\r', '\n']).to_string();
+                (file.upstream, Credentials { username, password })
+            })),
+            Err(e) => problems.push(cannot_read(&file.key, &file.path, e)),
+        }
+    }
+    read
 }
 
 #[cfg(test)]
@@ -166,5 +205,38 @@ mod tests {
         let c = load(text).unwrap();
         assert!(!c.to_toml_redacted().contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// One upstream with credentials whose password is in `path`.
+    fn with_password_file(path: &Path) -> String {
+        format!(
+            "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\nusername = \"me\"\npassword_file = {:?}\n",
+            path.display().to_string()
+        )
+    }
+
+    #[test]
+    fn a_missing_password_file_is_reported_by_load() {
+        let e = load(&with_password_file(Path::new("/nonexistent/password")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstream[0].password_file: cannot read /nonexistent/password: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn password_file_is_read_without_its_line_ending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "s3cr3t\r\n").unwrap();
+        let c = load(&with_password_file(&path)).unwrap();
+        let credentials = c.upstreams[0].credentials.as_ref().expect("credentials");
+        assert_eq!(
+            (credentials.username.as_str(), credentials.password.as_str()),
+            ("me", "s3cr3t")
+        );
+        assert!(!c.to_toml_redacted().contains("s3cr3t"));
     }
 }

@@ -1,5 +1,8 @@
 //! Validation: from the raw file shape to the typed config, collecting every
 //! problem at once, each named by its dotted key (`upstream[1].endpoints`).
+//! It reads no file and touches nothing outside its argument: the files a
+//! config names (TLS keys, password files) come back as `NamedFiles`, for
+//! `load` to open, so validation is a pure function of the text.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,8 +19,47 @@ use crate::units::{parse_duration, parse_size};
 /// The host Docker Hub's token service lives on (`WWW-Authenticate` realm).
 const DOCKER_HUB_AUTH_HOST: &str = "auth.docker.io";
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
+/// What validation hands to `load`.
+pub(super) struct Validated {
+    /// `Err` holds every problem the text has. An `Ok` config still lacks the
+    /// credentials whose password is in one of `files.passwords`.
+    pub config: Result<Config, Vec<String>>,
+    /// Named whether or not the text is valid, so one run reports bad values
+    /// and unreadable files together.
+    pub files: NamedFiles,
+}
+
+/// The files a config names, each with the key that names it.
+#[derive(Debug, Default)]
+pub(super) struct NamedFiles {
+    /// `tls.cert` and `tls.key`: only checked here, the server reads them.
+    pub tls: Vec<(&'static str, PathBuf)>,
+    pub passwords: Vec<PasswordFile>,
+}
+
+/// An upstream's `password_file`, whose contents become its password.
+#[derive(Debug)]
+pub(super) struct PasswordFile {
+    /// `upstream[i].password_file`.
+    pub key: String,
+    pub path: PathBuf,
+    /// `i`: the upstream's place in `[[upstream]]`, and in
+    /// `Config::upstreams` when the config is valid.
+    pub upstream: usize,
+    /// `None` is already a problem; the file is read anyway, to report it.
+    pub username: Option<String>,
+}
+
+/// Where an upstream's password comes from.
+enum Password {
+    Inline(String),
+    /// Read by `load`, which then fills in the credentials.
+    InFile,
+}
+
+pub(super) fn validate(raw: RawConfig) -> Validated {
     let mut problems = Vec::new();
+    let mut files = NamedFiles::default();
     let listen = raw
         .listen
         .parse::<SocketAddr>()
@@ -42,11 +84,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         .ok();
     let server = validate_server(&raw.server, &mut problems);
     let tls = raw.tls.as_ref().map(|t| {
-        for (key, path) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
-            if let Err(e) = std::fs::File::open(path) {
-                problems.push(format!("{key}: cannot read {}: {e}", path.display()));
-            }
-        }
+        files.tls = vec![("tls.cert", t.cert.clone()), ("tls.key", t.key.clone())];
         TlsConfig {
             cert: t.cert.clone(),
             key: t.key.clone(),
@@ -59,7 +97,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         .upstream
         .iter()
         .enumerate()
-        .filter_map(|(i, u)| validate_upstream(i, u, &mut problems))
+        .filter_map(|(i, u)| validate_upstream(i, u, &mut problems, &mut files.passwords))
         .map(|mut u| {
             u.offline |= raw.offline;
             u
@@ -78,7 +116,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     }
     // The raw copy is kept only to print the effective config; secrets leave it here.
     let raw = raw.redacted();
-    match (listen, log_format, max_size, tag_ttl) {
+    let config = match (listen, log_format, max_size, tag_ttl) {
         (Some(listen), Some(log_format), Some(max_size), Some(tag_ttl)) if problems.is_empty() => Ok(Config {
             listen,
             server,
@@ -92,7 +130,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             raw,
         }),
         _ => Err(problems),
-    }
+    };
+    Validated { config, files }
 }
 
 fn validate_server(s: &RawServer, problems: &mut Vec<String>) -> ServerLimits {
@@ -124,7 +163,12 @@ fn validate_server(s: &RawServer, problems: &mut Vec<String>) -> ServerLimits {
     limits
 }
 
-fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Vec<String>) -> Option<UpstreamConfig> {
+fn validate_upstream(
+    i: usize,
+    u: &RawUpstream,
+    problems: &mut Vec<String>,
+    password_files: &mut Vec<PasswordFile>,
+) -> Option<UpstreamConfig> {
     let key = |k: &str| format!("upstream[{i}].{k}");
     let before = problems.len();
     if crate::reference::RepoName::parse(&u.name).is_err() || u.name.contains('/') {
@@ -215,21 +259,24 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Vec<String>) -> O
             problems.push(format!("{}: set password or password_file, not both", key("password")));
             None
         }
-        (Some(p), None) => Some(p.clone()),
-        (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_string()),
-            Err(e) => {
-                problems.push(format!("{}: cannot read {}: {e}", key("password_file"), path.display()));
-                None
-            }
-        },
+        (Some(p), None) => Some(Password::Inline(p.clone())),
+        (None, Some(path)) => {
+            password_files.push(PasswordFile {
+                key: key("password_file"),
+                path: path.clone(),
+                upstream: i,
+                username: u.username.clone(),
+            });
+            Some(Password::InFile)
+        }
         (None, None) => None,
     };
     let credentials = match (&u.username, password) {
-        (Some(username), Some(password)) => Some(Credentials {
+        (Some(username), Some(Password::Inline(password))) => Some(Credentials {
             username: username.clone(),
             password,
         }),
+        (Some(_), Some(Password::InFile)) => None,
         (None, None) => None,
         (Some(_), None) if problems.len() == before => {
             problems.push(format!(
@@ -270,7 +317,7 @@ mod tests {
     /// Parse and validate `text` as `Config::from_toml` does, without its overrides.
     fn validated(text: &str) -> Result<Config, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        validate(raw).map_err(|problems| problems.join("\n"))
+        validate(raw).config.map_err(|problems| problems.join("\n"))
     }
 
     #[test]
@@ -306,5 +353,60 @@ mod tests {
         .to_string();
         assert!(e.contains("upstream[0].auth_hosts"), "{e}");
         assert!(e.contains("upstream[0].max_concurrent_requests"), "{e}");
+    }
+
+    #[test]
+    fn named_files_are_left_to_load() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            [tls]
+            cert = "/nonexistent/cert.pem"
+            key = "/nonexistent/key.pem"
+            [[upstream]]
+            name = "docker.io"
+            endpoints = ["https://registry-1.docker.io"]
+            username = "me"
+            password_file = "/nonexistent/password"
+        "#,
+        )
+        .unwrap();
+        let Validated { config, files } = validate(raw);
+        let config = config.expect("missing files are not validation's business");
+        assert!(config.upstreams[0].credentials.is_none());
+        assert_eq!(
+            files.tls,
+            [
+                ("tls.cert", PathBuf::from("/nonexistent/cert.pem")),
+                ("tls.key", PathBuf::from("/nonexistent/key.pem"))
+            ]
+        );
+        let [p] = &files.passwords[..] else {
+            panic!("one password file: {:?}", files.passwords)
+        };
+        assert_eq!(
+            (p.key.as_str(), p.path.as_path(), p.upstream, p.username.as_deref()),
+            (
+                "upstream[0].password_file",
+                std::path::Path::new("/nonexistent/password"),
+                0,
+                Some("me")
+            )
+        );
+    }
+
+    #[test]
+    fn files_of_an_invalid_config_are_still_named() {
+        let raw: RawConfig = toml::from_str(
+            "log_format = \"xml\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\npassword_file = \"p\"\n",
+        )
+        .unwrap();
+        let Validated { config, files } = validate(raw);
+        let problems = config.unwrap_err();
+        assert!(problems.iter().any(|p| p.starts_with("log_format")), "{problems:?}");
+        assert!(
+            problems.contains(&"upstream[0].username: password set without username".to_string()),
+            "{problems:?}"
+        );
+        assert_eq!((files.tls.len(), files.passwords.len()), (2, 1));
     }
 }
