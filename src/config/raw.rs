@@ -63,26 +63,36 @@ const DEFAULT_BREAKER_COOLDOWN: &str = "30s";
 /// burst of distinct digests arrives.
 pub(super) const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 64;
 
+// A missing key takes its value from the struct's `Default`, so each default
+// is written once. `RawUpstream` is the exception: its `name` has none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawConfig {
-    #[serde(default = "d_listen")]
     pub listen: String,
-    #[serde(default = "d_cache_dir")]
     pub cache_dir: String,
-    #[serde(default = "d_log_format")]
     pub log_format: String,
     /// Serve only from the cache; never contact an upstream.
-    #[serde(default)]
     pub offline: bool,
-    #[serde(default)]
     pub server: RawServer,
-    #[serde(default)]
     pub cache: RawCache,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
-    #[serde(default)]
     pub upstream: Vec<RawUpstream>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.into(),
+            cache_dir: DEFAULT_CACHE_DIR.into(),
+            log_format: DEFAULT_LOG_FORMAT.into(),
+            offline: false,
+            server: RawServer::default(),
+            cache: RawCache::default(),
+            tls: None,
+            upstream: Vec::new(),
+        }
+    }
 }
 
 impl RawConfig {
@@ -102,52 +112,43 @@ impl RawConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawServer {
-    #[serde(default = "d_header_timeout")]
     pub header_timeout: String,
-    #[serde(default = "d_idle_timeout")]
     pub idle_timeout: String,
-    #[serde(default = "d_handshake_timeout")]
     pub handshake_timeout: String,
-    #[serde(default = "d_write_timeout")]
     pub write_timeout: String,
-    #[serde(default = "d_max_connections")]
     pub max_connections: u32,
-    #[serde(default = "d_max_connections_per_client")]
     pub max_connections_per_client: u32,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         Self {
-            header_timeout: d_header_timeout(),
-            idle_timeout: d_idle_timeout(),
-            handshake_timeout: d_handshake_timeout(),
-            write_timeout: d_write_timeout(),
-            max_connections: d_max_connections(),
-            max_connections_per_client: d_max_connections_per_client(),
+            header_timeout: DEFAULT_HEADER_TIMEOUT.into(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT.into(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT.into(),
+            write_timeout: DEFAULT_WRITE_TIMEOUT.into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawCache {
-    #[serde(default = "d_max_size")]
     pub max_size: String,
-    #[serde(default = "d_tag_ttl")]
     pub tag_ttl: String,
-    #[serde(default = "d_finish_abandoned")]
     pub finish_abandoned: bool,
 }
 
 impl Default for RawCache {
     fn default() -> Self {
         Self {
-            max_size: d_max_size(),
-            tag_ttl: d_tag_ttl(),
-            finish_abandoned: d_finish_abandoned(),
+            max_size: DEFAULT_MAX_SIZE.into(),
+            tag_ttl: DEFAULT_TAG_TTL.into(),
+            finish_abandoned: DEFAULT_FINISH_ABANDONED,
         }
     }
 }
@@ -202,43 +203,8 @@ pub(super) struct RawUpstream {
     pub max_concurrent_requests: u32,
 }
 
-// serde's `default = "…"` takes a function, not a constant: one per key.
-fn d_listen() -> String {
-    DEFAULT_LISTEN.into()
-}
-fn d_cache_dir() -> String {
-    DEFAULT_CACHE_DIR.into()
-}
-fn d_log_format() -> String {
-    DEFAULT_LOG_FORMAT.into()
-}
-fn d_max_size() -> String {
-    DEFAULT_MAX_SIZE.into()
-}
-fn d_tag_ttl() -> String {
-    DEFAULT_TAG_TTL.into()
-}
-fn d_finish_abandoned() -> bool {
-    DEFAULT_FINISH_ABANDONED
-}
-fn d_header_timeout() -> String {
-    DEFAULT_HEADER_TIMEOUT.into()
-}
-fn d_idle_timeout() -> String {
-    DEFAULT_IDLE_TIMEOUT.into()
-}
-fn d_handshake_timeout() -> String {
-    DEFAULT_HANDSHAKE_TIMEOUT.into()
-}
-fn d_write_timeout() -> String {
-    DEFAULT_WRITE_TIMEOUT.into()
-}
-fn d_max_connections() -> u32 {
-    DEFAULT_MAX_CONNECTIONS
-}
-fn d_max_connections_per_client() -> u32 {
-    DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-}
+// serde's `default = "…"` takes a function, not a constant: one per key of
+// `RawUpstream`, whose required `name` rules out a container default.
 fn d_convert() -> String {
     DEFAULT_CONVERT.into()
 }
