@@ -1,0 +1,242 @@
+//! Loading: the config file's text (or the embedded default), `BERTH_*`
+//! environment overrides and flags on top, validation, then the files the
+//! config names (TLS keys checked, password files read); and printing the
+//! effective config back, secrets redacted. All the config's I/O is here.
+
+use std::path::Path;
+
+use super::raw::RawConfig;
+use super::validate::{NamedFiles, Validated, validate};
+use super::{Config, ConfigError, Credentials};
+
+/// The configuration compiled into the binary; `berth serve` with no flags runs it.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/berth.toml");
+
+/// Values that override the file: environment first, then flags on top.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub cache_dir: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl Overrides {
+    /// Read `BERTH_LISTEN`, `BERTH_CACHE_DIR`, `BERTH_LOG_FORMAT` through `env`,
+    /// so tests can inject an environment.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            listen: env("BERTH_LISTEN"),
+            cache_dir: env("BERTH_CACHE_DIR"),
+            log_format: env("BERTH_LOG_FORMAT"),
+        }
+    }
+
+    /// `other`'s values win where set.
+    pub fn then(self, other: Overrides) -> Self {
+        Self {
+            listen: other.listen.or(self.listen),
+            cache_dir: other.cache_dir.or(self.cache_dir),
+            log_format: other.log_format.or(self.log_format),
+        }
+    }
+}
+
+impl Config {
+    /// Load from `file`, or the embedded default when `None`, then apply overrides.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let (text, origin) = match file {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None => (EMBEDDED_DEFAULT.to_string(), "(embedded default)".into()),
+        };
+        Self::from_toml(&text, &origin, overrides)
+    }
+
+    pub fn from_toml(text: &str, origin: &str, ov: Overrides) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        if let Some(v) = ov.listen {
+            raw.listen = v;
+        }
+        if let Some(v) = ov.cache_dir {
+            raw.cache_dir = v;
+        }
+        if let Some(v) = ov.log_format {
+            raw.log_format = v;
+        }
+        let Validated { config, files } = validate(raw);
+        let mut problems = Vec::new();
+        let read = read_named_files(files, &mut problems);
+        let invalid = |problems| ConfigError::Invalid {
+            origin: origin.to_string(),
+            problems,
+        };
+        match config {
+            Err(mut shape) => {
+                shape.append(&mut problems);
+                Err(invalid(shape))
+            }
+            Ok(_) if !problems.is_empty() => Err(invalid(problems)),
+            Ok(mut config) => {
+                for (upstream, credentials) in read {
+                    config.upstreams[upstream].credentials = Some(credentials);
+                }
+                Ok(config)
+            }
+        }
+    }
+
+    /// The effective configuration as TOML, with secrets redacted.
+    pub fn to_toml_redacted(&self) -> String {
+        toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Opens the TLS files and reads the password files, each failure a problem
+/// under the key naming the file. Returns the credentials read, by upstream.
+fn read_named_files(files: NamedFiles, problems: &mut Vec<String>) -> Vec<(usize, Credentials)> {
+    let cannot_read = |key: &str, path: &Path, e: std::io::Error| format!("{key}: cannot read {}: {e}", path.display());
+    for (key, path) in &files.tls {
+        if let Err(e) = std::fs::File::open(path) {
+            problems.push(cannot_read(key, path, e));
+        }
+    }
+    let mut read = Vec::new();
+    for file in files.passwords {
+        match std::fs::read_to_string(&file.path) {
+            Ok(s) => read.extend(file.username.map(|username| {
+                let password = s.trim_end_matches(['\r', '\n']).to_string();
+                (file.upstream, Credentials { username, password })
+            })),
+            Err(e) => problems.push(cannot_read(&file.key, &file.path, e)),
+        }
+    }
+    read
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test", Overrides::default())
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None, Overrides::default()).expect("embedded default");
+        let up = c.default_upstream().expect("a default upstream");
+        assert_eq!(up.name, "docker.io");
+        assert_eq!(up.endpoints[0].as_str(), "https://registry-1.docker.io/");
+        assert_eq!(c.cache_dir, PathBuf::from("berth-data"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load("listen = \"127.0.0.1:1\"\nlisten_port = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_by_key() {
+        let text = r#"
+            log_format = "xml"
+            [cache]
+            max_size = "lots"
+            tag_ttl = "5 fortnights"
+            [tls]
+            cert = "/nonexistent/cert.pem"
+            key = "/nonexistent/key.pem"
+            [[upstream]]
+            name = "docker.io"
+            endpoints = ["ftp://x"]
+            connect_timeout = "soon"
+        "#;
+        let e = load(text).unwrap_err().to_string();
+        for key in [
+            "log_format",
+            "cache.max_size",
+            "cache.tag_ttl",
+            "tls.cert",
+            "tls.key",
+            "upstream[0].endpoints",
+            "upstream[0].connect_timeout",
+        ] {
+            assert!(e.contains(key), "{key} missing from: {e}");
+        }
+    }
+
+    #[test]
+    fn overrides_apply_in_order() {
+        let env = Overrides::from_env(|k| match k {
+            "BERTH_LISTEN" => Some("127.0.0.1:7000".into()),
+            "BERTH_CACHE_DIR" => Some("/env/dir".into()),
+            _ => None,
+        });
+        let flags = Overrides {
+            listen: Some("127.0.0.1:8000".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml(EMBEDDED_DEFAULT, "t", env.then(flags)).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.cache_dir, PathBuf::from("/env/dir"));
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        let text = r#"
+            [[upstream]]
+            name = "docker.io"
+            endpoints = ["https://registry-1.docker.io"]
+            username = "me"
+            password = "hunter2"
+        "#;
+        let c = load(text).unwrap();
+        assert!(!c.to_toml_redacted().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// One upstream with credentials whose password is in `path`.
+    fn with_password_file(path: &Path) -> String {
+        format!(
+            "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\nusername = \"me\"\npassword_file = {:?}\n",
+            path.display().to_string()
+        )
+    }
+
+    #[test]
+    fn a_missing_password_file_is_reported_by_load() {
+        let e = load(&with_password_file(Path::new("/nonexistent/password")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstream[0].password_file: cannot read /nonexistent/password: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn password_file_is_read_without_its_line_ending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "s3cr3t\r\n").unwrap();
+        let c = load(&with_password_file(&path)).unwrap();
+        let credentials = c.upstreams[0].credentials.as_ref().expect("credentials");
+        assert_eq!(
+            (credentials.username.as_str(), credentials.password.as_str()),
+            ("me", "s3cr3t")
+        );
+        assert!(!c.to_toml_redacted().contains("s3cr3t"));
+    }
+}

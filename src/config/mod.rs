@@ -1,0 +1,147 @@
+//! Configuration: the file (or the embedded default), `BERTH_*` environment
+//! overrides, then command-line flags; validated in one pass that reports every
+//! bad key at once, by its dotted name. This file holds the validated types the
+//! rest of berth reads; `raw` is the file's shape, `validate` turns it into
+//! these types without touching the disk, `load` is the pipeline (and the one
+//! place config files and the files they name are read).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+use url::Url;
+
+mod load;
+mod raw;
+mod validate;
+
+pub use load::{EMBEDDED_DEFAULT, Overrides};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("config {origin} is invalid:\n  {}", .problems.join("\n  "))]
+    Invalid { origin: String, problems: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvertMode {
+    Auto,
+    Docker,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Credentials for an upstream. `Debug` is hand-written so they never reach a log.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <redacted>)", self.username)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub endpoints: Vec<Url>,
+    pub default: bool,
+    pub prefix: String,
+    pub credentials: Option<Credentials>,
+    pub convert: ConvertMode,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retry: RetryConfig,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+    /// Never contact this upstream (set per upstream or globally).
+    pub offline: bool,
+    /// Where a token realm may point besides the endpoints themselves.
+    pub auth_hosts: Vec<AuthHost>,
+    /// Requests in flight to this upstream at once (blob bodies included).
+    pub max_concurrent_requests: u32,
+}
+
+/// A host a token realm may name. With a port, exactly that port; without,
+/// the default port of the realm's scheme (443 for https): "host" means host
+/// and port, as a browser's origin does, so a realm on another port of an
+/// allowed host is refused unless that port is listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthHost {
+    /// As `url` normalises it: lower case, IPv6 in brackets.
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl AuthHost {
+    /// Parse `host` or `host:port` (no scheme, path or credentials).
+    pub fn parse(entry: &str) -> Option<AuthHost> {
+        if entry.is_empty() || entry.contains(['/', '@', '?', '#']) || entry.chars().any(char::is_whitespace) {
+            return None;
+        }
+        let url = Url::parse(&format!("https://{entry}/")).ok()?;
+        Some(AuthHost {
+            host: url.host_str()?.to_string(),
+            port: url.port(),
+        })
+    }
+}
+
+/// How hard berth tries one upstream request.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryConfig {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    pub deadline: Duration,
+}
+
+/// Limits against slow and greedy clients (`[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_connections: u32,
+    pub max_connections_per_client: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub server: ServerLimits,
+    pub cache_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub max_size: u64,
+    pub tag_ttl: Duration,
+    pub finish_abandoned: bool,
+    pub tls: Option<TlsConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    raw: raw::RawConfig,
+}
+
+impl Config {
+    pub fn default_upstream(&self) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.default)
+    }
+}

@@ -1,0 +1,412 @@
+//! Validation: from the raw file shape to the typed config, collecting every
+//! problem at once, each named by its dotted key (`upstream[1].endpoints`).
+//! It reads no file and touches nothing outside its argument: the files a
+//! config names (TLS keys, password files) come back as `NamedFiles`, for
+//! `load` to open, so validation is a pure function of the text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::raw::{RawConfig, RawServer, RawUpstream};
+use super::{
+    AuthHost, Config, ConvertMode, Credentials, LogFormat, RetryConfig, ServerLimits, TlsConfig, UpstreamConfig,
+};
+use crate::units::{parse_duration, parse_size};
+
+/// The host Docker Hub's token service lives on (`WWW-Authenticate` realm).
+const DOCKER_HUB_AUTH_HOST: &str = "auth.docker.io";
+
+/// What validation hands to `load`.
+pub(super) struct Validated {
+    /// `Err` holds every problem the text has. An `Ok` config still lacks the
+    /// credentials whose password is in one of `files.passwords`.
+    pub config: Result<Config, Vec<String>>,
+    /// Named whether or not the text is valid, so one run reports bad values
+    /// and unreadable files together.
+    pub files: NamedFiles,
+}
+
+/// The files a config names, each with the key that names it.
+#[derive(Debug, Default)]
+pub(super) struct NamedFiles {
+    /// `tls.cert` and `tls.key`: only checked here, the server reads them.
+    pub tls: Vec<(&'static str, PathBuf)>,
+    pub passwords: Vec<PasswordFile>,
+}
+
+/// An upstream's `password_file`, whose contents become its password.
+#[derive(Debug)]
+pub(super) struct PasswordFile {
+    /// `upstream[i].password_file`.
+    pub key: String,
+    pub path: PathBuf,
+    /// `i`: the upstream's place in `[[upstream]]`, and in
+    /// `Config::upstreams` when the config is valid.
+    pub upstream: usize,
+    /// `None` is already a problem; the file is read anyway, to report it.
+    pub username: Option<String>,
+}
+
+/// Where an upstream's password comes from.
+enum Password {
+    Inline(String),
+    /// Read by `load`, which then fills in the credentials.
+    InFile,
+}
+
+pub(super) fn validate(raw: RawConfig) -> Validated {
+    let mut problems = Vec::new();
+    let mut files = NamedFiles::default();
+    let listen = raw
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|_| problems.push(format!("listen: {:?} is not an address like 0.0.0.0:5000", raw.listen)))
+        .ok();
+    if raw.cache_dir.trim().is_empty() {
+        problems.push("cache_dir: must not be empty".into());
+    }
+    let log_format = match raw.log_format.as_str() {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        other => {
+            problems.push(format!("log_format: {other:?} must be \"text\" or \"json\""));
+            None
+        }
+    };
+    let max_size = parse_size(&raw.cache.max_size)
+        .map_err(|e| problems.push(format!("cache.max_size: {e}")))
+        .ok();
+    let tag_ttl = parse_duration(&raw.cache.tag_ttl)
+        .map_err(|e| problems.push(format!("cache.tag_ttl: {e}")))
+        .ok();
+    let server = validate_server(&raw.server, &mut problems);
+    let tls = raw.tls.as_ref().map(|t| {
+        files.tls = vec![("tls.cert", t.cert.clone()), ("tls.key", t.key.clone())];
+        TlsConfig {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }
+    });
+    if raw.upstream.is_empty() {
+        problems.push("upstream: at least one [[upstream]] is required".into());
+    }
+    let upstreams: Vec<UpstreamConfig> = raw
+        .upstream
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| validate_upstream(i, u, &mut problems, &mut files.passwords))
+        .map(|mut u| {
+            u.offline |= raw.offline;
+            u
+        })
+        .collect();
+    if raw.upstream.iter().filter(|u| u.default).count() > 1 {
+        problems.push("upstream.default: only one upstream may be the default".into());
+    }
+    for (i, u) in upstreams.iter().enumerate() {
+        if upstreams[..i].iter().any(|o| o.name == u.name) {
+            problems.push(format!("upstream[{i}].name: {:?} is configured twice", u.name));
+        }
+        if upstreams[..i].iter().any(|o| o.prefix == u.prefix) {
+            problems.push(format!("upstream[{i}].prefix: {:?} is used twice", u.prefix));
+        }
+    }
+    // The raw copy is kept only to print the effective config; secrets leave it here.
+    let raw = raw.redacted();
+    let config = match (listen, log_format, max_size, tag_ttl) {
+        (Some(listen), Some(log_format), Some(max_size), Some(tag_ttl)) if problems.is_empty() => Ok(Config {
+            listen,
+            server,
+            cache_dir: PathBuf::from(&raw.cache_dir),
+            log_format,
+            max_size,
+            tag_ttl,
+            finish_abandoned: raw.cache.finish_abandoned,
+            tls,
+            upstreams,
+            raw,
+        }),
+        _ => Err(problems),
+    };
+    Validated { config, files }
+}
+
+fn validate_server(s: &RawServer, problems: &mut Vec<String>) -> ServerLimits {
+    let mut duration = |k: &str, v: &str| match parse_duration(v) {
+        Ok(d) if d.is_zero() => {
+            problems.push(format!("server.{k}: must be more than 0"));
+            d
+        }
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(format!("server.{k}: {e}"));
+            Duration::ZERO
+        }
+    };
+    let limits = ServerLimits {
+        header_timeout: duration("header_timeout", &s.header_timeout),
+        idle_timeout: duration("idle_timeout", &s.idle_timeout),
+        handshake_timeout: duration("handshake_timeout", &s.handshake_timeout),
+        write_timeout: duration("write_timeout", &s.write_timeout),
+        max_connections: s.max_connections,
+        max_connections_per_client: s.max_connections_per_client,
+    };
+    if s.max_connections == 0 {
+        problems.push("server.max_connections: must be at least 1".into());
+    }
+    if s.max_connections_per_client == 0 {
+        problems.push("server.max_connections_per_client: must be at least 1".into());
+    }
+    limits
+}
+
+fn validate_upstream(
+    i: usize,
+    u: &RawUpstream,
+    problems: &mut Vec<String>,
+    password_files: &mut Vec<PasswordFile>,
+) -> Option<UpstreamConfig> {
+    let key = |k: &str| format!("upstream[{i}].{k}");
+    let before = problems.len();
+    if crate::reference::RepoName::parse(&u.name).is_err() || u.name.contains('/') {
+        problems.push(format!(
+            "{}: {:?} must be a registry host name like docker.io or ghcr.io",
+            key("name"),
+            u.name
+        ));
+    }
+    let prefix = u.prefix.clone().unwrap_or_else(|| u.name.clone());
+    if crate::reference::RepoName::parse(&prefix).is_err() || prefix.contains('/') {
+        problems.push(format!(
+            "{}: {prefix:?} must be a single lower-case path component",
+            key("prefix")
+        ));
+    }
+    if u.endpoints.is_empty() {
+        problems.push(format!("{}: at least one endpoint URL is required", key("endpoints")));
+    }
+    let mut endpoints = Vec::new();
+    for e in &u.endpoints {
+        match Url::parse(e) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => endpoints.push(url),
+            _ => problems.push(format!(
+                "{}: {:?} is not an http(s) URL",
+                key("endpoints"),
+                crate::redact::userinfo(e)
+            )),
+        }
+    }
+    let convert = match u.convert.as_str() {
+        "auto" => ConvertMode::Auto,
+        "docker" => ConvertMode::Docker,
+        "never" => ConvertMode::Never,
+        other => {
+            problems.push(format!("{}: {other:?} must be auto, docker or never", key("convert")));
+            ConvertMode::Auto
+        }
+    };
+    let mut duration = |k: &str, v: &str| {
+        parse_duration(v)
+            .map_err(|e| problems.push(format!("{}: {e}", key(k))))
+            .unwrap_or_default()
+    };
+    let connect_timeout = duration("connect_timeout", &u.connect_timeout);
+    let read_timeout = duration("read_timeout", &u.read_timeout);
+    let retry = RetryConfig {
+        attempts: u.attempts,
+        base_delay: duration("retry_base_delay", &u.retry_base_delay),
+        max_delay: duration("retry_max_delay", &u.retry_max_delay),
+        deadline: duration("deadline", &u.deadline),
+    };
+    let breaker_cooldown = duration("breaker_cooldown", &u.breaker_cooldown);
+    if u.attempts == 0 {
+        problems.push(format!("{}: must be at least 1", key("attempts")));
+    }
+    if u.breaker_threshold == 0 {
+        problems.push(format!("{}: must be at least 1", key("breaker_threshold")));
+    }
+    if u.max_concurrent_requests == 0 {
+        problems.push(format!("{}: must be at least 1", key("max_concurrent_requests")));
+    }
+    let auth_hosts = match &u.auth_hosts {
+        Some(list) => list
+            .iter()
+            .filter_map(|h| {
+                let parsed = AuthHost::parse(h);
+                if parsed.is_none() {
+                    problems.push(format!(
+                        "{}: {h:?} must be a host name or host:port, like auth.docker.io",
+                        key("auth_hosts")
+                    ));
+                }
+                parsed
+            })
+            .collect(),
+        // Docker Hub's registry sends its clients to a token service on
+        // another host; every other registry berth knows of serves tokens
+        // from its own host (allowed as an endpoint host anyway).
+        None if u.name == "docker.io" => vec![AuthHost {
+            host: DOCKER_HUB_AUTH_HOST.into(),
+            port: None,
+        }],
+        None => Vec::new(),
+    };
+    let password = match (&u.password, &u.password_file) {
+        (Some(_), Some(_)) => {
+            problems.push(format!("{}: set password or password_file, not both", key("password")));
+            None
+        }
+        (Some(p), None) => Some(Password::Inline(p.clone())),
+        (None, Some(path)) => {
+            password_files.push(PasswordFile {
+                key: key("password_file"),
+                path: path.clone(),
+                upstream: i,
+                username: u.username.clone(),
+            });
+            Some(Password::InFile)
+        }
+        (None, None) => None,
+    };
+    let credentials = match (&u.username, password) {
+        (Some(username), Some(Password::Inline(password))) => Some(Credentials {
+            username: username.clone(),
+            password,
+        }),
+        (Some(_), Some(Password::InFile)) => None,
+        (None, None) => None,
+        (Some(_), None) if problems.len() == before => {
+            problems.push(format!(
+                "{}: username set without password or password_file",
+                key("username")
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(format!("{}: password set without username", key("username")));
+            None
+        }
+        _ => None,
+    };
+    (problems.len() == before).then(|| UpstreamConfig {
+        name: u.name.clone(),
+        endpoints,
+        default: u.default,
+        prefix,
+        credentials,
+        convert,
+        connect_timeout,
+        read_timeout,
+        retry,
+        breaker_threshold: u.breaker_threshold,
+        breaker_cooldown,
+        offline: u.offline,
+        auth_hosts,
+        max_concurrent_requests: u.max_concurrent_requests,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::raw::DEFAULT_MAX_CONCURRENT_REQUESTS;
+    use super::*;
+
+    /// Parse and validate `text` as `Config::from_toml` does, without its overrides.
+    fn validated(text: &str) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        validate(raw).config.map_err(|problems| problems.join("\n"))
+    }
+
+    #[test]
+    fn no_upstream() {
+        let e = validated("listen = \"127.0.0.1:0\"\n").unwrap_err().to_string();
+        assert!(e.contains("upstream"), "{e}");
+    }
+
+    #[test]
+    fn auth_hosts_default_and_explicit() {
+        let c =
+            validated("[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://registry-1.docker.io\"]\n").unwrap();
+        let up = &c.upstreams[0];
+        assert_eq!(up.auth_hosts, vec![AuthHost::parse("auth.docker.io").unwrap()]);
+        assert_eq!(up.max_concurrent_requests, DEFAULT_MAX_CONCURRENT_REQUESTS);
+        let c = validated(
+            "[[upstream]]\nname = \"ghcr.io\"\nendpoints = [\"https://ghcr.io\"]\nauth_hosts = [\"Auth.Example.com:8443\"]\nmax_concurrent_requests = 3\n",
+        )
+        .unwrap();
+        let up = &c.upstreams[0];
+        assert_eq!(
+            up.auth_hosts,
+            vec![AuthHost {
+                host: "auth.example.com".into(),
+                port: Some(8443)
+            }]
+        );
+        assert_eq!(up.max_concurrent_requests, 3);
+        let e = validated(
+            "[[upstream]]\nname = \"ghcr.io\"\nendpoints = [\"https://ghcr.io\"]\nauth_hosts = [\"https://x/token\"]\nmax_concurrent_requests = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstream[0].auth_hosts"), "{e}");
+        assert!(e.contains("upstream[0].max_concurrent_requests"), "{e}");
+    }
+
+    #[test]
+    fn named_files_are_left_to_load() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            [tls]
+            cert = "/nonexistent/cert.pem"
+            key = "/nonexistent/key.pem"
+            [[upstream]]
+            name = "docker.io"
+            endpoints = ["https://registry-1.docker.io"]
+            username = "me"
+            password_file = "/nonexistent/password"
+        "#,
+        )
+        .unwrap();
+        let Validated { config, files } = validate(raw);
+        let config = config.expect("missing files are not validation's business");
+        assert!(config.upstreams[0].credentials.is_none());
+        assert_eq!(
+            files.tls,
+            [
+                ("tls.cert", PathBuf::from("/nonexistent/cert.pem")),
+                ("tls.key", PathBuf::from("/nonexistent/key.pem"))
+            ]
+        );
+        let [p] = &files.passwords[..] else {
+            panic!("one password file: {:?}", files.passwords)
+        };
+        assert_eq!(
+            (p.key.as_str(), p.path.as_path(), p.upstream, p.username.as_deref()),
+            (
+                "upstream[0].password_file",
+                std::path::Path::new("/nonexistent/password"),
+                0,
+                Some("me")
+            )
+        );
+    }
+
+    #[test]
+    fn files_of_an_invalid_config_are_still_named() {
+        let raw: RawConfig = toml::from_str(
+            "log_format = \"xml\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\npassword_file = \"p\"\n",
+        )
+        .unwrap();
+        let Validated { config, files } = validate(raw);
+        let problems = config.unwrap_err();
+        assert!(problems.iter().any(|p| p.starts_with("log_format")), "{problems:?}");
+        assert!(
+            problems.contains(&"upstream[0].username: password set without username".to_string()),
+            "{problems:?}"
+        );
+        assert_eq!((files.tls.len(), files.passwords.len()), (2, 1));
+    }
+}
