@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::StatusCode;
+use axum::http::{Method, StatusCode};
 
 use super::{Cache, CacheError, CacheLock, ReadMode};
 use crate::events::Events;
@@ -48,7 +48,7 @@ async fn fixture(up: &FakeUpstream, extra: &str, full_disk_after: Option<u64>) -
 }
 
 fn is_blob(h: &Hit) -> bool {
-    h.method == reqwest::Method::GET && h.path.contains("/blobs/")
+    h.method == Method::GET && h.path.contains("/blobs/")
 }
 
 /// GET the whole blob through the cache.
