@@ -13,7 +13,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use support::Berth;
+use support::{Berth, UpstreamToml, client};
 
 const SIGNATURE: &str = "X-Amz-Signature=c0ffee5ecret&X-Amz-Credential=AKIAEXAMPLE";
 
@@ -33,11 +33,13 @@ async fn a_failed_signed_redirect_keeps_its_signature_out_of_errors() {
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://{upstream}\"]\ndefault = true\n\
-         attempts = 1\nbreaker_threshold = 1000\n"
-    ));
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let berth = Berth::start(
+        &UpstreamToml::default_docker_io(&format!("http://{upstream}"))
+            .set("attempts", 1)
+            .set("breaker_threshold", 1000)
+            .to_toml(),
+    );
+    let http = client();
     let digest = format!("sha256:{}", "ab".repeat(32));
     let r = http
         .get(format!("{}/v2/library/app/blobs/{digest}", berth.url()))

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Registry {
     pub addr: SocketAddr,
@@ -53,21 +53,21 @@ impl Registry {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if super::raw_get(self.addr, "/v2/").0 == 200 {
-                return;
+        let (addr, log_path) = (self.addr, self.log_path());
+        let child = &mut self.child;
+        super::poll(Duration::from_secs(20), || {
+            if super::raw_get(addr, "/v2/").0 == 200 {
+                return Some(());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited with {status}: {}", self.log());
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "docker-registry exited with {status}: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+            None
+        })
+        .unwrap_or_else(|| panic!("docker-registry did not start: {}", self.log()));
     }
 
     pub fn url(&self) -> String {
