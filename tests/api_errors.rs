@@ -1,18 +1,109 @@
 //! The read API against a real upstream: headers, Range, pagination, and the
-//! spec status and error code for every kind of bad request.
+//! spec status and error code for every kind of bad request. Every check is
+//! its own test with its own berth and cache, so one failure hides no other
+//! and no check depends on what another did first. They share one seeded
+//! upstream, which none of them changes (berth refuses every push), so the
+//! images are pushed once and not once per check.
 
 mod support;
 
 use reqwest::StatusCode;
-use support::images::seed;
-use support::registry::Registry;
-use support::{Berth, client_name, raw_get, sha256_hex};
+use std::sync::OnceLock;
 
-fn berth_for(registry: &Registry) -> Berth {
-    Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-        registry.url()
-    ))
+use support::images::{Fixtures, Image, seed};
+use support::registry::Registry;
+use support::{
+    Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, client_name, eventually_async, raw_get, sha256_hex,
+};
+
+/// The upstream with the fixture images, for the life of this test process.
+fn upstream() -> &'static (Registry, Fixtures) {
+    static UPSTREAM: OnceLock<(Registry, Fixtures)> = OnceLock::new();
+    UPSTREAM.get_or_init(|| {
+        let registry = Registry::start_for_this_process();
+        let fixtures = seed(&registry);
+        (registry, fixtures)
+    })
+}
+
+/// A fresh berth, with an empty cache, in front of the seeded upstream.
+struct Env {
+    berth: Berth,
+    http: reqwest::Client,
+    /// The OCI image every check uses (`library/busybox:oci`).
+    oci: &'static Image,
+}
+
+impl Env {
+    fn start() -> Env {
+        let (registry, fixtures) = upstream();
+        let berth = Berth::start(&UpstreamToml::default_docker_io(&registry.url()).to_toml());
+        Env {
+            berth,
+            http: client(),
+            oci: &fixtures.oci,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{path}", self.berth.url())
+    }
+
+    /// The name a client uses for the image's repository.
+    fn name(&self) -> String {
+        client_name(&self.oci.repo)
+    }
+
+    fn layer(&self) -> &str {
+        self.oci.blobs.last().expect("a layer")
+    }
+
+    fn layer_url(&self) -> String {
+        self.url(&format!("{}/blobs/{}", self.name(), self.layer()))
+    }
+
+    async fn send(&self, method: &str, path: &str, range: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(range) = range {
+            req = req.header("range", range);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// GET the manifest by tag, with Accept spread over several lines.
+    async fn manifest_by_tag(&self) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("{}/manifests/{}", self.name(), self.oci.tag)))
+            .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+            .header("accept", "application/vnd.docker.distribution.manifest.list.v2+json")
+            .header(
+                "accept",
+                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json;q=0.5",
+            )
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn whole_layer(&self) -> reqwest::Response {
+        self.http.get(self.layer_url()).send().await.unwrap()
+    }
+
+    /// The whole layer, pulled and then committed to the cache: what the
+    /// checks of a warm blob start from. (Committed, not only served: a HEAD
+    /// between the two answers `content-length: 0`.)
+    async fn warm_layer(&self) -> bytes::Bytes {
+        let whole = self.whole_layer().await;
+        assert_eq!(whole.status(), StatusCode::OK, "the layer is pulled");
+        let whole = whole.bytes().await.unwrap();
+        let stored = blob_path(&self.berth.cache_dir, self.layer());
+        eventually_async(COMMIT_WAIT, "the layer is cached", || stored.exists()).await;
+        whole
+    }
+}
+
+async fn env() -> Env {
+    tokio::task::block_in_place(Env::start)
 }
 
 async fn error_code(resp: reqwest::Response) -> (StatusCode, String, String) {
@@ -26,58 +117,49 @@ async fn error_code(resp: reqwest::Response) -> (StatusCode, String, String) {
     )
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn base_endpoint_names_the_api_version() {
+    let env = env().await;
+    let r = env.http.get(env.url("")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn spec_errors_headers_ranges_and_tags() {
-    let registry = Registry::start();
-    let fixtures = tokio::task::block_in_place(|| seed(&registry));
-    let berth = berth_for(&registry);
-    let http = client();
-    let url = |p: &str| format!("{}/v2/{p}", berth.url());
-
-    // Base endpoint and its version header.
-    let r = http.get(url("")).send().await.unwrap();
+async fn manifest_by_tag_has_its_digest_type_and_length() {
+    let env = env().await;
+    let r = env.manifest_by_tag().await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
-
-    // Manifest headers, by tag, with Accept spread over several lines.
-    let oci = &fixtures.oci;
-    let name = client_name(&oci.repo);
-    let r = http
-        .get(url(&format!("{name}/manifests/{}", oci.tag)))
-        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
-        .header("accept", "application/vnd.docker.distribution.manifest.list.v2+json")
-        .header(
-            "accept",
-            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json;q=0.5",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["docker-content-digest"], oci.digest.as_str());
-    assert_eq!(r.headers()["content-type"], oci.media_type.as_str());
+    assert_eq!(r.headers()["docker-content-digest"], env.oci.digest.as_str());
+    assert_eq!(r.headers()["content-type"], env.oci.media_type.as_str());
     let len: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
     let body = r.bytes().await.unwrap();
     assert_eq!(body.len(), len);
-    assert_eq!(sha256_hex(&body), oci.digest);
+    assert_eq!(sha256_hex(&body), env.oci.digest);
+}
 
-    // HEAD agrees with GET, by digest.
-    let r = http
-        .head(url(&format!("{name}/manifests/{}", oci.digest)))
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manifest_head_by_digest_agrees_with_get() {
+    let env = env().await;
+    let len = env.manifest_by_tag().await.bytes().await.unwrap().len();
+    let r = env
+        .http
+        .head(env.url(&format!("{}/manifests/{}", env.name(), env.oci.digest)))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["docker-content-digest"], oci.digest.as_str());
+    assert_eq!(r.headers()["docker-content-digest"], env.oci.digest.as_str());
     assert_eq!(r.headers()["content-length"], len.to_string().as_str());
+}
 
-    // A client that accepts none of the types berth could serve.
-    let r = http
-        .get(url(&format!("{name}/manifests/{}", oci.tag)))
+/// A client that accepts none of the types berth could serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_accepting_no_servable_type_gets_manifest_unknown() {
+    let env = env().await;
+    let r = env
+        .http
+        .get(env.url(&format!("{}/manifests/{}", env.name(), env.oci.tag)))
         .header("accept", "text/html")
         .send()
         .await
@@ -88,33 +170,65 @@ async fn spec_errors_headers_ranges_and_tags() {
         message.contains("OCI manifest found, but accept header does not support OCI manifests"),
         "{message}"
     );
+}
 
-    // A Range on a cold blob answers 206 with the right bytes.
-    let layer = oci.blobs.last().expect("a layer");
-    let blob_url = url(&format!("{name}/blobs/{layer}"));
-    let r = http.get(&blob_url).header("range", "bytes=10-19").send().await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_on_a_cold_blob_answers_206_with_the_right_bytes() {
+    let env = env().await;
+    let r = env
+        .http
+        .get(env.layer_url())
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     let content_range = r.headers()["content-range"].to_str().unwrap().to_string();
     assert!(content_range.starts_with("bytes 10-19/"), "{content_range}");
     let part = r.bytes().await.unwrap();
-    let whole = http.get(&blob_url).send().await.unwrap();
+    let whole = env.whole_layer().await;
     assert_eq!(whole.status(), StatusCode::OK);
-    assert_eq!(whole.headers()["docker-content-digest"], layer.as_str());
+    assert_eq!(whole.headers()["docker-content-digest"], env.layer());
     let whole = whole.bytes().await.unwrap();
-    assert_eq!(sha256_hex(&whole), *layer);
+    assert_eq!(sha256_hex(&whole), env.layer());
     assert_eq!(&part[..], &whole[10..20]);
     assert_eq!(content_range, format!("bytes 10-19/{}", whole.len()));
-    // Warm: a suffix range.
-    let r = http.get(&blob_url).header("range", "bytes=-5").send().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_suffix_range_on_a_warm_blob_answers_its_last_bytes() {
+    let env = env().await;
+    let whole = env.warm_layer().await;
+    let r = env
+        .http
+        .get(env.layer_url())
+        .header("range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(&r.bytes().await.unwrap()[..], &whole[whole.len() - 5..]);
-    // HEAD of a blob.
-    let r = http.head(&blob_url).send().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn head_of_a_blob_has_its_length() {
+    let env = env().await;
+    let whole = env.warm_layer().await;
+    let r = env.http.head(env.layer_url()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-length"], whole.len().to_string().as_str());
+}
 
-    // Tags with pagination.
-    let r = http.get(url(&format!("{name}/tags/list?n=1"))).send().await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tags_are_paginated_with_a_link_to_the_next_page() {
+    let env = env().await;
+    let name = env.name();
+    let r = env
+        .http
+        .get(env.url(&format!("{name}/tags/list?n=1")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let link = r.headers().get("link").map(|v| v.to_str().unwrap().to_string());
     let page: serde_json::Value = r.json().await.unwrap();
@@ -125,257 +239,155 @@ async fn spec_errors_headers_ranges_and_tags() {
         link.contains(&format!("/v2/{name}/tags/list?n=1&last=")) && link.ends_with("rel=\"next\""),
         "{link}"
     );
+}
 
-    // Errors: (path, method, range, status, code).
-    let missing_digest = format!("sha256:{}", "0".repeat(64));
-    let cases: Vec<(String, &str, Option<&str>, StatusCode, &str)> = vec![
-        (
-            format!("{name}/manifests/no-such-tag"),
-            "GET",
-            None,
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-        ),
-        (
-            "no-such-repo/tags/list".into(),
-            "GET",
-            None,
-            StatusCode::NOT_FOUND,
-            "NAME_UNKNOWN",
-        ),
-        (
-            "no-such-repo/manifests/latest".into(),
-            "GET",
-            None,
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-        ),
-        (
-            format!("{name}/blobs/{missing_digest}"),
-            "GET",
-            None,
-            StatusCode::NOT_FOUND,
-            "BLOB_UNKNOWN",
-        ),
-        (
-            format!("{name}/manifests/sha256:1234"),
-            "GET",
-            None,
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        ),
-        (
-            format!("{name}/blobs/sha256:XYZ"),
-            "GET",
-            None,
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        ),
-        (
-            format!("{name}/blobs/md5:{}", "0".repeat(32)),
-            "GET",
-            None,
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        ),
-        (
-            "BusyBox/manifests/latest".into(),
-            "GET",
-            None,
-            StatusCode::BAD_REQUEST,
-            "NAME_INVALID",
-        ),
-        (
-            "a//b/manifests/latest".into(),
-            "GET",
-            None,
-            StatusCode::BAD_REQUEST,
-            "NAME_INVALID",
-        ),
-        // A tag that cannot exist names no manifest (OCI conformance).
-        (
-            format!("{name}/manifests/-bad-tag"),
-            "GET",
-            None,
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-        ),
-        (
-            format!("{name}/manifests/.INVALID_MANIFEST_NAME"),
-            "GET",
-            None,
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-        ),
-        // A push is refused only after its reference was parsed.
-        (
-            format!("{name}/manifests/sha256:1234"),
-            "PUT",
-            None,
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        ),
-        (
-            format!("{name}/manifests/sha256:1234"),
-            "DELETE",
-            None,
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        ),
-        (
-            format!("{name}/blobs/sha256:XYZ"),
-            "DELETE",
-            None,
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        ),
-        (
-            format!("{name}/manifests/.INVALID_MANIFEST_NAME"),
-            "PUT",
-            None,
-            StatusCode::BAD_REQUEST,
-            "TAG_INVALID",
-        ),
-        (
-            "BusyBox/manifests/latest".into(),
-            "PUT",
-            None,
-            StatusCode::BAD_REQUEST,
-            "NAME_INVALID",
-        ),
-        (
-            "BusyBox/blobs/uploads/".into(),
-            "POST",
-            None,
-            StatusCode::BAD_REQUEST,
-            "NAME_INVALID",
-        ),
-        (
-            format!("{name}/blobs/{layer}"),
-            "DELETE",
-            None,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-        ),
-        (
-            format!("{name}/blobs/{layer}"),
-            "GET",
-            Some("bytes=99999999-"),
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "RANGE_INVALID",
-        ),
-        (
-            format!("{name}/blobs/{layer}"),
-            "GET",
-            Some("bytes=0-1,5-6"),
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "RANGE_INVALID",
-        ),
-        (
-            format!("{name}/manifests/latest"),
-            "PUT",
-            None,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-        ),
-        (
-            format!("{name}/blobs/uploads/"),
-            "POST",
-            None,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-        ),
-        (
-            format!("{name}/manifests/{}", oci.digest),
-            "DELETE",
-            None,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-        ),
-        (
-            format!("{name}/tags/list?n=lots"),
-            "GET",
-            None,
-            StatusCode::BAD_REQUEST,
-            "PAGINATION_NUMBER_INVALID",
-        ),
-        (
-            "quay.io/org/img/manifests/latest".into(),
-            "GET",
-            None,
-            StatusCode::NOT_FOUND,
-            "NAME_UNKNOWN",
-        ),
-        (
-            format!("{name}/manifests/latest?ns=quay.io"),
-            "GET",
-            None,
-            StatusCode::NOT_FOUND,
-            "NAME_UNKNOWN",
-        ),
-    ];
-    for (path, method, range, want_status, want_code) in cases {
-        let mut req = http.request(method.parse().unwrap(), url(&path));
-        if let Some(range) = range {
-            req = req.header("range", range);
-        }
-        let (status, code, message) = error_code(req.send().await.unwrap()).await;
-        assert_eq!(
-            (status, code.as_str()),
-            (want_status, want_code),
-            "{method} {path}: {message}"
-        );
-        assert!(
-            message.contains("(cause="),
-            "{method} {path}: message names the cause: {message}"
-        );
+/// A request berth refuses, and what its answer must say.
+struct Refused {
+    method: &'static str,
+    /// Under `/v2/`, with `{name}`, `{layer}`, `{digest}` (the image's
+    /// manifest) and `{missing}` (a digest nothing has) filled in.
+    path: &'static str,
+    /// A Range is asked of a warm blob (see `Env::warm_layer`).
+    range: Option<&'static str>,
+    expect: Expect,
+}
+
+enum Expect {
+    /// The spec status and error code, and a message naming some cause.
+    Error(StatusCode, &'static str),
+    /// A message naming this cause.
+    Cause(&'static str),
+}
+
+impl Refused {
+    fn path(&self, env: &Env) -> String {
+        self.path
+            .replace("{name}", &env.name())
+            .replace("{layer}", env.layer())
+            .replace("{digest}", &env.oci.digest)
+            .replace("{missing}", &format!("sha256:{}", "0".repeat(64)))
     }
+
+    async fn send(&self, env: &Env) -> reqwest::Response {
+        if self.range.is_some() {
+            env.warm_layer().await;
+        }
+        env.send(self.method, &self.path(env), self.range).await
+    }
+
+    async fn check(&self, env: &Env) {
+        let (method, path) = (self.method, self.path(env));
+        let (status, code, message) = error_code(self.send(env).await).await;
+        match self.expect {
+            Expect::Error(want_status, want_code) => {
+                assert_eq!(
+                    (status, code.as_str()),
+                    (want_status, want_code),
+                    "{method} {path}: {message}"
+                );
+                assert!(
+                    message.contains("(cause="),
+                    "{method} {path}: message names the cause: {message}"
+                );
+            }
+            Expect::Cause(cause) => assert!(
+                message.contains(&format!("(cause={cause})")),
+                "{method} {path}: {message}"
+            ),
+        }
+    }
+}
+
+/// One test per row, each on its own berth, and `all_refused()` listing
+/// every row for the checks that need them all sent first.
+macro_rules! refused {
+    ($($test:ident: $method:literal $path:literal $(range $range:literal)? => $expect:expr;)*) => {
+        fn all_refused() -> Vec<Refused> {
+            vec![$(Refused { method: $method, path: $path, range: refused!(@range $($range)?), expect: $expect }),*]
+        }
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let env = env().await;
+                Refused { method: $method, path: $path, range: refused!(@range $($range)?), expect: $expect }
+                    .check(&env)
+                    .await;
+            }
+        )*
+    };
+    (@range) => { None };
+    (@range $range:literal) => { Some($range) };
+}
+
+use Expect::{Cause, Error};
+const BAD_REQUEST: StatusCode = StatusCode::BAD_REQUEST;
+const NOT_FOUND: StatusCode = StatusCode::NOT_FOUND;
+const NOT_ALLOWED: StatusCode = StatusCode::METHOD_NOT_ALLOWED;
+const NOT_SATISFIABLE: StatusCode = StatusCode::RANGE_NOT_SATISFIABLE;
+
+refused! {
+    unknown_tag_is_manifest_unknown: "GET" "{name}/manifests/no-such-tag" => Error(NOT_FOUND, "MANIFEST_UNKNOWN");
+    tags_of_an_unknown_repo_are_name_unknown: "GET" "no-such-repo/tags/list" => Error(NOT_FOUND, "NAME_UNKNOWN");
+    manifest_of_an_unknown_repo_is_manifest_unknown: "GET" "no-such-repo/manifests/latest" => Error(NOT_FOUND, "MANIFEST_UNKNOWN");
+    missing_blob_is_blob_unknown: "GET" "{name}/blobs/{missing}" => Error(NOT_FOUND, "BLOB_UNKNOWN");
+    short_manifest_digest_is_digest_invalid: "GET" "{name}/manifests/sha256:1234" => Error(BAD_REQUEST, "DIGEST_INVALID");
+    non_hex_blob_digest_is_digest_invalid: "GET" "{name}/blobs/sha256:XYZ" => Error(BAD_REQUEST, "DIGEST_INVALID");
+    md5_blob_digest_is_digest_invalid: "GET" "{name}/blobs/md5:00000000000000000000000000000000" => Error(BAD_REQUEST, "DIGEST_INVALID");
+    upper_case_name_is_name_invalid: "GET" "BusyBox/manifests/latest" => Error(BAD_REQUEST, "NAME_INVALID");
+    empty_name_component_is_name_invalid: "GET" "a//b/manifests/latest" => Error(BAD_REQUEST, "NAME_INVALID");
+    // A tag that cannot exist names no manifest (OCI conformance).
+    tag_starting_with_a_dash_is_manifest_unknown: "GET" "{name}/manifests/-bad-tag" => Error(NOT_FOUND, "MANIFEST_UNKNOWN");
+    tag_starting_with_a_dot_is_manifest_unknown: "GET" "{name}/manifests/.INVALID_MANIFEST_NAME" => Error(NOT_FOUND, "MANIFEST_UNKNOWN");
+    // A push is refused only after its reference was parsed.
+    put_of_a_short_digest_is_digest_invalid: "PUT" "{name}/manifests/sha256:1234" => Error(BAD_REQUEST, "DIGEST_INVALID");
+    delete_of_a_short_digest_is_digest_invalid: "DELETE" "{name}/manifests/sha256:1234" => Error(BAD_REQUEST, "DIGEST_INVALID");
+    delete_of_a_non_hex_blob_digest_is_digest_invalid: "DELETE" "{name}/blobs/sha256:XYZ" => Error(BAD_REQUEST, "DIGEST_INVALID");
+    put_of_an_invalid_tag_is_tag_invalid: "PUT" "{name}/manifests/.INVALID_MANIFEST_NAME" => Error(BAD_REQUEST, "TAG_INVALID");
+    put_to_an_upper_case_name_is_name_invalid: "PUT" "BusyBox/manifests/latest" => Error(BAD_REQUEST, "NAME_INVALID");
+    upload_to_an_upper_case_name_is_name_invalid: "POST" "BusyBox/blobs/uploads/" => Error(BAD_REQUEST, "NAME_INVALID");
+    delete_of_a_blob_is_unsupported: "DELETE" "{name}/blobs/{layer}" => Error(NOT_ALLOWED, "UNSUPPORTED");
+    range_past_the_end_is_range_invalid: "GET" "{name}/blobs/{layer}" range "bytes=99999999-" => Error(NOT_SATISFIABLE, "RANGE_INVALID");
+    multiple_ranges_are_range_invalid: "GET" "{name}/blobs/{layer}" range "bytes=0-1,5-6" => Error(NOT_SATISFIABLE, "RANGE_INVALID");
+    put_of_a_manifest_is_unsupported: "PUT" "{name}/manifests/latest" => Error(NOT_ALLOWED, "UNSUPPORTED");
+    blob_upload_is_unsupported: "POST" "{name}/blobs/uploads/" => Error(NOT_ALLOWED, "UNSUPPORTED");
+    delete_of_a_manifest_is_unsupported: "DELETE" "{name}/manifests/{digest}" => Error(NOT_ALLOWED, "UNSUPPORTED");
+    non_numeric_page_size_is_pagination_number_invalid: "GET" "{name}/tags/list?n=lots" => Error(BAD_REQUEST, "PAGINATION_NUMBER_INVALID");
+    unconfigured_registry_prefix_is_name_unknown: "GET" "quay.io/org/img/manifests/latest" => Error(NOT_FOUND, "NAME_UNKNOWN");
+    unconfigured_ns_parameter_is_name_unknown: "GET" "{name}/manifests/latest?ns=quay.io" => Error(NOT_FOUND, "NAME_UNKNOWN");
 
     // The messages of the spec-required 404 and of the refused push name the cause.
-    for (path, method) in [
-        (format!("{name}/manifests/.INVALID_MANIFEST_NAME"), "GET"),
-        (format!("{name}/manifests/sha256:1234"), "PUT"),
-    ] {
-        let r = http.request(method.parse().unwrap(), url(&path)).send().await.unwrap();
-        let (_, _, message) = error_code(r).await;
-        assert!(
-            message.contains("(cause=invalid_reference)"),
-            "{method} {path}: {message}"
-        );
-    }
+    spec_required_404_names_invalid_reference: "GET" "{name}/manifests/.INVALID_MANIFEST_NAME" => Cause("invalid_reference");
+    refused_push_names_invalid_reference: "PUT" "{name}/manifests/sha256:1234" => Cause("invalid_reference");
     // Pushes name `unsupported_operation`; requests berth cannot serve as
     // asked (Range, pagination, unknown endpoints) name `invalid_request`.
-    for (path, method, range, cause) in [
-        (format!("{name}/manifests/latest"), "PUT", None, "unsupported_operation"),
-        (format!("{name}/blobs/uploads/"), "POST", None, "unsupported_operation"),
-        (
-            format!("{name}/blobs/{layer}"),
-            "GET",
-            Some("bytes=99999999-"),
-            "invalid_request",
-        ),
-        (format!("{name}/tags/list?n=abc"), "GET", None, "invalid_request"),
-        (format!("{name}/things/x"), "GET", None, "invalid_request"),
-    ] {
-        let mut rq = http.request(method.parse().unwrap(), url(&path));
-        if let Some(range) = range {
-            rq = rq.header("range", range);
-        }
-        let (_, _, message) = error_code(rq.send().await.unwrap()).await;
-        assert!(
-            message.contains(&format!("(cause={cause})")),
-            "{method} {path}: {message}"
-        );
-    }
-    // HEAD answers the same status as GET (a HEAD answer has no body).
-    let r = http
-        .head(url(&format!("{name}/manifests/.INVALID_MANIFEST_NAME")))
-        .send()
-        .await
-        .unwrap();
+    manifest_push_names_unsupported_operation: "PUT" "{name}/manifests/latest" => Cause("unsupported_operation");
+    blob_upload_names_unsupported_operation: "POST" "{name}/blobs/uploads/" => Cause("unsupported_operation");
+    unsatisfiable_range_names_invalid_request: "GET" "{name}/blobs/{layer}" range "bytes=99999999-" => Cause("invalid_request");
+    bad_page_size_names_invalid_request: "GET" "{name}/tags/list?n=abc" => Cause("invalid_request");
+    unknown_endpoint_names_invalid_request: "GET" "{name}/things/x" => Cause("invalid_request");
+}
+
+const INVALID_TAG: &str = "{name}/manifests/.INVALID_MANIFEST_NAME";
+
+/// HEAD answers the same status as GET (a HEAD answer has no body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn head_of_an_invalid_tag_answers_as_get_does() {
+    let env = env().await;
+    let path = INVALID_TAG.replace("{name}", &env.name());
+    let r = env.send("HEAD", &path, None).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let failures: serde_json::Value = http
-        .get(format!("{}/_berth/failures", berth.url()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_references_are_recorded_as_failures() {
+    let env = env().await;
+    let path = INVALID_TAG.replace("{name}", &env.name());
+    for method in ["GET", "HEAD", "PUT"] {
+        env.send(method, &path, None).await;
+    }
+    let failures: serde_json::Value = env
+        .http
+        .get(format!("{}/_berth/failures", env.berth.url()))
         .send()
         .await
         .unwrap()
@@ -389,20 +401,47 @@ async fn spec_errors_headers_ranges_and_tags() {
         .filter(|f| f["reference"] == ".INVALID_MANIFEST_NAME" && f["cause"] == "invalid_reference")
         .count();
     assert!(invalid >= 3, "GET, HEAD and PUT recorded: {failures}");
+}
 
-    // Paths a URL library would normalise away are sent raw.
+/// Paths a URL library would normalise away are sent raw.
+fn assert_raw_path_is_name_invalid(env: &Env, path: &str) {
+    let (status, body) = raw_get(env.berth.addr, path);
+    assert_eq!(status, 400, "{path}: {body}");
+    assert!(body.contains("NAME_INVALID"), "{path}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dot_dot_component_is_name_invalid() {
+    assert_raw_path_is_name_invalid(&env().await, "/v2/a/../b/manifests/latest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_escaped_dot_dot_component_is_name_invalid() {
+    assert_raw_path_is_name_invalid(&env().await, "/v2/a/%2e%2e/b/manifests/latest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dot_component_is_name_invalid() {
+    assert_raw_path_is_name_invalid(&env().await, "/v2/a/./b/manifests/latest");
+}
+
+/// Nothing invalid created anything outside the cache's blob tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_requests_store_nothing_but_verified_blobs() {
+    let env = env().await;
+    for refused in all_refused() {
+        refused.send(&env).await;
+    }
+    let path = INVALID_TAG.replace("{name}", &env.name());
+    env.send("HEAD", &path, None).await;
     for path in [
         "/v2/a/../b/manifests/latest",
         "/v2/a/%2e%2e/b/manifests/latest",
         "/v2/a/./b/manifests/latest",
     ] {
-        let (status, body) = raw_get(berth.addr, path);
-        assert_eq!(status, 400, "{path}: {body}");
-        assert!(body.contains("NAME_INVALID"), "{path}: {body}");
+        raw_get(env.berth.addr, path);
     }
-
-    // Nothing invalid created anything outside the cache's blob tree.
-    let cached: Vec<_> = walk(&berth.cache_dir.join("blobs"));
+    let cached: Vec<_> = walk(&env.berth.cache_dir.join("blobs"));
     assert!(
         cached
             .iter()

@@ -7,30 +7,19 @@ mod support;
 use support::images::push_random_blob;
 use support::registry::Registry;
 use support::relay::{Relay, RelayOptions};
-use support::{Berth, COMMIT_WAIT, eventually, sha256_hex};
+use support::{Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, eventually_async, lazy, sha256_hex, stored_blobs};
 
 const MIB: usize = 1 << 20;
 
-fn blob_path(berth: &Berth, digest: &str) -> std::path::PathBuf {
-    let hex = &digest["sha256:".len()..];
-    berth.cache_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
-}
-
 fn stored_bytes(berth: &Berth) -> u64 {
-    let mut total = 0;
-    for shard in std::fs::read_dir(berth.cache_dir.join("blobs/sha256")).expect("blobs dir") {
-        for file in std::fs::read_dir(shard.expect("shard").path()).expect("shard dir") {
-            total += file.expect("file").metadata().expect("metadata").len();
-        }
-    }
-    total
+    stored_blobs(&berth.cache_dir)
+        .iter()
+        .map(|p| p.metadata().expect("metadata").len())
+        .sum()
 }
 
 async fn get(berth: &Berth, digest: &str) -> bytes::Bytes {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
+    client()
         .get(format!("{}/v2/evict/blobs/{digest}", berth.url()))
         .send()
         .await
@@ -50,39 +39,50 @@ async fn least_recently_used_content_is_evicted_over_max_size() {
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
     let max = 2600 * 1024;
     let berth = Berth::start(&format!(
-        "[cache]\nmax_size = \"2600KiB\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-        relay.url()
+        "[cache]\nmax_size = \"2600KiB\"\n{}",
+        UpstreamToml::default_docker_io(&relay.url())
     ));
     let (b0, b1, b2) = (&blobs[0], &blobs[1], &blobs[2]);
     let fetches = |d: &str| relay.count(|r| r.starts_with("GET ") && r.ends_with(d));
 
     for d in [b0, b1] {
         assert_eq!(sha256_hex(&get(&berth, d).await), *d);
-        let path = blob_path(&berth, d);
-        assert!(eventually(COMMIT_WAIT, || path.exists()), "{d} is cached");
+        let path = blob_path(&berth.cache_dir, d);
+        eventually_async(COMMIT_WAIT, format!("{d} is cached"), || path.exists()).await;
     }
     // b0 is used again (from the cache), so b1 is now the least recently used.
     assert_eq!(sha256_hex(&get(&berth, b0).await), *b0);
     assert_eq!(fetches(b0), 1, "the second GET of b0 was a hit");
     // b2 takes the cache over 2600 KiB.
     assert_eq!(sha256_hex(&get(&berth, b2).await), *b2);
-    let (p0, p1, p2) = (blob_path(&berth, b0), blob_path(&berth, b1), blob_path(&berth, b2));
-    assert!(
-        eventually(COMMIT_WAIT, || !p1.exists() && p2.exists()),
-        "b1 evicted, b2 kept: {}",
-        berth.log()
+    let (p0, p1, p2) = (
+        blob_path(&berth.cache_dir, b0),
+        blob_path(&berth.cache_dir, b1),
+        blob_path(&berth.cache_dir, b2),
     );
+    eventually_async(
+        COMMIT_WAIT,
+        lazy(|| format!("b1 evicted, b2 kept: {}", berth.log())),
+        || !p1.exists() && p2.exists(),
+    )
+    .await;
     assert!(p0.exists(), "the recently used b0 stays");
     assert!(stored_bytes(&berth) <= max, "{} bytes stored", stored_bytes(&berth));
-    assert!(
-        eventually(COMMIT_WAIT, || berth.events().iter().any(|e| e["message"]
-            == "cache over max_size; least recently used content evicted"
-            && e["evicted"] == 1)),
-        "the eviction is logged: {}",
-        berth.log()
-    );
+    eventually_async(
+        COMMIT_WAIT,
+        lazy(|| format!("the eviction is logged: {}", berth.log())),
+        || {
+            berth.events().iter().any(|e| {
+                e["message"] == "cache over max_size; least recently used content evicted" && e["evicted"] == 1
+            })
+        },
+    )
+    .await;
     // Evicted content comes back from the upstream, verified.
     assert_eq!(sha256_hex(&get(&berth, b1).await), *b1);
     assert_eq!(fetches(b1), 2, "b1 fetched again after its eviction");
-    assert!(eventually(COMMIT_WAIT, || stored_bytes(&berth) <= max));
+    eventually_async(COMMIT_WAIT, format!("at most {max} bytes stored"), || {
+        stored_bytes(&berth) <= max
+    })
+    .await;
 }

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::Berth;
+use support::{Berth, HttpClient, UpstreamToml, blob_path};
 
 fn berth_cmd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -32,8 +32,9 @@ fn check_config_never_prints_a_password_from_an_endpoint_url() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "[[upstream]]\nname = \"docker.io\"\ndefault = true\n\
-         endpoints = [\"https://mirror-user:s3cr3t-pw@mirror.example:5000/\", \"https://registry-1.docker.io\"]\n",
+        UpstreamToml::default_docker_io("https://mirror-user:s3cr3t-pw@mirror.example:5000/")
+            .endpoint("https://registry-1.docker.io")
+            .to_toml(),
     )
     .unwrap();
     let out = berth_cmd(&["check-config", "--config", good.to_str().unwrap()]);
@@ -45,7 +46,7 @@ fn check_config_never_prints_a_password_from_an_endpoint_url() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"ftp://mirror-user:s3cr3t-pw@mirror.example/\"]\n",
+        UpstreamToml::new("docker.io", "ftp://mirror-user:s3cr3t-pw@mirror.example/").to_toml(),
     )
     .unwrap();
     let out = berth_cmd(&["check-config", "--config", bad.to_str().unwrap()]);
@@ -92,23 +93,21 @@ fn env_and_flags_override_the_file() {
 #[test]
 fn bad_configs_stop_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
+    let upstream = UpstreamToml::new("docker.io", "https://r");
     let cases = [
-        ("listen = \"x\"\nbogus_key = 1\n", "bogus_key"),
+        ("listen = \"x\"\nbogus_key = 1\n".to_string(), "bogus_key"),
+        (format!("[cache]\ntag_ttl = \"soon\"\n{upstream}"), "cache.tag_ttl"),
         (
-            "[cache]\ntag_ttl = \"soon\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n",
-            "cache.tag_ttl",
-        ),
-        (
-            "[cache]\nmax_size = \"12 bananas\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n",
+            format!("[cache]\nmax_size = \"12 bananas\"\n{upstream}"),
             "cache.max_size",
         ),
-        ("log_format = \"text\"\n", "upstream: at least one"),
+        ("log_format = \"text\"\n".to_string(), "upstream: at least one"),
         (
-            "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n",
+            format!("[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n{upstream}"),
             "tls.cert",
         ),
         (
-            "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"not a url\"]\n",
+            UpstreamToml::new("docker.io", "not a url").to_toml(),
             "upstream[0].endpoints",
         ),
     ];
@@ -159,23 +158,24 @@ fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
 }
 
 fn https_client(cert: &std::path::Path) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(cert).unwrap()).unwrap();
-    reqwest::Client::builder()
-        .no_proxy()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap()
+    HttpClient::new().trusting(cert).build()
+}
+
+/// `[tls]` with this cert and key, and an upstream nothing answers at.
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+        cert.display(),
+        key.display(),
+        UpstreamToml::default_docker_io("http://127.0.0.1:9")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_https_with_rustls() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(dir.path());
-    let berth = Berth::start(&format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://127.0.0.1:9\"]\ndefault = true\n",
-        cert.display(),
-        key.display()
-    ));
+    let berth = Berth::start(&tls_config(&cert, &key));
     let http = https_client(&cert);
     let resp = http.get(format!("https://{}/v2/", berth.host())).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
@@ -195,21 +195,11 @@ async fn a_blob_truncated_under_a_tls_reader_fails_that_reader_only() {
     let (cert, key) = self_signed(dir.path());
     let data = support::images::random_bytes(32 << 20, 7);
     let digest = support::sha256_hex(&data);
-    let hex = digest.trim_start_matches("sha256:").to_string();
     let cache = dir.path().join("cache");
-    let blob_dir = cache.join("blobs/sha256").join(&hex[..2]);
-    std::fs::create_dir_all(&blob_dir).unwrap();
-    let path = blob_dir.join(&hex);
+    let path = blob_path(&cache, &digest);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, &data).unwrap();
-    let berth = Berth::start_in(
-        dir.path(),
-        &cache,
-        &format!(
-            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://127.0.0.1:9\"]\ndefault = true\n",
-            cert.display(),
-            key.display()
-        ),
-    );
+    let berth = Berth::start_in(dir.path(), &cache, &tls_config(&cert, &key));
     let http = https_client(&cert);
     let url = format!("https://{}/v2/library/big/blobs/{digest}", berth.host());
     // Whole, over TLS, it verifies.

@@ -9,7 +9,7 @@ use serde_json::Value;
 use support::daemons::Dockerd;
 use support::images::{Image, seed, seed_conversion};
 use support::registry::Registry;
-use support::{Berth, client_name, sha256_hex, skopeo};
+use support::{Berth, UpstreamToml, client, client_name, sha256_hex, skopeo};
 
 const V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -22,10 +22,6 @@ const DOCKER_1_13: [&str; 5] = [
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/json",
 ];
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
-}
 
 struct Fetched {
     status: StatusCode,
@@ -91,10 +87,7 @@ async fn docker_1_13_gets_schema2_and_lists_from_oci_content() {
     let mut registry = Registry::start();
     let base = tokio::task::block_in_place(|| seed(&registry));
     let conv = tokio::task::block_in_place(|| seed_conversion(&registry));
-    let upstreams = format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-        registry.url()
-    );
+    let upstreams = UpstreamToml::default_docker_io(&registry.url()).to_toml();
     let mut berth = Berth::start(&upstreams);
     let http = client();
     let url = |image: &Image, reference: &str| {
@@ -226,10 +219,9 @@ async fn docker_1_13_gets_schema2_and_lists_from_oci_content() {
 async fn forced_docker_conversion_with_skopeo_and_dockerd() {
     let mut registry = Registry::start();
     let conv = tokio::task::block_in_place(|| seed_conversion(&registry));
-    let upstreams = format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\nconvert = \"docker\"\n",
-        registry.url()
-    );
+    let upstreams = UpstreamToml::default_docker_io(&registry.url())
+        .set("convert", "docker")
+        .to_toml();
     let mut berth = Berth::start(&upstreams);
     let att = &conv.attested;
     let name = client_name(&att.repo);

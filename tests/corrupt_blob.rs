@@ -9,7 +9,7 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use support::{Berth, sha256_hex};
+use support::{Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, eventually_async, sha256_hex};
 
 /// 3 MiB of deterministic content, so the body spans many chunks.
 fn content() -> Vec<u8> {
@@ -57,21 +57,15 @@ async fn start_fake(corrupt: bool) -> (std::net::SocketAddr, String, tokio::task
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_blob_is_not_stored_and_the_response_is_aborted() {
     let (addr, digest, task) = start_fake(true).await;
-    let mut berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://{addr}\"]\ndefault = true\n"
-    ));
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut berth = Berth::start(&UpstreamToml::default_docker_io(&format!("http://{addr}")).to_toml());
+    let http = client();
     let url = format!("{}/v2/blobby/blobs/{digest}", berth.url());
     let resp = http.get(&url).send().await.unwrap();
     // Headers may already say 200; the body must not complete.
     let body = resp.bytes().await;
     assert!(body.is_err(), "a corrupt blob must not arrive as a complete body");
 
-    let blob_path = berth
-        .cache_dir
-        .join("blobs/sha256")
-        .join(&digest["sha256:".len().."sha256:".len() + 2])
-        .join(&digest["sha256:".len()..]);
+    let blob_path = blob_path(&berth.cache_dir, &digest);
     assert!(!blob_path.exists(), "nothing stored under the digest");
     let tmp_left: Vec<_> = std::fs::read_dir(berth.cache_dir.join("tmp")).unwrap().collect();
     assert!(tmp_left.is_empty(), "the temp file is removed: {tmp_left:?}");
@@ -89,7 +83,7 @@ async fn corrupt_blob_is_not_stored_and_the_response_is_aborted() {
     let berth2 = Berth::start_in(
         berth.cache_dir.parent().unwrap(),
         &berth.cache_dir,
-        &format!("[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://{addr2}\"]\ndefault = true\n"),
+        &UpstreamToml::default_docker_io(&format!("http://{addr2}")).to_toml(),
     );
     let body = http
         .get(format!("{}/v2/blobby/blobs/{digest}", berth2.url()))
@@ -100,9 +94,6 @@ async fn corrupt_blob_is_not_stored_and_the_response_is_aborted() {
         .await
         .unwrap();
     assert_eq!(sha256_hex(&body), digest);
-    assert!(
-        support::eventually(support::COMMIT_WAIT, || blob_path.exists()),
-        "the verified blob is stored"
-    );
+    eventually_async(COMMIT_WAIT, "the verified blob is stored", || blob_path.exists()).await;
     task2.abort();
 }

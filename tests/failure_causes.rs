@@ -9,20 +9,21 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use support::Berth;
 use support::images::push_tiny_image;
 use support::netns::NetNs;
 use support::registry::Registry;
 use support::relay::{Fault, Relay, RelayOptions};
+use support::{Berth, UpstreamToml, blob_path, eventually};
 
-/// Fast failure: one attempt, a breaker that never opens during a test.
-const QUICK: &str = "attempts = 1\nbreaker_threshold = 1000\n";
-
-fn upstream(endpoint: &str, extra: &str) -> String {
-    format!("[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{endpoint}\"]\ndefault = true\n{QUICK}{extra}\n")
+/// docker.io at `endpoint`, failing fast: one attempt, a breaker that never
+/// opens during a test.
+fn upstream(endpoint: &str) -> UpstreamToml {
+    UpstreamToml::default_docker_io(endpoint)
+        .set("attempts", 1)
+        .set("breaker_threshold", 1000)
 }
 
 /// Where the client runs: on the host, or inside berth's network namespace.
@@ -112,10 +113,9 @@ fn expect_cause(client: &Client, path: &str, headers: &[&str], cause: &str, stat
         "{cause}: the message a client prints names the cause: {message}"
     );
     // The event is written before the response goes out; allow the log a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while events_with(berth, "pull_failed", cause).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(5), format!("{cause}: a pull_failed event"), || {
+        !events_with(berth, "pull_failed", cause).is_empty()
+    });
     let events = events_with(berth, "pull_failed", cause);
     assert_eq!(events.len(), 1, "{cause}: exactly one pull_failed event: {events:#?}");
     let request_id = response_headers
@@ -149,7 +149,7 @@ async fn dns_resolution() {
     let ns = NetNs::create("dns").with_dead_resolver();
     let berth = Berth::start_in_netns(
         &ns.name,
-        &upstream("https://registry.example.test", ""),
+        &upstream("https://registry.example.test").to_toml(),
         &[("NO_PROXY", "registry.example.test,127.0.0.1,localhost")],
     );
     let client = Client {
@@ -164,7 +164,7 @@ async fn connection_refused() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    let berth = Berth::start(&upstream(&format!("http://{closed}"), ""));
+    let berth = Berth::start(&upstream(&format!("http://{closed}")).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -181,7 +181,7 @@ async fn connect_timeout() {
     ns.iptables(&["-A", "OUTPUT", "-p", "tcp", "--dport", "5999", "-j", "DROP"]);
     let berth = Berth::start_in_netns(
         &ns.name,
-        &upstream("http://127.0.0.1:5999", "connect_timeout = \"1s\""),
+        &upstream("http://127.0.0.1:5999").set("connect_timeout", "1s").to_toml(),
         &[],
     );
     let client = Client {
@@ -221,9 +221,9 @@ async fn tls_error() {
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
         cert.display(),
         key.display(),
-        upstream("http://127.0.0.1:9", "")
+        upstream("http://127.0.0.1:9")
     ));
-    let berth = Berth::start(&upstream(&format!("https://{}", tls_upstream.host()), ""));
+    let berth = Berth::start(&upstream(&format!("https://{}", tls_upstream.host())).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -237,7 +237,7 @@ async fn tls_error() {
 async fn proxy_error() {
     // Berth runs with HTTPS_PROXY pointing at a closed loopback port (see
     // support::berth); a registry outside NO_PROXY is reached through it.
-    let berth = Berth::start(&upstream("https://registry.example.test", ""));
+    let berth = Berth::start(&upstream("https://registry.example.test").to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -251,7 +251,7 @@ async fn proxy_error() {
 async fn read_timeout() {
     let (_registry, relay, _) = upstream_with_image().await;
     relay.fault("/manifests/v1", Fault::Stall);
-    let berth = Berth::start(&upstream(&relay.url(), "read_timeout = \"1s\""));
+    let berth = Berth::start(&upstream(&relay.url()).set("read_timeout", "1s").to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -265,7 +265,7 @@ async fn read_timeout() {
 async fn connection_reset() {
     let (_registry, relay, _) = upstream_with_image().await;
     relay.fault("/manifests/v1", Fault::ResetAfter { bytes: 5, times: 100 });
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -287,7 +287,7 @@ fn status_fault(status: u16) -> Fault {
 async fn upstream_unavailable() {
     let (_registry, relay, _) = upstream_with_image().await;
     relay.fault("/manifests/v1", status_fault(503));
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -301,7 +301,7 @@ async fn upstream_unavailable() {
 async fn rate_limited() {
     let (_registry, relay, _) = upstream_with_image().await;
     relay.fault("/manifests/v1", status_fault(429));
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -330,7 +330,12 @@ async fn name_unknown_from_docker_hubs_401() {
         },
     )
     .await;
-    let berth = Berth::start(&upstream(&relay.url(), "username = \"user\"\npassword = \"secret\""));
+    let berth = Berth::start(
+        &upstream(&relay.url())
+            .set("username", "user")
+            .set("password", "secret")
+            .to_toml(),
+    );
     let message = expect_cause(
         &Client::on_host(&berth),
         "/v2/library/ghost/manifests/latest",
@@ -354,7 +359,7 @@ async fn unauthorized() {
         },
     )
     .await;
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -368,7 +373,7 @@ async fn unauthorized() {
 async fn forbidden() {
     let (_registry, relay, _) = upstream_with_image().await;
     relay.fault("/manifests/v1", status_fault(403));
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -381,7 +386,7 @@ async fn forbidden() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_unknown() {
     let (_registry, relay, _) = upstream_with_image().await;
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/no-such-tag",
@@ -394,7 +399,7 @@ async fn manifest_unknown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn name_unknown() {
     let (_registry, relay, _) = upstream_with_image().await;
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/no-such-repo/tags/list",
@@ -407,7 +412,7 @@ async fn name_unknown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_unknown() {
     let (_registry, relay, _) = upstream_with_image().await;
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     let missing = format!("sha256:{}", "ab".repeat(32));
     expect_cause(
         &Client::on_host(&berth),
@@ -420,7 +425,7 @@ async fn blob_unknown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_reference() {
-    let berth = Berth::start(&upstream("http://127.0.0.1:9", ""));
+    let berth = Berth::start(&upstream("http://127.0.0.1:9").to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/Library/App/manifests/v1",
@@ -434,7 +439,7 @@ async fn invalid_reference() {
 async fn digest_mismatch() {
     let (_registry, relay, digest) = upstream_with_image().await;
     relay.fault("/manifests/sha256:", Fault::FlipByte { offset: 10, times: 100 });
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         &format!("/v2/library/app/manifests/{digest}"),
@@ -442,14 +447,7 @@ async fn digest_mismatch() {
         "digest_mismatch",
         502,
     );
-    assert!(
-        !berth
-            .cache_dir
-            .join("blobs/sha256")
-            .join(&digest[7..9])
-            .join(&digest[7..])
-            .exists()
-    );
+    assert!(!blob_path(&berth.cache_dir, &digest).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,7 +460,7 @@ async fn manifest_invalid() {
             times: 100,
         },
     );
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -477,7 +475,7 @@ async fn unsupported_media_type() {
     // An OCI manifest asked for by its own digest by a client that accepts
     // only Docker types: the bytes under that digest cannot be converted.
     let (_registry, relay, digest) = upstream_with_image().await;
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     let message = expect_cause(
         &Client::on_host(&berth),
         &format!("/v2/library/app/manifests/{digest}"),
@@ -491,7 +489,7 @@ async fn unsupported_media_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_cached_offline() {
     let (_registry, relay, _) = upstream_with_image().await;
-    let berth = Berth::start(&format!("offline = true\n{}", upstream(&relay.url(), "")));
+    let berth = Berth::start(&format!("offline = true\n{}", upstream(&relay.url())));
     expect_cause(
         &Client::on_host(&berth),
         "/v2/library/app/manifests/v1",
@@ -504,7 +502,7 @@ async fn not_cached_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_not_configured() {
-    let berth = Berth::start(&upstream("http://127.0.0.1:9", ""));
+    let berth = Berth::start(&upstream("http://127.0.0.1:9").to_toml());
     expect_cause(
         &Client::on_host(&berth),
         "/v2/org/app/manifests/v1?ns=quay.io",
@@ -540,7 +538,7 @@ async fn disk_full() {
     let _unmount = Unmount(disk.clone());
     {
         let work = tempfile::tempdir().expect("work");
-        let berth = Berth::start_in(work.path(), &disk.join("cache"), &upstream(&registry.url(), ""));
+        let berth = Berth::start_in(work.path(), &disk.join("cache"), &upstream(&registry.url()).to_toml());
         let client = Client::on_host(&berth);
         let metric = |b: &Berth| {
             metric_sum(
@@ -550,10 +548,7 @@ async fn disk_full() {
             )
         };
         let before = metric(&berth);
-        let resp = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client")
+        let resp = support::client()
             .get(format!("{}/v2/library/app/blobs/{digest}", berth.url()))
             .send()
             .await
@@ -577,7 +572,7 @@ async fn berth_failures_prints_the_recent_failures_as_a_table() {
     relay.fault("/manifests/limited", status_fault(429));
     relay.fault("/manifests/down", status_fault(503));
     relay.fault("/manifests/sha256:", Fault::FlipByte { offset: 10, times: 100 });
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     let client = Client::on_host(&berth);
     let missing_blob = format!("sha256:{}", "cd".repeat(32));
     // The 429 comes last of those that reach the upstream: it opens the

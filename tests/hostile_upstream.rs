@@ -10,13 +10,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use support::fake_upstream::{Answer, FakeUpstream};
-use support::{Berth, sha256_hex};
+use support::{Berth, UpstreamToml, sha256_hex};
 
 fn berth_for(fake: &FakeUpstream) -> Berth {
-    Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\nattempts = 1\n",
-        fake.url()
-    ))
+    Berth::start(
+        &UpstreamToml::default_docker_io(&fake.url())
+            .set("attempts", 1)
+            .to_toml(),
+    )
 }
 
 /// One request with extra header lines; (status, head, body).

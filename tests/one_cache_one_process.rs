@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::images::seed;
 use support::registry::Registry;
-use support::{Berth, DEAD_PROXY, NO_PROXY, client_name, eventually};
+use support::{Berth, DEAD_PROXY, NO_PROXY, UpstreamToml, client, client_name, poll};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_berth_on_the_same_cache_exits_naming_the_first() {
@@ -17,10 +17,7 @@ async fn a_second_berth_on_the_same_cache_exits_naming_the_first() {
     let fixtures = tokio::task::block_in_place(|| seed(&registry));
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    let upstream = format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-        registry.url()
-    );
+    let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
     let first = Berth::start_in(work.path(), &cache, &upstream);
     let image = &fixtures.v2s2;
     let manifest_url = format!(
@@ -29,7 +26,7 @@ async fn a_second_berth_on_the_same_cache_exits_naming_the_first() {
         client_name(&image.repo),
         image.digest
     );
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = client();
     let r = http.get(&manifest_url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let served = r.bytes().await.unwrap();
@@ -53,7 +50,7 @@ async fn a_second_berth_on_the_same_cache_exits_naming_the_first() {
     )
     .unwrap();
     let stderr_path = second_dir.path().join("stderr");
-    let second = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let mut second = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["serve", "--config"])
         .arg(&config)
         .env("HTTP_PROXY", DEAD_PROXY)
@@ -63,11 +60,7 @@ async fn a_second_berth_on_the_same_cache_exits_naming_the_first() {
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
-    let second = std::sync::Mutex::new(second);
-    let exited = eventually(Duration::from_secs(20), || {
-        matches!(second.lock().map(|mut c| c.try_wait()), Ok(Ok(Some(_))))
-    });
-    let mut second = second.into_inner().unwrap();
+    let exited = poll(Duration::from_secs(20), || second.try_wait().ok().flatten()).is_some();
     if !exited {
         let _ = second.kill();
     }

@@ -9,9 +9,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{Berth, eventually, raw_get};
+use support::{Berth, UpstreamToml, blob_path, eventually, lazy, raw_get};
 
-const NO_UPSTREAM: &str = "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://127.0.0.1:9\"]\ndefault = true\n";
+/// An upstream nothing answers at: these tests need only berth itself.
+fn no_upstream() -> String {
+    UpstreamToml::default_docker_io("http://127.0.0.1:9").to_toml()
+}
 
 fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to berth")
@@ -40,7 +43,7 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn half_sent_request_heads_are_closed_while_others_are_served() {
-    let berth = Berth::start(&format!("[server]\nheader_timeout = \"2s\"\n{NO_UPSTREAM}"));
+    let berth = Berth::start(&format!("[server]\nheader_timeout = \"2s\"\n{}", no_upstream()));
     let started = Instant::now();
     let mut slow: Vec<TcpStream> = (0..200)
         .map(|_| {
@@ -69,20 +72,20 @@ fn half_sent_request_heads_are_closed_while_others_are_served() {
 
 #[test]
 fn running_out_of_file_descriptors_does_not_stop_berth() {
-    let berth = Berth::start_with_fd_limit(NO_UPSTREAM, 256);
+    let berth = Berth::start_with_fd_limit(&no_upstream(), 256);
     // 300 connections: more than berth has descriptors for.
     let held: Vec<TcpStream> = (0..300).map(|_| connect(berth.addr)).collect();
-    assert!(
-        eventually(Duration::from_secs(10), || berth.log().contains("accept failed")),
-        "berth ran out of descriptors: {}",
-        berth.log()
+    eventually(
+        Duration::from_secs(10),
+        lazy(|| format!("berth ran out of descriptors: {}", berth.log())),
+        || berth.log().contains("accept failed"),
     );
     drop(held);
     // Once they are closed, berth serves again.
-    assert!(
-        eventually(Duration::from_secs(15), || raw_get(berth.addr, "/v2/").0 == 200),
-        "berth serves again after the connections closed: {}",
-        berth.log()
+    eventually(
+        Duration::from_secs(15),
+        lazy(|| format!("berth serves again after the connections closed: {}", berth.log())),
+        || raw_get(berth.addr, "/v2/").0 == 200,
     );
     // Backing off, not spinning: the failure is logged once per run of failures.
     let logged = berth.log().matches("accept failed").count();
@@ -91,7 +94,7 @@ fn running_out_of_file_descriptors_does_not_stop_berth() {
 
 #[test]
 fn too_many_connections_from_one_client_are_refused_but_others_served() {
-    let berth = Berth::start(&format!("[server]\nmax_connections_per_client = 4\n{NO_UPSTREAM}"));
+    let berth = Berth::start(&format!("[server]\nmax_connections_per_client = 4\n{}", no_upstream()));
     let _held: Vec<TcpStream> = (0..4).map(|_| connect(berth.addr)).collect();
     let mut fifth = connect(berth.addr);
     assert!(
@@ -99,7 +102,9 @@ fn too_many_connections_from_one_client_are_refused_but_others_served() {
         "fifth connection closed"
     );
     drop(_held);
-    assert!(eventually(Duration::from_secs(5), || raw_get(berth.addr, "/v2/").0 == 200));
+    eventually(Duration::from_secs(5), "berth serves again", || {
+        raw_get(berth.addr, "/v2/").0 == 200
+    });
 }
 
 fn metrics(addr: SocketAddr) -> String {
@@ -128,7 +133,7 @@ fn odd_method(addr: SocketAddr, len: usize) {
 
 #[test]
 fn invented_methods_do_not_grow_the_metrics() {
-    let berth = Berth::start(NO_UPSTREAM);
+    let berth = Berth::start(&no_upstream());
     odd_method(berth.addr, 2048);
     // The first scrape adds its own series; measure from the second.
     metrics(berth.addr);
@@ -179,11 +184,9 @@ fn cache_with_large_blob(dir: &std::path::Path) -> (std::path::PathBuf, String, 
     const SIZE: usize = 256 << 20;
     let data = support::images::random_bytes(SIZE, 42);
     let digest = support::sha256_hex(&data);
-    let hex = digest.trim_start_matches("sha256:").to_string();
     let cache = dir.join("cache");
-    let blob_dir = cache.join("blobs/sha256").join(&hex[..2]);
-    std::fs::create_dir_all(&blob_dir).expect("blob dir");
-    let path = blob_dir.join(&hex);
+    let path = blob_path(&cache, &digest);
+    std::fs::create_dir_all(path.parent().expect("shard dir")).expect("blob dir");
     let mut f = std::fs::File::create(&path).expect("create blob");
     f.write_all(&data).expect("write blob");
     f.sync_all().expect("sync blob");
@@ -217,14 +220,16 @@ fn read_a_little(addr: SocketAddr, digest: &str, offset: u64, keep: usize) {
 fn short_lived_range_requests_read_about_what_they_are_sent() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cache, digest, path) = cache_with_large_blob(dir.path());
-    let berth = Berth::start_in(dir.path(), &cache, NO_UPSTREAM);
+    let berth = Berth::start_in(dir.path(), &cache, &no_upstream());
     let (read_before, sent_before) = (disk_read_bytes(berth.pid()), served_bytes(berth.addr));
     for i in 0..60u64 {
         drop_from_page_cache(&path);
         read_a_little(berth.addr, &digest, i * (4 << 20), 256 << 10);
     }
     // Let the requests' streams notice their clients left.
-    assert!(eventually(Duration::from_secs(5), || raw_get(berth.addr, "/v2/").0 == 200));
+    eventually(Duration::from_secs(5), "berth answers /v2/", || {
+        raw_get(berth.addr, "/v2/").0 == 200
+    });
     let read = disk_read_bytes(berth.pid()) - read_before;
     let sent = served_bytes(berth.addr) - sent_before;
     println!("60 short-lived range requests: berth sent {sent} bytes, read {read} bytes from disk");
@@ -240,7 +245,7 @@ fn short_lived_range_requests_read_about_what_they_are_sent() {
 fn a_blob_truncated_under_a_reader_fails_that_reader_only() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cache, digest, path) = cache_with_large_blob(dir.path());
-    let berth = Berth::start_in(dir.path(), &cache, NO_UPSTREAM);
+    let berth = Berth::start_in(dir.path(), &cache, &no_upstream());
     let mut s = connect(berth.addr);
     let req = format!("GET /v2/library/big/blobs/{digest} HTTP/1.1\r\nHost: berth\r\n\r\n");
     s.write_all(req.as_bytes()).expect("send request");
@@ -264,16 +269,15 @@ fn a_blob_truncated_under_a_reader_fails_that_reader_only() {
     assert!(got < 256 << 20, "the reader must not get a complete-looking body");
     // The process lives and serves; the damaged blob is gone from the cache.
     assert_eq!(raw_get(berth.addr, "/v2/").0, 200, "berth survives: {}", berth.log());
-    assert!(
-        eventually(Duration::from_secs(5), || !path.exists()),
-        "the unreadable blob is removed"
-    );
+    eventually(Duration::from_secs(5), "the unreadable blob is removed", || {
+        !path.exists()
+    });
     assert!(berth.log().contains("stored blob unreadable"), "{}", berth.log());
 }
 
 #[test]
 fn beyond_max_connections_new_clients_wait_for_a_free_one() {
-    let berth = Berth::start(&format!("[server]\nmax_connections = 3\n{NO_UPSTREAM}"));
+    let berth = Berth::start(&format!("[server]\nmax_connections = 3\n{}", no_upstream()));
     let mut held: Vec<TcpStream> = (0..3).map(|_| connect(berth.addr)).collect();
     // All three are accepted: each answers a request.
     for s in &mut held {

@@ -14,26 +14,15 @@ use support::daemons::Dockerd;
 use support::images::{push_random_blob, push_tiny_image, seed};
 use support::registry::Registry;
 use support::relay::{Fault, Relay, RelayOptions};
-use support::{Berth, client_name, sha256_hex, skopeo_try, verify_oci_dir};
+use support::{
+    Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, client_name, eventually_async, sha256_hex, skopeo_try,
+    stored_blobs, verify_oci_dir,
+};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
-}
-
-/// An `[[upstream]]` named docker.io at `endpoints`, with fast retries so the
-/// tests do not wait on production backoff, plus `extra` keys.
-fn upstream_toml(endpoints: &[String], extra: &str) -> String {
-    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [{}]\ndefault = true\n\
-         retry_base_delay = \"50ms\"\nretry_max_delay = \"200ms\"\n{extra}\n",
-        list.join(", ")
-    )
-}
-
-fn blob_path(cache_dir: &Path, digest: &str) -> PathBuf {
-    let hex = &digest["sha256:".len()..];
-    cache_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
+/// docker.io at `endpoint`, with fast retries so the tests do not wait on
+/// production backoff.
+fn upstream(endpoint: &str) -> UpstreamToml {
+    UpstreamToml::default_docker_io(endpoint).retry("50ms", "200ms")
 }
 
 fn events_named(berth: &Berth, name: &str) -> Vec<serde_json::Value> {
@@ -63,10 +52,10 @@ async fn upstream_stopped_after_a_warm_pull_still_serves_cached_images() {
     // tag_ttl 0: every tag pull asks the upstream, so the outage is noticed.
     let berth = Berth::start(&format!(
         "[cache]\ntag_ttl = \"0s\"\n{}",
-        upstream_toml(
-            &[registry.url()],
-            "attempts = 2\nbreaker_threshold = 3\nbreaker_cooldown = \"10m\""
-        )
+        upstream(&registry.url())
+            .set("attempts", 2)
+            .set("breaker_threshold", 3)
+            .set("breaker_cooldown", "10m")
     ));
     let dockerd = tokio::task::block_in_place(|| Dockerd::start(&berth.host()));
     let v2s2 = format!("{}:{}", client_name(&fixtures.v2s2.repo), fixtures.v2s2.tag);
@@ -134,7 +123,7 @@ async fn two_503s_are_retried_and_the_pull_succeeds() {
     let registry = Registry::start();
     let fixtures = tokio::task::block_in_place(|| seed(&registry));
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
-    let berth = Berth::start(&upstream_toml(&[relay.url()], ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     relay.fault(
         "/manifests/",
         Fault::Status {
@@ -183,7 +172,7 @@ async fn a_cached_tag_is_served_stale_through_5xx_and_429() {
     // Every tag request revalidates; one attempt, so each fault is final.
     let berth = Berth::start(&format!(
         "[cache]\ntag_ttl = \"0s\"\n{}",
-        upstream_toml(&[relay.url()], "attempts = 1\nbreaker_threshold = 1000")
+        upstream(&relay.url()).set("attempts", 1).set("breaker_threshold", 1000)
     ));
     let url = format!("{}/v2/app/manifests/v1", berth.url());
     assert_eq!(manifest_digest(&url).await, (200, digest.clone()));
@@ -234,7 +223,7 @@ async fn a_429_with_retry_after_is_waited_out() {
     let registry = Registry::start();
     let (digest, content) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/limited", 1 << 20, 5));
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
-    let berth = Berth::start(&upstream_toml(&[relay.url()], ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     relay.fault(
         "/blobs/",
         Fault::Status {
@@ -267,7 +256,7 @@ async fn a_reset_halfway_through_a_64_mib_blob_resumes_with_range() {
     let registry = Registry::start();
     let (digest, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", SIZE, 6));
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
-    let berth = Berth::start(&upstream_toml(&[relay.url()], ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     relay.fault(
         "/blobs/",
         Fault::ResetAfter {
@@ -289,10 +278,7 @@ async fn a_reset_halfway_through_a_64_mib_blob_resumes_with_range() {
         .unwrap_or_else(|| panic!("an open-ended range: {ranges:?}"));
     assert!(SIZE / 4 < from && from <= SIZE / 2, "resumed from byte {from}");
     let stored = blob_path(&berth.cache_dir, &digest);
-    assert!(
-        support::eventually(support::COMMIT_WAIT, || stored.exists()),
-        "the resumed blob is cached"
-    );
+    eventually_async(COMMIT_WAIT, "the resumed blob is cached", || stored.exists()).await;
     let degraded = events_named(&berth, "upstream_degraded");
     assert!(
         degraded.iter().any(|e| e["cause"] == "connection_reset"),
@@ -305,7 +291,7 @@ async fn a_flipped_byte_is_an_error_stores_nothing_and_the_next_pull_is_clean() 
     let registry = Registry::start();
     let (digest, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/flip", 4 << 20, 7));
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
-    let berth = Berth::start(&upstream_toml(&[relay.url()], ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     relay.fault("/blobs/", Fault::FlipByte { offset: 1000, times: 1 });
     assert!(
         get_blob(&berth, "flip", &digest).await.is_err(),
@@ -317,7 +303,7 @@ async fn a_flipped_byte_is_an_error_stores_nothing_and_the_next_pull_is_clean() 
     let body = get_blob(&berth, "flip", &digest).await.expect("clean pull");
     assert_eq!(sha256_hex(&body), digest);
     let stored = blob_path(&berth.cache_dir, &digest);
-    assert!(support::eventually(support::COMMIT_WAIT, || stored.exists()));
+    eventually_async(COMMIT_WAIT, "the blob is cached", || stored.exists()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -328,7 +314,11 @@ async fn the_second_endpoint_serves_when_the_first_refuses() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    let berth = Berth::start(&upstream_toml(&[format!("http://{closed}"), registry.url()], ""));
+    let berth = Berth::start(
+        &upstream(&format!("http://{closed}"))
+            .endpoint(&registry.url())
+            .to_toml(),
+    );
     let dir = tempfile::tempdir().expect("dir");
     let reference = format!("{}:{}", client_name(&fixtures.layers.repo), fixtures.layers.tag);
     let out = tokio::task::block_in_place(|| copy_to_dir(&berth, &reference, &dir.path().join("oci")));
@@ -360,7 +350,7 @@ async fn kill_9_during_ten_cold_pulls_then_restart_serves_only_verified_content(
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
     let work = tempfile::tempdir().expect("work dir");
     let cache = work.path().join("cache");
-    let config = upstream_toml(&[relay.url()], "");
+    let config = upstream(&relay.url()).to_toml();
     let mut berth = Berth::start_in(work.path(), &cache, &config);
     // Slow bodies, so the kill lands in the middle of the transfers.
     relay.fault(
@@ -377,11 +367,10 @@ async fn kill_9_during_ten_cold_pulls_then_restart_serves_only_verified_content(
             tokio::spawn(async move { client().get(url).send().await?.bytes().await })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while relay.body_bytes() < (SIZE as u64) * 2 {
-        assert!(Instant::now() < deadline, "transfers did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async(Duration::from_secs(30), "the transfers started", || {
+        relay.body_bytes() >= (SIZE as u64) * 2
+    })
+    .await;
     berth.kill(); // SIGKILL
     for p in pulls {
         let _ = p.await;
@@ -395,25 +384,18 @@ async fn kill_9_during_ten_cold_pulls_then_restart_serves_only_verified_content(
     let leftovers: Vec<_> = std::fs::read_dir(cache.join("tmp")).expect("tmp").collect();
     assert!(leftovers.is_empty(), "temp files cleaned on restart: {leftovers:?}");
     let rehash = || {
-        let mut n = 0;
-        let Ok(shards) = std::fs::read_dir(cache.join("blobs/sha256")) else {
-            return 0;
-        };
-        for shard in shards {
-            for file in std::fs::read_dir(shard.expect("shard").path()).expect("shard dir") {
-                let path = file.expect("file").path();
-                let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_string();
-                let bytes = std::fs::read(&path).expect("read blob");
-                assert_eq!(
-                    sha256_hex(&bytes),
-                    format!("sha256:{name}"),
-                    "{} re-hashes",
-                    path.display()
-                );
-                n += 1;
-            }
+        let stored = stored_blobs(&cache);
+        for path in &stored {
+            let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+            let bytes = std::fs::read(path).expect("read blob");
+            assert_eq!(
+                sha256_hex(&bytes),
+                format!("sha256:{name}"),
+                "{} re-hashes",
+                path.display()
+            );
         }
-        n
+        stored.len()
     };
     let stored_before = rehash();
     eprintln!("{stored_before} blobs were complete and verified before the kill");
@@ -423,10 +405,10 @@ async fn kill_9_during_ten_cold_pulls_then_restart_serves_only_verified_content(
         assert_eq!(sha256_hex(&body), *digest);
     }
     let committed = |d: &String| blob_path(&cache, d).exists();
-    assert!(
-        support::eventually(support::COMMIT_WAIT, || blobs.iter().all(|(d, _)| committed(d))),
-        "every pulled blob is committed"
-    );
+    eventually_async(COMMIT_WAIT, "every pulled blob is committed", || {
+        blobs.iter().all(|(d, _)| committed(d))
+    })
+    .await;
     assert_eq!(rehash(), BLOBS);
 }
 
@@ -468,14 +450,14 @@ async fn a_full_cache_disk_does_not_stop_pulls() {
     let berth = Berth::start_in(
         work.path(),
         &disk.path.join("cache"),
-        &upstream_toml(&[registry.url()], ""),
+        &upstream(&registry.url()).to_toml(),
     );
 
     // Fits: cached as usual.
     let body = get_blob(&berth, "big", &small).await.expect("small blob");
     assert_eq!(sha256_hex(&body), small);
     let stored = blob_path(&berth.cache_dir, &small);
-    assert!(support::eventually(support::COMMIT_WAIT, || stored.exists()));
+    eventually_async(COMMIT_WAIT, "the blob is cached", || stored.exists()).await;
 
     // Fills the disk halfway through: streamed on from the upstream, verified.
     let body = get_blob(&berth, "big", &big)
@@ -524,11 +506,7 @@ async fn a_broken_transfer_resumes_even_when_the_cache_cannot_store_it() {
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
     let disk = SmallDisk::mount("4m");
     let work = tempfile::tempdir().expect("work dir");
-    let berth = Berth::start_in(
-        work.path(),
-        &disk.path.join("cache"),
-        &upstream_toml(&[relay.url()], ""),
-    );
+    let berth = Berth::start_in(work.path(), &disk.path.join("cache"), &upstream(&relay.url()).to_toml());
     // Fill the cache disk: the fetch's first write fails, and the client is
     // served by a pass-through straight from the upstream.
     let _ = Command::new("dd")
@@ -574,7 +552,7 @@ async fn offline_mode_serves_the_cache_and_never_asks_the_upstream() {
     let cache = work.path().join("cache");
     let reference = format!("{}:{}", client_name(&fixtures.oci.repo), fixtures.oci.tag);
     {
-        let berth = Berth::start_in(work.path(), &cache, &upstream_toml(&[relay.url()], ""));
+        let berth = Berth::start_in(work.path(), &cache, &upstream(&relay.url()).to_toml());
         let out = tokio::task::block_in_place(|| copy_to_dir(&berth, &reference, &work.path().join("seed")));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -582,10 +560,7 @@ async fn offline_mode_serves_the_cache_and_never_asks_the_upstream() {
     let berth = Berth::start_in(
         work.path(),
         &cache,
-        &format!(
-            "offline = true\n[cache]\ntag_ttl = \"0s\"\n{}",
-            upstream_toml(&[relay.url()], "")
-        ),
+        &format!("offline = true\n[cache]\ntag_ttl = \"0s\"\n{}", upstream(&relay.url())),
     );
     let out = tokio::task::block_in_place(|| copy_to_dir(&berth, &reference, &work.path().join("offline")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -625,10 +600,12 @@ async fn an_upstream_behind_drop_opens_the_breaker_and_misses_fail_fast() {
     ns.iptables(&["-A", "OUTPUT", "-p", "tcp", "--dport", "5998", "-j", "DROP"]);
     let berth = Berth::start_in_netns(
         &ns.name,
-        &upstream_toml(
-            &["http://127.0.0.1:5998".to_string()],
-            "connect_timeout = \"2s\"\nattempts = 2\nbreaker_threshold = 2\nbreaker_cooldown = \"10m\"",
-        ),
+        &upstream("http://127.0.0.1:5998")
+            .set("connect_timeout", "2s")
+            .set("attempts", 2)
+            .set("breaker_threshold", 2)
+            .set("breaker_cooldown", "10m")
+            .to_toml(),
         &[],
     );
     let url = format!("{}/v2/library/app/manifests/v1", berth.url());
@@ -700,14 +677,16 @@ async fn an_upstream_behind_reject_is_refused_and_the_next_endpoint_serves() {
             let _ = self.0.wait();
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while curl_in(&ns, &format!("http://127.0.0.1:{port}/v2/")).0 != 200 {
-        assert!(Instant::now() < deadline, "registry in the namespace did not start");
+    eventually_async(Duration::from_secs(20), "the registry in the namespace started", || {
+        if curl_in(&ns, &format!("http://127.0.0.1:{port}/v2/")).0 == 200 {
+            return true;
+        }
         if let Ok(Some(s)) = child.try_wait() {
             panic!("registry exited: {s}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        false
+    })
+    .await;
     let _registry = Kill(child);
     // Push the blob inside the namespace with curl: POST for an upload
     // location, PUT the bytes with the digest.
@@ -755,10 +734,9 @@ async fn an_upstream_behind_reject_is_refused_and_the_next_endpoint_serves() {
 
     let berth = Berth::start_in_netns(
         &ns.name,
-        &upstream_toml(
-            &["http://127.0.0.1:5997".to_string(), format!("http://127.0.0.1:{port}")],
-            "",
-        ),
+        &upstream("http://127.0.0.1:5997")
+            .endpoint(&format!("http://127.0.0.1:{port}"))
+            .to_toml(),
         &[],
     );
     let fetched = inner.path().join("fetched");

@@ -7,17 +7,14 @@ mod support;
 use support::images::seed;
 use support::registry::Registry;
 use support::relay::{Relay, RelayOptions};
-use support::{Berth, client_name, sha256_hex, skopeo, verify_oci_dir};
+use support::{Berth, UpstreamToml, client_name, sha256_hex, skopeo, verify_oci_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn skopeo_pulls_through_berth_and_the_second_pull_is_served_from_cache() {
     let registry = Registry::start();
     let fixtures = seed(&registry);
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
-    let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-        relay.url()
-    ));
+    let berth = Berth::start(&UpstreamToml::default_docker_io(&relay.url()).to_toml());
     let work = tempfile::tempdir().expect("work dir");
 
     let pull_all = |round: &str| {

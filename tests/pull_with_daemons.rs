@@ -11,7 +11,7 @@ use support::daemons::{Containerd, Dockerd, snippet};
 use support::images::seed;
 use support::registry::Registry;
 use support::relay::{Relay, RelayOptions};
-use support::{Berth, client_name, sha256_hex, skopeo};
+use support::{Berth, UpstreamToml, client_name, sha256_hex, skopeo};
 
 fn blob_gets(relay: &Relay) -> usize {
     relay.count(|r| r.starts_with("GET ") && r.contains("/blobs/"))
@@ -22,10 +22,7 @@ async fn dockerd_pulls_through_berth_as_registry_mirror() {
     let registry = Registry::start();
     let fixtures = tokio::task::block_in_place(|| seed(&registry));
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
-    let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-        relay.url()
-    ));
+    let berth = Berth::start(&UpstreamToml::default_docker_io(&relay.url()).to_toml());
     let dockerd = tokio::task::block_in_place(|| Dockerd::start(&berth.host()));
 
     let by_tag = |i: &support::images::Image| format!("{}:{}", client_name(&i.repo), i.tag);
@@ -75,10 +72,9 @@ async fn containerd_pulls_through_berth_with_hosts_toml() {
     let ghcr_images = tokio::task::block_in_place(|| seed(&ghcr));
     let hub_relay = Relay::start(&hub.url(), RelayOptions::default()).await;
     let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n\
-         [[upstream]]\nname = \"ghcr.io\"\nendpoints = [\"{}\"]\n",
-        hub_relay.url(),
-        ghcr.url()
+        "{}{}",
+        UpstreamToml::default_docker_io(&hub_relay.url()),
+        UpstreamToml::new("ghcr.io", &ghcr.url())
     ));
     let containerd = tokio::task::block_in_place(Containerd::start);
     let hosts = containerd.hosts_dir("containerd", &berth.host());
@@ -172,10 +168,7 @@ async fn skopeo_uses_berth_through_registries_conf() {
     let registry = Registry::start();
     let fixtures = tokio::task::block_in_place(|| seed(&registry));
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
-    let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-        relay.url()
-    ));
+    let berth = Berth::start(&UpstreamToml::default_docker_io(&relay.url()).to_toml());
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = dir.path().join("registries.conf");
     std::fs::write(&conf, snippet("registries.conf", &berth.host())).expect("write registries.conf");

@@ -9,36 +9,27 @@
 
 mod support;
 
-use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use support::Berth;
+use support::fake_upstream::{Answer, FakeUpstream};
+use support::{Berth, UpstreamToml, client};
 
 const SIGNATURE: &str = "X-Amz-Signature=c0ffee5ecret&X-Amz-Credential=AKIAEXAMPLE";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_signed_redirect_keeps_its_signature_out_of_errors() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let location = format!("http://{upstream}/cdn/layer?{SIGNATURE}");
-    let redirect = move || {
-        let location = location.clone();
-        async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response() }
-    };
-    let app = Router::new()
-        .route("/v2/", get(|| async { "{}" }))
-        .route("/v2/{*rest}", get(redirect.clone()))
-        .route("/cdn/{*rest}", get(redirect));
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://{upstream}\"]\ndefault = true\n\
-         attempts = 1\nbreaker_threshold = 1000\n"
-    ));
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let fake = FakeUpstream::start();
+    let upstream = fake.addr;
     let digest = format!("sha256:{}", "ab".repeat(32));
+    let location = format!("http://{upstream}/cdn/layer?{SIGNATURE}");
+    let redirect = move |_: &str, _: &str| Answer::json(307, "").header("location", &location);
+    fake.route(&format!("/v2/library/app/blobs/{digest}"), redirect.clone());
+    fake.route("/cdn/layer", redirect);
+    let berth = Berth::start(
+        &UpstreamToml::default_docker_io(&fake.url())
+            .set("attempts", 1)
+            .set("breaker_threshold", 1000)
+            .to_toml(),
+    );
+    let http = client();
     let r = http
         .get(format!("{}/v2/library/app/blobs/{digest}", berth.url()))
         .send()
@@ -65,5 +56,4 @@ async fn a_failed_signed_redirect_keeps_its_signature_out_of_errors() {
             "{what}: {text}"
         );
     }
-    server.abort();
 }

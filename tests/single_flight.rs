@@ -5,34 +5,23 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use support::images::push_random_blob;
 use support::registry::Registry;
 use support::relay::{Fault, Relay, RelayOptions};
-use support::{Berth, sha256_hex};
+use support::{Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, eventually_async, sha256_hex};
 use tokio::sync::Notify;
 
 const CLIENTS: usize = 20;
 const SIZE: usize = 32 << 20;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
-}
-
 async fn setup(seed: u64) -> (Registry, Relay, Berth, String, Vec<u8>) {
     let registry = Registry::start();
     let (digest, content) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", SIZE, seed));
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
-    let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-        relay.url()
-    ));
+    let berth = Berth::start(&UpstreamToml::default_docker_io(&relay.url()).to_toml());
     (registry, relay, berth, digest, content)
-}
-
-fn blob_path(berth: &Berth, digest: &str) -> std::path::PathBuf {
-    let hex = &digest["sha256:".len()..];
-    berth.cache_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -59,8 +48,8 @@ async fn twenty_clients_one_upstream_fetch() {
         relay.requests()
     );
     assert_eq!(relay.body_bytes(), SIZE as u64);
-    let stored = blob_path(&berth, &digest);
-    assert!(support::eventually(support::COMMIT_WAIT, || stored.exists()));
+    let stored = blob_path(&berth.cache_dir, &digest);
+    eventually_async(COMMIT_WAIT, "the blob is cached", || stored.exists()).await;
 }
 
 /// Blob responses berth has started (their heads went out), from its log.
@@ -72,13 +61,8 @@ fn blob_responses(berth: &Berth) -> usize {
         .count()
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
+/// How long a step of these scenarios may take.
+const STEP: Duration = Duration::from_secs(30);
 
 fn pause(relay: &Relay, then_reset: bool) -> (Arc<Notify>, Arc<Notify>) {
     let (reached, resume) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
@@ -107,7 +91,10 @@ async fn a_failed_fetch_fails_every_joined_client_and_stores_nothing() {
         })
         .collect();
     reached.notified().await;
-    wait_for("every client to join the fetch", || blob_responses(&berth) == CLIENTS).await;
+    eventually_async(STEP, "every client to join the fetch", || {
+        blob_responses(&berth) == CLIENTS
+    })
+    .await;
     // The connection breaks mid-blob, and the resume finds the blob gone: a
     // definite failure that no retry can mend.
     relay.clear_faults();
@@ -130,7 +117,7 @@ async fn a_failed_fetch_fails_every_joined_client_and_stores_nothing() {
         "one fetch and its one resume attempt: {:#?}",
         relay.requests()
     );
-    assert!(!blob_path(&berth, &digest).exists(), "nothing cached");
+    assert!(!blob_path(&berth.cache_dir, &digest).exists(), "nothing cached");
     let tmp: Vec<_> = std::fs::read_dir(berth.cache_dir.join("tmp"))
         .expect("tmp dir")
         .collect();
@@ -159,7 +146,7 @@ async fn a_client_joining_after_half_the_blob_gets_every_byte() {
     reached.notified().await;
     // The first client has received (nearly) all of the first half.
     let half = SIZE / 2;
-    wait_for("the first client to receive half the blob", || {
+    eventually_async(STEP, "the first client to receive half the blob", || {
         *progress.borrow() >= half - 1
     })
     .await;
@@ -167,7 +154,7 @@ async fn a_client_joining_after_half_the_blob_gets_every_byte() {
         let (http, url) = (http.clone(), url.clone());
         tokio::spawn(async move { http.get(url).send().await?.error_for_status()?.bytes().await })
     };
-    wait_for("the late client to join", || blob_responses(&berth) == 2).await;
+    eventually_async(STEP, "the late client to join", || blob_responses(&berth) == 2).await;
     resume.notify_one();
     let late = late.await.expect("task").expect("late body");
     let first = first.await.expect("task");
@@ -190,14 +177,14 @@ async fn a_client_that_disconnects_does_not_cancel_the_fetch() {
     let leaving = spawn();
     let staying = spawn();
     reached.notified().await;
-    wait_for("both clients to join", || blob_responses(&berth) == 2).await;
+    eventually_async(STEP, "both clients to join", || blob_responses(&berth) == 2).await;
     leaving.abort();
     let _ = leaving.await;
     resume.notify_one();
     let body = staying.await.expect("task").expect("the staying client's body");
     assert_eq!(sha256_hex(&body), digest);
-    let stored = blob_path(&berth, &digest);
-    assert!(support::eventually(support::COMMIT_WAIT, || stored.exists()));
+    let stored = blob_path(&berth.cache_dir, &digest);
+    eventually_async(COMMIT_WAIT, "the blob is cached", || stored.exists()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -207,30 +194,30 @@ async fn an_abandoned_fetch_completes_into_the_cache_unless_configured_not_to() 
         let (digest, _) = tokio::task::block_in_place(|| push_random_blob(&registry, "library/big", SIZE, 5));
         let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
         let berth = Berth::start(&format!(
-            "[cache]\nfinish_abandoned = {finish}\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-            relay.url()
+            "[cache]\nfinish_abandoned = {finish}\n{}",
+            UpstreamToml::default_docker_io(&relay.url())
         ));
         let (reached, resume) = pause(&relay, false);
         let url = format!("{}/v2/big/blobs/{digest}", berth.url());
         let only = tokio::spawn(async move { client().get(url).send().await?.bytes().await });
         reached.notified().await;
-        wait_for("the client to start", || blob_responses(&berth) == 1).await;
+        eventually_async(STEP, "the client to start", || blob_responses(&berth) == 1).await;
         only.abort();
         let _ = only.await;
         resume.notify_one();
         if finish {
-            wait_for("the abandoned fetch to land in the cache", || {
-                blob_path(&berth, &digest).exists()
+            eventually_async(STEP, "the abandoned fetch to land in the cache", || {
+                blob_path(&berth.cache_dir, &digest).exists()
             })
             .await;
         } else {
-            wait_for("the abandoned fetch to stop", || {
+            eventually_async(STEP, "the abandoned fetch to stop", || {
                 std::fs::read_dir(berth.cache_dir.join("tmp"))
                     .map(|d| d.count() == 0)
                     .unwrap_or(false)
             })
             .await;
-            assert!(!blob_path(&berth, &digest).exists());
+            assert!(!blob_path(&berth.cache_dir, &digest).exists());
         }
     }
 }

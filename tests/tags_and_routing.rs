@@ -9,11 +9,7 @@ use reqwest::StatusCode;
 use support::images::seed;
 use support::registry::Registry;
 use support::relay::{Relay, RelayOptions};
-use support::{Berth, client_name, skopeo};
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
-}
+use support::{Berth, UpstreamToml, client, client_name, skopeo};
 
 async fn manifest_digest(http: &reqwest::Client, url: &str) -> (StatusCode, String) {
     let r = http.get(url).header("accept", "*/*").send().await.expect("request");
@@ -32,8 +28,8 @@ async fn tags_revalidate_with_head_follow_moves_and_serve_stale() {
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
     // A zero TTL: every tag request revalidates.
     let berth = Berth::start(&format!(
-        "[cache]\ntag_ttl = \"0s\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
-        relay.url()
+        "[cache]\ntag_ttl = \"0s\"\n{}",
+        UpstreamToml::default_docker_io(&relay.url())
     ));
     let http = client();
     let image = &fixtures.layers;
@@ -107,10 +103,9 @@ async fn prefix_and_ns_route_to_a_second_upstream() {
     let fixtures = tokio::task::block_in_place(|| seed(&ghcr));
     let ghcr_relay = Relay::start(&ghcr.url(), RelayOptions::default()).await;
     let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n\
-         [[upstream]]\nname = \"ghcr.io\"\nendpoints = [\"{}\"]\n",
-        hub.url(),
-        ghcr_relay.url()
+        "{}{}",
+        UpstreamToml::default_docker_io(&hub.url()),
+        UpstreamToml::new("ghcr.io", &ghcr_relay.url())
     ));
     let http = client();
     let image = &fixtures.nested; // a/b/c:nested, only on "ghcr.io"

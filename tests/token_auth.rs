@@ -7,7 +7,7 @@ mod support;
 use support::images::seed;
 use support::registry::Registry;
 use support::relay::{Relay, RelayOptions};
-use support::{Berth, client_name, sha256_hex, skopeo};
+use support::{Berth, UpstreamToml, client, client_name, sha256_hex, skopeo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bearer_token_flow_with_credentials() {
@@ -25,11 +25,12 @@ async fn bearer_token_flow_with_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, format!("{secret}\n")).unwrap();
-    let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\nusername = \"puller\"\npassword_file = \"{}\"\n",
-        relay.url(),
-        password_file.display()
-    ));
+    let berth = Berth::start(
+        &UpstreamToml::default_docker_io(&relay.url())
+            .set("username", "puller")
+            .set("password_file", password_file.display().to_string())
+            .to_toml(),
+    );
 
     let image = &fixtures.v2s2;
     let src = format!("docker://{}/{}:{}", berth.host(), client_name(&image.repo), image.tag);
@@ -48,15 +49,14 @@ async fn bearer_token_flow_with_credentials() {
 
     // Wrong credentials: the client gets a clear cause, not a token hunt.
     let wrong = tempfile::tempdir().unwrap();
-    let berth2 = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\nusername = \"puller\"\npassword = \"wrong\"\n",
-        relay.url()
-    ));
+    let berth2 = Berth::start(
+        &UpstreamToml::default_docker_io(&relay.url())
+            .set("username", "puller")
+            .set("password", "wrong")
+            .to_toml(),
+    );
     drop(wrong);
-    let resp = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    let resp = client()
         .get(format!(
             "{}/v2/{}/manifests/{}",
             berth2.url(),

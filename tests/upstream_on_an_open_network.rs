@@ -8,26 +8,21 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 use support::images::{push_random_blob, push_tiny_image};
 use support::recorder::{Answer, Recorder};
 use support::registry::Registry;
 use support::relay::{Fault, Relay, RelayOptions};
-use support::{Berth, COMMIT_WAIT, eventually, sha256_hex};
+use support::{Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, eventually_async, lazy, sha256_hex};
 
 const USER: &str = "puller";
 const PASSWORD: &str = "s3cret-never-to-a-stranger";
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
-}
-
-fn upstream(endpoint: &str, extra: &str) -> String {
-    format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{endpoint}\"]\ndefault = true\n\
-         username = \"{USER}\"\npassword = \"{PASSWORD}\"\nattempts = 1\n{extra}\n"
-    )
+/// docker.io at `endpoint` with credentials, one attempt.
+fn upstream(endpoint: &str) -> UpstreamToml {
+    UpstreamToml::default_docker_io(endpoint)
+        .set("username", USER)
+        .set("password", PASSWORD)
+        .set("attempts", 1)
 }
 
 async fn token_relay(registry: &Registry) -> Relay {
@@ -73,7 +68,7 @@ async fn a_token_realm_on_another_host_gets_no_connection_and_no_credentials() {
     let relay = token_relay(&registry).await;
     // It would hand out a token to whoever asks.
     let stranger = Recorder::start(Answer::Body(r#"{"token":"from-a-stranger"}"#.into())).await;
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     // The endpoint is http://127.0.0.1:<relay>: `localhost` is another host
     // name, and another port of 127.0.0.1 is another host too.
     for realm in [
@@ -99,7 +94,7 @@ async fn a_token_realm_on_another_host_gets_no_connection_and_no_credentials() {
     // Listed in auth_hosts, the same realm is used (and gets the credentials).
     let realm_host = format!("localhost:{}", stranger.port());
     relay.set_realm(&format!("http://{realm_host}/token"));
-    let allowed = Berth::start(&upstream(&relay.url(), &format!("auth_hosts = [\"{realm_host}\"]")));
+    let allowed = Berth::start(&upstream(&relay.url()).set("auth_hosts", vec![realm_host]).to_toml());
     let _ = get_error(&allowed, "/v2/app/manifests/v1").await;
     let asked = stranger.requests();
     assert_eq!(asked.len(), 1, "{asked:?}");
@@ -128,7 +123,7 @@ async fn a_blob_redirected_to_a_cdn_on_another_host_is_fetched_without_authoriza
             times: 1,
         },
     );
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     let body = client()
         .get(format!("{}/v2/app/blobs/{digest}", berth.url()))
         .send()
@@ -163,17 +158,12 @@ async fn a_redirect_loop_is_given_up_after_five_hops() {
             times: 1,
         },
     );
-    let berth = Berth::start(&upstream(&relay.url(), ""));
+    let berth = Berth::start(&upstream(&relay.url()).to_toml());
     let (status, _, cause, message, _) = get_error(&berth, &format!("/v2/app/blobs/{digest}")).await;
     assert_eq!((status, cause.as_str()), (503, "upstream_unavailable"), "{message}");
     assert!(message.contains("too many redirects"), "{message}");
     // The relay's redirect was hop 1; hops 2 to 5 went round the loop.
     assert_eq!(looping.requests().len(), 5, "reqwest's own limit is 10");
-}
-
-fn blob_path(cache_dir: &std::path::Path, digest: &str) -> PathBuf {
-    let hex = &digest["sha256:".len()..];
-    cache_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -184,9 +174,11 @@ async fn a_burst_of_429s_fails_misses_fast_as_rate_limited_and_serves_the_cache(
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
     // A breaker that would open after two faults: a 429 must not be one.
     let berth = Berth::start(&format!(
-        "[cache]\ntag_ttl = \"0s\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n\
-         attempts = 2\nbreaker_threshold = 2\nbreaker_cooldown = \"10m\"\n",
-        relay.url()
+        "[cache]\ntag_ttl = \"0s\"\n{}",
+        UpstreamToml::default_docker_io(&relay.url())
+            .set("attempts", 2)
+            .set("breaker_threshold", 2)
+            .set("breaker_cooldown", "10m")
     ));
     let http = client();
     let tag_url = format!("{}/v2/app/manifests/v1", berth.url());
@@ -196,10 +188,7 @@ async fn a_burst_of_429s_fails_misses_fast_as_rate_limited_and_serves_the_cache(
     assert_eq!(http.get(&layer_url).send().await.expect("layer").status(), 200);
     let cache_dir = berth.cache_dir.clone();
     let layer_path = blob_path(&cache_dir, &layer);
-    assert!(
-        tokio::task::block_in_place(|| eventually(COMMIT_WAIT, || layer_path.exists())),
-        "the layer is cached"
-    );
+    eventually_async(COMMIT_WAIT, "the layer is cached", || layer_path.exists()).await;
 
     relay.fault(
         "/v2/",
@@ -263,11 +252,13 @@ async fn when_the_rate_limit_window_ends_the_upstream_is_asked_again() {
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
     // A breaker that opens on the first fault and stays open for ten
     // minutes: had the 429 counted as one, the miss below would stay failed.
-    let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n\
-         attempts = 1\nbreaker_threshold = 1\nbreaker_cooldown = \"10m\"\n",
-        relay.url()
-    ));
+    let berth = Berth::start(
+        &UpstreamToml::default_docker_io(&relay.url())
+            .set("attempts", 1)
+            .set("breaker_threshold", 1)
+            .set("breaker_cooldown", "10m")
+            .to_toml(),
+    );
     relay.fault(
         "/blobs/",
         Fault::Status {
@@ -281,12 +272,12 @@ async fn when_the_rate_limit_window_ends_the_upstream_is_asked_again() {
     assert_eq!((status, cause.as_str()), (429, "rate_limited"), "{message}");
     assert_eq!(retry_after, Some(1));
     let addr = berth.addr;
-    let served = tokio::task::block_in_place(|| {
-        eventually(std::time::Duration::from_secs(10), || {
-            support::raw_get(addr, &path).0 == 200
-        })
-    });
-    assert!(served, "the blob is fetched once the window is over: {}", berth.log());
+    eventually_async(
+        std::time::Duration::from_secs(10),
+        lazy(|| format!("the blob is fetched once the window is over: {}", berth.log())),
+        || support::raw_get(addr, &path).0 == 200,
+    )
+    .await;
     let failed: Vec<_> = berth
         .events()
         .into_iter()
@@ -312,11 +303,13 @@ async fn the_concurrency_bound_holds_while_a_blob_body_streams() {
             then_reset: false,
         },
     );
-    let berth = Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n\
-         attempts = 1\ndeadline = \"2s\"\nmax_concurrent_requests = 1\n",
-        relay.url()
-    ));
+    let berth = Berth::start(
+        &UpstreamToml::default_docker_io(&relay.url())
+            .set("attempts", 1)
+            .set("deadline", "2s")
+            .set("max_concurrent_requests", 1)
+            .to_toml(),
+    );
     let slow_url = format!("{}/v2/app/blobs/{slow}", berth.url());
     let first = tokio::spawn(async move {
         let resp = client().get(slow_url).send().await.expect("slow blob");

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{DEAD_PROXY, NO_PROXY};
 
@@ -117,21 +117,21 @@ impl Berth {
     }
 
     fn wait_listening(&mut self) -> std::net::SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(addr) = self.events().iter().find_map(|e| {
+        let (child, log_path) = (&mut self.child, &self.log_path);
+        super::poll(Duration::from_secs(20), || {
+            if let Some(addr) = events_in(log_path).iter().find_map(|e| {
                 (e["message"] == "listening")
                     .then(|| e["addr"].as_str()?.parse().ok())
                     .flatten()
             }) {
-                return addr;
+                return Some(addr);
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("berth exited with {status}: {}", self.log());
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("berth exited with {status}: {}", log_in(log_path));
             }
-            assert!(Instant::now() < deadline, "berth did not start: {}", self.log());
-            std::thread::sleep(Duration::from_millis(25));
-        }
+            None
+        })
+        .unwrap_or_else(|| panic!("berth did not start: {}", self.log()))
     }
 
     pub fn url(&self) -> String {
@@ -144,15 +144,12 @@ impl Berth {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        log_in(&self.log_path)
     }
 
     /// The JSON log events so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.log()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        events_in(&self.log_path)
     }
 
     /// The process id (the load benchmark reads its memory use).
@@ -164,6 +161,17 @@ impl Berth {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn log_in(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn events_in(log_path: &Path) -> Vec<serde_json::Value> {
+    log_in(log_path)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 enum Launch<'a> {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{DEAD_PROXY, NO_PROXY};
 
@@ -21,35 +21,27 @@ pub fn snippet(relative: &str, berth_host: &str) -> String {
 }
 
 fn wait_for(what: &str, child: &mut Child, log: &Path, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "{what} exited with {status}: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
+    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
+    super::poll(Duration::from_secs(60), || {
+        if ready() {
+            return Some(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not become ready: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status}: {}", read_log());
+        }
+        None
+    })
+    .unwrap_or_else(|| panic!("{what} did not become ready: {}", read_log()));
 }
 
 fn stop(child: &mut Child) {
     // SIGTERM first so the daemon stops the containerd it supervises.
     let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let exited = super::poll(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 pub struct Dockerd {

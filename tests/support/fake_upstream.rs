@@ -54,7 +54,8 @@ struct Shared {
 pub struct FakeUpstream {
     pub addr: std::net::SocketAddr,
     shared: Arc<Shared>,
-    _runtime: tokio::runtime::Runtime,
+    /// Its own runtime, so sync tests can use it too; `None` once dropped.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl FakeUpstream {
@@ -65,18 +66,20 @@ impl FakeUpstream {
             .build()
             .expect("runtime for the fake upstream");
         let shared = Arc::new(Shared::default());
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind fake upstream");
+        // Bound here and handed to the runtime, not bound by `block_on`:
+        // an async test may start it too, and may not block its thread.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake upstream");
+        listener.set_nonblocking(true).expect("non-blocking listener");
         let addr = listener.local_addr().expect("fake upstream addr");
         let app = axum::Router::new().fallback(answer).with_state(shared.clone());
         runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("fake upstream listener");
             let _ = axum::serve(listener, app).await;
         });
         let fake = FakeUpstream {
             addr,
             shared,
-            _runtime: runtime,
+            runtime: Some(runtime),
         };
         fake.route("/v2/", |_, _| Answer::json(200, "{}"));
         fake
@@ -102,6 +105,16 @@ impl FakeUpstream {
 
     pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
         self.requests().iter().filter(|r| pred(r)).count()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        // Without blocking: an async test may drop it on its runtime, where
+        // a blocking runtime shutdown panics.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -10,33 +10,77 @@ pub mod netns;
 pub mod recorder;
 pub mod registry;
 pub mod relay;
+pub mod upstream_toml;
 
 use std::collections::HashSet;
+use std::fmt::Display;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use berth::Berth;
+#[allow(unused_imports)] // the load bench, which shares this module, writes its own config
+pub use upstream_toml::UpstreamToml;
 
 /// Where proxy-honouring programs are sent: nothing listens there.
 pub const DEAD_PROXY: &str = "http://127.0.0.1:9";
 pub const NO_PROXY: &str = "127.0.0.1,localhost";
 
-/// Whether `cond` holds within `timeout`, polled. A blob becomes visible in
-/// the cache just after its last byte went out (the fsync and rename follow
-/// the verification), so tests wait for it rather than assume it.
-pub fn eventually(timeout: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
+/// How long a wait sleeps between two checks of its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Polls `cond` until it gives a value, or gives `None` once `timeout` has
+/// passed. The one poll loop of the tests: `eventually` and the start-up
+/// waits (which panic with a process's log) are built on it; nothing waits
+/// by sleeping a fixed time.
+pub fn poll<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
     loop {
-        if cond() {
-            return true;
+        if let Some(value) = cond() {
+            return Some(value);
         }
-        if std::time::Instant::now() >= deadline {
-            return false;
+        if Instant::now() >= deadline {
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Waits until `cond` holds; after `timeout` panics saying `what` did not
+/// happen. A blob becomes visible in the cache just after its last byte went
+/// out (the fsync and rename follow the verification), so tests wait for it
+/// rather than assume it. `what` is formatted only on timeout, so a
+/// [`lazy`] description can show a log as it was then.
+#[track_caller]
+pub fn eventually(timeout: Duration, what: impl Display, mut cond: impl FnMut() -> bool) {
+    if poll(timeout, || cond().then_some(())).is_none() {
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+}
+
+/// [`eventually`] inside an async test: sleeps on the runtime, so the tasks
+/// the test spawned (pulls, relays) go on while it waits.
+pub async fn eventually_async(timeout: Duration, what: impl Display, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// A description worked out only when shown: `lazy(|| berth.log())`.
+pub fn lazy<F: Fn() -> String>(describe: F) -> impl Display {
+    struct Lazy<F>(F);
+    impl<F: Fn() -> String> Display for Lazy<F> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&(self.0)())
+        }
+    }
+    Lazy(describe)
 }
 
 /// A verified blob is committed to the cache soon after it was served.
@@ -45,6 +89,59 @@ pub const COMMIT_WAIT: Duration = Duration::from_secs(10);
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Where berth keeps a verified blob: `blobs/sha256/<first two hex>/<hex>`
+/// under its cache dir.
+pub fn blob_path(cache_dir: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    cache_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// Every blob file in a cache dir (none if it has no blob tree yet).
+pub fn stored_blobs(cache_dir: &Path) -> Vec<PathBuf> {
+    let shards = std::fs::read_dir(cache_dir.join("blobs/sha256")).into_iter().flatten();
+    shards
+        .flat_map(|shard| std::fs::read_dir(shard.expect("shard").path()).expect("shard dir"))
+        .map(|file| file.expect("blob file").path())
+        .collect()
+}
+
+/// An HTTP client for the servers a test started. It never uses a proxy
+/// (the environment names a dead one); the options cover what tests vary.
+pub struct HttpClient(reqwest::ClientBuilder);
+
+impl Default for HttpClient {
+    fn default() -> HttpClient {
+        HttpClient::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> HttpClient {
+        HttpClient(reqwest::Client::builder().no_proxy())
+    }
+
+    /// Hand redirects back instead of following them.
+    pub fn no_redirects(self) -> HttpClient {
+        HttpClient(self.0.redirect(reqwest::redirect::Policy::none()))
+    }
+
+    /// Trust the PEM certificate at `cert` (a test's self-signed one).
+    pub fn trusting(self, cert: &Path) -> HttpClient {
+        let pem = std::fs::read(cert).expect("read certificate");
+        let ca = reqwest::Certificate::from_pem(&pem).expect("PEM certificate");
+        HttpClient(self.0.add_root_certificate(ca))
+    }
+
+    pub fn build(self) -> reqwest::Client {
+        self.0.build().expect("HTTP client")
+    }
+}
+
+/// The plain client: no proxy, redirects followed.
+pub fn client() -> reqwest::Client {
+    HttpClient::new().build()
 }
 
 /// The name a client uses for an upstream repository (`library/` is implied).

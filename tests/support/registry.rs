@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Registry {
     pub addr: SocketAddr,
@@ -14,16 +14,25 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
-        Registry::start_with("")
+        Registry::start_with("", Lifetime::Owner)
+    }
+
+    /// A registry that serves every test of this process and goes with the
+    /// process however it ends (a `static` is never dropped): a shell runs
+    /// Distribution, waits for its stdin, a pipe only this process holds, to
+    /// close, then stops it and removes its directory. For test files whose
+    /// checks only read one seeded upstream. `pid()` is the shell's.
+    pub fn start_for_this_process() -> Registry {
+        Registry::start_with("", Lifetime::Process)
     }
 
     /// Distribution in proxy mode in front of `remote_url` (used by the
     /// benchmark to compare against berth).
     pub fn start_proxy(remote_url: &str) -> Registry {
-        Registry::start_with(&format!("proxy:\n  remoteurl: {remote_url}\n"))
+        Registry::start_with(&format!("proxy:\n  remoteurl: {remote_url}\n"), Lifetime::Owner)
     }
 
-    fn start_with(extra_yaml: &str) -> Registry {
+    fn start_with(extra_yaml: &str, lifetime: Lifetime) -> Registry {
         let dir = tempfile::tempdir().expect("registry temp dir");
         // Distribution takes a fixed address, so pick a free port first; the
         // readiness loop below notices if someone else took it meanwhile.
@@ -37,14 +46,29 @@ impl Registry {
         );
         std::fs::write(&config, yaml).expect("write registry config");
         let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
+        let mut cmd = match lifetime {
+            Lifetime::Owner => {
+                let mut c = Command::new("docker-registry");
+                c.arg("serve").arg(&config).stdin(Stdio::null());
+                c
+            }
+            Lifetime::Process => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    "docker-registry serve \"$0\" & read -r _; kill $!; wait; rm -rf \"$1\"",
+                ])
+                .arg(&config)
+                .arg(dir.path())
+                .stdin(Stdio::piped());
+                c
+            }
+        };
+        let child = cmd
             .env_remove("HTTP_PROXY")
             .env_remove("HTTPS_PROXY")
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
-            .stdin(Stdio::null())
             .spawn()
             .expect("spawn docker-registry (apt-get install docker-registry)");
         let mut registry = Registry { addr, child, dir };
@@ -53,21 +77,21 @@ impl Registry {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if super::raw_get(self.addr, "/v2/").0 == 200 {
-                return;
+        let (addr, log_path) = (self.addr, self.log_path());
+        let child = &mut self.child;
+        super::poll(Duration::from_secs(20), || {
+            if super::raw_get(addr, "/v2/").0 == 200 {
+                return Some(());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited with {status}: {}", self.log());
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "docker-registry exited with {status}: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+            None
+        })
+        .unwrap_or_else(|| panic!("docker-registry did not start: {}", self.log()));
     }
 
     pub fn url(&self) -> String {
@@ -92,9 +116,19 @@ impl Registry {
     }
 
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
+        // A process-lifetime registry's shell stops it when its stdin closes.
+        if self.child.stdin.take().is_none() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
+}
+
+/// Who stops the registry: the `Registry` value when dropped, or the end of
+/// the test process.
+enum Lifetime {
+    Owner,
+    Process,
 }
 
 impl Drop for Registry {

@@ -89,11 +89,7 @@ impl Relay {
         let addr = listener.local_addr().expect("relay addr");
         let shared = Arc::new(Shared {
             upstream: upstream_url.trim_end_matches('/').to_string(),
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("relay client"),
+            client: super::HttpClient::new().no_redirects().build(),
             options,
             addr: format!("http://{addr}"),
             log: Mutex::default(),
