@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use axum::http::{Method, StatusCode};
 
 use super::{Cache, CacheError, CacheLock, ReadMode};
 use crate::events::Events;
