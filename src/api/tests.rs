@@ -152,6 +152,22 @@ async fn a_cold_blob_range_is_fetched_once_and_served_as_206() {
 }
 
 #[tokio::test]
+async fn a_head_of_a_cold_blob_answers_the_upstream_size() {
+    let (bytes, digest) = blob(123_456);
+    let body = bytes.clone();
+    let up = FakeUpstream::start(move |_| Reply::whole(&body)).await;
+    let app = app(&up).await;
+    let a = send(&app, "HEAD", &format!("/v2/library/app/blobs/{digest}"), None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers[header::CONTENT_LENGTH], "123456");
+    assert_eq!(
+        up.hits(&digest.to_string())[0].method,
+        "HEAD",
+        "asked with a HEAD, not fetched"
+    );
+}
+
+#[tokio::test]
 async fn upstream_answers_become_spec_errors_with_cause_and_hint() {
     let up = FakeUpstream::start(|hit| match hit.path.as_str() {
         p if p.contains("/missing/") => Reply::Error {

@@ -4,7 +4,7 @@
 //! within bounds. Sending is `send.rs`'s job; blob bodies are `blob_stream.rs`'s.
 
 use reqwest::Method;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE};
 use serde::Deserialize;
 
 use super::limit::BlobResponse;
@@ -99,7 +99,13 @@ impl Upstream {
             .send(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new())
             .await?;
         let resp = check_status(resp).await?;
-        Ok(resp.content_length())
+        // The header, not `content_length()`: for a HEAD that is the size of
+        // the (empty) body, 0.
+        Ok(resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()))
     }
 
     /// Every tag of a repository, following the upstream's pagination, within
