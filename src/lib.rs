@@ -4,6 +4,7 @@
 //! `server` wires them to listeners; `failure` is the taxonomy every error
 //! ends in.
 
+pub mod admin;
 pub mod api;
 pub mod cache;
 pub mod config;

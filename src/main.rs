@@ -24,6 +24,10 @@ enum Command {
         /// Address to listen on, e.g. 0.0.0.0:5000 (overrides BERTH_LISTEN and the file).
         #[arg(long)]
         listen: Option<String>,
+        /// Address of the admin surface (metrics, failures), e.g. 127.0.0.1:5001;
+        /// "" puts it on --listen (overrides BERTH_ADMIN_LISTEN and the file).
+        #[arg(long)]
+        admin_listen: Option<String>,
         /// Cache directory (overrides BERTH_CACHE_DIR and the file).
         #[arg(long)]
         cache_dir: Option<String>,
@@ -35,8 +39,8 @@ enum Command {
     },
     /// Show the recent failed pulls of a running berth, with their causes.
     Failures {
-        /// Base URL of the berth to ask.
-        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        /// Base URL of the berth's admin surface.
+        #[arg(long, default_value = "http://127.0.0.1:5001")]
         url: String,
         /// Print the raw JSON report instead of a table.
         #[arg(long)]
@@ -61,11 +65,13 @@ fn main() -> ExitCode {
         Command::Serve {
             opts,
             listen,
+            admin_listen,
             cache_dir,
         } => (
             opts,
             Overrides {
                 listen: listen.clone(),
+                admin_listen: admin_listen.clone(),
                 cache_dir: cache_dir.clone(),
                 log_format: None,
             },

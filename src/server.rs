@@ -20,7 +20,7 @@ use tower::ServiceExt;
 
 use crate::api::{self, AppState, RequestContext};
 use crate::cache::{Cache, CacheError};
-use crate::config::{Config, TlsConfig};
+use crate::config::Config;
 use crate::events::{Events, RequestFacts};
 use crate::failure::FailureRecord;
 use crate::upstream::{Upstream, UpstreamError};
@@ -29,6 +29,9 @@ use limits::{AcceptBackoff, PerClient};
 
 mod io;
 mod limits;
+mod tls;
+
+pub use tls::ClientCertificate;
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -45,6 +48,9 @@ pub enum StartError {
 /// The application, ready to serve: its router and what the accept loop needs.
 pub struct App {
     pub router: Router,
+    /// The admin surface, when it has a listener of its own (`admin_listen`);
+    /// otherwise it is part of `router`.
+    pub admin: Option<Router>,
     pub events: Arc<Events>,
 }
 
@@ -75,8 +81,13 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         cache,
         events: events.clone(),
     });
-    let router = api::router(state.clone()).layer(middleware::from_fn_with_state(state, observe));
-    Ok(App { router, events })
+    let admin = crate::admin::router(state.clone());
+    let (router, admin) = match state.config.admin_listen {
+        Some(_) => (api::router(state.clone()), Some(admin)),
+        None => (api::router(state.clone()).merge(admin), None),
+    };
+    let router = router.layer(middleware::from_fn_with_state(state, observe));
+    Ok(App { router, admin, events })
 }
 
 /// Give the request an id, and log the failure the response carries, once.
@@ -153,8 +164,9 @@ fn endpoint_kind(path: &str) -> &'static str {
 /// Bind, then serve until SIGINT/SIGTERM. The bound address is logged as the
 /// `listening` event (tests bind port 0 and read it from there).
 pub async fn serve(config: Config) -> Result<(), StartError> {
-    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let listen = config.listen;
+    let admin_listen = config.admin_listen;
     let limits = config.server;
     let app = build(config).await?;
     let listener = TcpListener::bind(listen)
@@ -163,6 +175,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr: listen, source })?;
+    // Bound before the API is announced, so once `listening` is logged both are up.
+    let _admin = match (admin_listen, app.admin.clone()) {
+        (Some(admin_addr), Some(admin)) => Some(serve_admin(admin_addr, admin).await?),
+        _ => None,
+    };
     tracing::info!(addr = %addr, tls = tls.is_some(), "listening");
     let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
     let per_client = PerClient::new(limits.max_connections_per_client);
@@ -208,8 +225,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             continue;
         };
         let in_flight = Arc::new(InFlight::default());
-        let service = connection_service(app.router.clone(), remote, in_flight.clone(), tls.is_none());
-        let io = GuardedIo::new(stream, in_flight, limits.idle_timeout, limits.write_timeout);
+        let router = app.router.clone();
+        let io = GuardedIo::new(stream, in_flight.clone(), limits.idle_timeout, limits.write_timeout);
         let tls = tls.clone();
         tokio::spawn(async move {
             let _held = (permit, slot);
@@ -223,7 +240,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             builder.http2().timer(TokioTimer::new());
             let result = match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(io)).await {
-                    Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
+                    Ok(Ok(s)) => {
+                        let cert = tls::client_certificate(s.get_ref().1);
+                        let service = connection_service(router, remote, in_flight, false, cert);
+                        builder.serve_connection(TokioIo::new(s), service).await
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(client = %remote, error = %e, "tls handshake failed");
                         return;
@@ -233,7 +254,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                         return;
                     }
                 },
-                None => builder.serve_connection(TokioIo::new(io), service).await,
+                None => {
+                    let service = connection_service(router, remote, in_flight, true, None);
+                    builder.serve_connection(TokioIo::new(io), service).await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(client = %remote, error = %e, "connection ended with an error");
@@ -244,6 +268,36 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Serve the admin surface on its own listener, in a task that ends with
+/// the returned guard (when `serve` returns).
+async fn serve_admin(addr: SocketAddr, admin: Router) -> Result<AbortOnDrop, StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(addr = %bound, "the admin surface (metrics, failures with client addresses and repository names) listens beyond loopback; keep it off public networks");
+    }
+    tracing::info!(addr = %bound, "admin listening");
+    let service = admin.into_make_service_with_connect_info::<SocketAddr>();
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, service).await {
+            tracing::warn!(error = %e, "admin listener stopped");
+        }
+    })))
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The router for one connection: requests carry the client's address, and
 /// each counts as in flight until its response body has been sent or dropped.
 fn connection_service(
@@ -251,6 +305,7 @@ fn connection_service(
     remote: SocketAddr,
     in_flight: Arc<InFlight>,
     plain: bool,
+    cert: Option<ClientCertificate>,
 ) -> TowerToHyperService<
     impl tower::Service<
         Request<hyper::body::Incoming>,
@@ -263,6 +318,9 @@ fn connection_service(
         req.extensions_mut().insert(ConnectInfo(remote));
         if plain {
             req.extensions_mut().insert(api::PlainConnection);
+        }
+        if let Some(cert) = &cert {
+            req.extensions_mut().insert(cert.clone());
         }
         let guard = in_flight.start();
         let router = router.clone();
@@ -320,32 +378,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, StartError> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", p.display())))
-    };
-    let cert_pem = read(&tls.cert)?;
-    let key_pem = read(&tls.key)?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StartError::Tls(format!("tls.cert {}: {e}", tls.cert.display())))?;
-    if certs.is_empty() {
-        return Err(StartError::Tls(format!(
-            "tls.cert {}: no PEM certificate found",
-            tls.cert.display()
-        )));
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| StartError::Tls(format!("tls.key {}: {e}", tls.key.display())))?
-        .ok_or_else(|| StartError::Tls(format!("tls.key {}: no PEM private key found", tls.key.display())))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(format!("tls.cert/tls.key do not form a usable pair: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -387,7 +387,7 @@ async fn refused_references_are_recorded_as_failures() {
     }
     let failures: serde_json::Value = env
         .http
-        .get(format!("{}/_berth/failures", env.berth.url()))
+        .get(format!("{}/_berth/failures", env.berth.admin_url()))
         .send()
         .await
         .unwrap()

@@ -237,3 +237,81 @@ async fn a_blob_truncated_under_a_tls_reader_fails_that_reader_only() {
         berth.log()
     );
 }
+
+/// `curl` over TLS to berth's `/v2/` trusting `ca`, with a client
+/// certificate if given; the HTTP status, or None when TLS failed.
+fn curl_v2(berth: &Berth, ca: &std::path::Path, client: Option<&support::pki::Pair>) -> Option<u16> {
+    let url = format!("https://{}/v2/", berth.host());
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "--noproxy",
+        "*",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "20",
+        "--cacert",
+    ])
+    .arg(ca);
+    if let Some(c) = client {
+        cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
+    }
+    let out = cmd.arg(&url).output().expect("curl");
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    (out.status.success() && code != 0).then_some(code)
+}
+
+#[test]
+fn client_certificates_are_verified_against_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::pki::Pki::new(&dir.path().join("pki"), "berth");
+    let rogue = support::pki::Pki::new(&dir.path().join("rogue"), "rogue");
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{}",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_cert.display(),
+        UpstreamToml::default_docker_io("http://127.0.0.1:9")
+    );
+    let berth = Berth::start(&config);
+    assert_eq!(
+        curl_v2(&berth, &pki.ca_cert, Some(&pki.client("node-1"))),
+        Some(200),
+        "a certificate the CA signed"
+    );
+    assert_eq!(
+        curl_v2(&berth, &pki.ca_cert, None),
+        Some(200),
+        "no certificate: the handshake goes on (Basic may follow)"
+    );
+    assert_eq!(
+        curl_v2(&berth, &pki.ca_cert, Some(&rogue.client("node-1"))),
+        None,
+        "a certificate another CA signed fails the handshake: {}",
+        berth.log()
+    );
+}
+
+#[test]
+fn a_missing_client_ca_is_named_by_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let config = dir.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"/nonexistent/ca.pem\"\n{}",
+            cert.display(),
+            key.display(),
+            UpstreamToml::default_docker_io("http://127.0.0.1:9")
+        ),
+    )
+    .unwrap();
+    let out = berth_cmd(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tls.client_ca"), "{stderr}");
+}

@@ -45,7 +45,12 @@ impl Client<'_> {
 
     /// GET with curl; returns (status, body, response headers as text).
     fn get_with_headers(&self, path: &str, headers: &[&str]) -> (u16, String, String) {
-        let url = format!("{}{path}", self.berth.url());
+        // The admin surface has a listener of its own.
+        let base = match path.starts_with("/metrics") || path.starts_with("/_berth/") {
+            true => self.berth.admin_url(),
+            false => self.berth.url(),
+        };
+        let url = format!("{base}{path}");
         let mut args = vec![
             "-s",
             "--noproxy",
@@ -597,7 +602,7 @@ async fn berth_failures_prints_the_recent_failures_as_a_table() {
     }
     let out = tokio::task::block_in_place(|| {
         Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["failures", "--url", &berth.url()])
+            .args(["failures", "--url", &berth.admin_url()])
             .env("NO_PROXY", "127.0.0.1")
             .output()
             .expect("berth failures")

@@ -44,7 +44,7 @@ async fn a_second_berth_on_the_same_cache_exits_naming_the_first() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\n{upstream}",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\n{upstream}",
             cache.display()
         ),
     )

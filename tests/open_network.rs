@@ -136,14 +136,14 @@ fn invented_methods_do_not_grow_the_metrics() {
     let berth = Berth::start(&no_upstream());
     odd_method(berth.addr, 2048);
     // The first scrape adds its own series; measure from the second.
-    metrics(berth.addr);
-    let before = metrics(berth.addr).len();
+    metrics(berth.admin_addr);
+    let before = metrics(berth.admin_addr).len();
     for i in 0..500 {
         // Each a different method: every one would be a new series if
         // labels came from input.
         odd_method(berth.addr, 1500 + i);
     }
-    let after = metrics(berth.addr).len();
+    let after = metrics(berth.admin_addr).len();
     // Only counter values grow (a few digits).
     assert!(
         after.abs_diff(before) < 64,
@@ -221,7 +221,7 @@ fn short_lived_range_requests_read_about_what_they_are_sent() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cache, digest, path) = cache_with_large_blob(dir.path());
     let berth = Berth::start_in(dir.path(), &cache, &no_upstream());
-    let (read_before, sent_before) = (disk_read_bytes(berth.pid()), served_bytes(berth.addr));
+    let (read_before, sent_before) = (disk_read_bytes(berth.pid()), served_bytes(berth.admin_addr));
     for i in 0..60u64 {
         drop_from_page_cache(&path);
         read_a_little(berth.addr, &digest, i * (4 << 20), 256 << 10);
@@ -231,7 +231,7 @@ fn short_lived_range_requests_read_about_what_they_are_sent() {
         raw_get(berth.addr, "/v2/").0 == 200
     });
     let read = disk_read_bytes(berth.pid()) - read_before;
-    let sent = served_bytes(berth.addr) - sent_before;
+    let sent = served_bytes(berth.admin_addr) - sent_before;
     println!("60 short-lived range requests: berth sent {sent} bytes, read {read} bytes from disk");
     assert!(sent > 0);
     assert!(

@@ -42,7 +42,7 @@ async fn a_failed_signed_redirect_keeps_its_signature_out_of_errors() {
     // reports it, or as a URL with its query redacted), the signature is not.
     assert!(body.contains(&format!("http://{upstream}")), "{body}");
     let failures = http
-        .get(format!("{}/_berth/failures", berth.url()))
+        .get(format!("{}/_berth/failures", berth.admin_url()))
         .send()
         .await
         .unwrap()

@@ -60,25 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2", any(base))
         .route("/v2/", any(base))
         .route("/v2/{*rest}", any(dispatch))
-        .route("/metrics", axum::routing::get(metrics))
-        .route("/_berth/failures", axum::routing::get(failures))
         .with_state(state)
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.events.metrics.encode(),
-    )
-        .into_response()
-}
-
-/// The most recent failures, newest first, with counts by cause.
-async fn failures(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(state.events.report()).into_response()
 }
 
 async fn base(method: Method) -> Response {

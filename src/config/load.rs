@@ -16,16 +16,18 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/berth.toml");
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub cache_dir: Option<String>,
     pub log_format: Option<String>,
 }
 
 impl Overrides {
-    /// Read `BERTH_LISTEN`, `BERTH_CACHE_DIR`, `BERTH_LOG_FORMAT` through `env`,
-    /// so tests can inject an environment.
+    /// Read `BERTH_LISTEN`, `BERTH_ADMIN_LISTEN`, `BERTH_CACHE_DIR`,
+    /// `BERTH_LOG_FORMAT` through `env`, so tests can inject an environment.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Self {
         Self {
             listen: env("BERTH_LISTEN"),
+            admin_listen: env("BERTH_ADMIN_LISTEN"),
             cache_dir: env("BERTH_CACHE_DIR"),
             log_format: env("BERTH_LOG_FORMAT"),
         }
@@ -35,6 +37,7 @@ impl Overrides {
     pub fn then(self, other: Overrides) -> Self {
         Self {
             listen: other.listen.or(self.listen),
+            admin_listen: other.admin_listen.or(self.admin_listen),
             cache_dir: other.cache_dir.or(self.cache_dir),
             log_format: other.log_format.or(self.log_format),
         }
@@ -62,6 +65,9 @@ impl Config {
             origin: origin.to_string(),
             message: e.to_string(),
         })?;
+        if let Some(v) = ov.admin_listen {
+            raw.admin_listen = v;
+        }
         if let Some(v) = ov.listen {
             raw.listen = v;
         }

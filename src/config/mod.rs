@@ -45,6 +45,9 @@ pub enum ConvertMode {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Client certificates signed by this CA are asked for and verified;
+    /// clients without one may still connect (and use Basic).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Credentials for an upstream. `Debug` is hand-written so they never reach a log.
@@ -129,6 +132,8 @@ pub struct ServerLimits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The admin listener; None: the admin surface is on `listen`.
+    pub admin_listen: Option<SocketAddr>,
     pub server: ServerLimits,
     pub cache_dir: PathBuf,
     pub log_format: LogFormat,

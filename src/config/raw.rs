@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// Port 5000 is what registries conventionally listen on.
 const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+/// The admin surface (metrics, failures with client addresses and
+/// repository names) is never public by default: loopback, on
+/// Distribution's debug port.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5001";
 /// Relative to the working directory, so a first run needs no setup.
 const DEFAULT_CACHE_DIR: &str = "berth-data";
 /// Text is what a person reads on a terminal; log shippers ask for "json".
@@ -69,6 +73,8 @@ pub(super) const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 64;
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub listen: String,
+    /// Where /metrics and /_berth/* are served; "" = on `listen`.
+    pub admin_listen: String,
     pub cache_dir: String,
     pub log_format: String,
     /// Serve only from the cache; never contact an upstream.
@@ -84,6 +90,7 @@ impl Default for RawConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.into(),
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
             cache_dir: DEFAULT_CACHE_DIR.into(),
             log_format: DEFAULT_LOG_FORMAT.into(),
             offline: false,
@@ -158,6 +165,9 @@ impl Default for RawCache {
 pub(super) struct RawTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Ask clients for certificates signed by this CA (mTLS; `cn:` identities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

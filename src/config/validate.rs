@@ -60,6 +60,19 @@ enum Password {
 pub(super) fn validate(raw: RawConfig) -> Validated {
     let mut problems = Vec::new();
     let mut files = NamedFiles::default();
+    let admin_listen = match raw.admin_listen.trim() {
+        "" => Some(None),
+        text => text
+            .parse()
+            .map(Some)
+            .map_err(|_| {
+                problems.push(format!(
+                    "admin_listen: {:?} is not an address like 127.0.0.1:5001 (or \"\" for the admin surface on listen)",
+                    raw.admin_listen
+                ))
+            })
+            .ok(),
+    };
     let listen = raw
         .listen
         .parse::<SocketAddr>()
@@ -85,9 +98,13 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
     let server = validate_server(&raw.server, &mut problems);
     let tls = raw.tls.as_ref().map(|t| {
         files.tls = vec![("tls.cert", t.cert.clone()), ("tls.key", t.key.clone())];
+        if let Some(ca) = &t.client_ca {
+            files.tls.push(("tls.client_ca", ca.clone()));
+        }
         TlsConfig {
             cert: t.cert.clone(),
             key: t.key.clone(),
+            client_ca: t.client_ca.clone(),
         }
     });
     if raw.upstream.is_empty() {
@@ -116,19 +133,22 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
     }
     // The raw copy is kept only to print the effective config; secrets leave it here.
     let raw = raw.redacted();
-    let config = match (listen, log_format, max_size, tag_ttl) {
-        (Some(listen), Some(log_format), Some(max_size), Some(tag_ttl)) if problems.is_empty() => Ok(Config {
-            listen,
-            server,
-            cache_dir: PathBuf::from(&raw.cache_dir),
-            log_format,
-            max_size,
-            tag_ttl,
-            finish_abandoned: raw.cache.finish_abandoned,
-            tls,
-            upstreams,
-            raw,
-        }),
+    let config = match (listen, admin_listen, log_format, max_size, tag_ttl) {
+        (Some(listen), Some(admin_listen), Some(log_format), Some(max_size), Some(tag_ttl)) if problems.is_empty() => {
+            Ok(Config {
+                listen,
+                admin_listen,
+                server,
+                cache_dir: PathBuf::from(&raw.cache_dir),
+                log_format,
+                max_size,
+                tag_ttl,
+                finish_abandoned: raw.cache.finish_abandoned,
+                tls,
+                upstreams,
+                raw,
+            })
+        }
         _ => Err(problems),
     };
     Validated { config, files }

@@ -9,6 +9,8 @@ use super::{DEAD_PROXY, NO_PROXY};
 
 pub struct Berth {
     pub addr: std::net::SocketAddr,
+    /// The admin listener (/metrics, /_berth/*).
+    pub admin_addr: std::net::SocketAddr,
     child: Child,
     pub cache_dir: PathBuf,
     pub log_path: PathBuf,
@@ -71,7 +73,7 @@ impl Berth {
     fn launch_as(work: &Path, cache_dir: &Path, extra_toml: &str, how: Launch<'_>, env: &[(&str, &str)]) -> Berth {
         let config = work.join("berth.toml");
         let text = format!(
-            "listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\nlog_format = \"json\"\n{extra_toml}\n",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\nlog_format = \"json\"\n{extra_toml}\n",
             cache_dir.display()
         );
         std::fs::write(&config, text).expect("write berth config");
@@ -107,12 +109,15 @@ impl Berth {
         let child = cmd.spawn().expect("spawn berth");
         let mut b = Berth {
             addr: "127.0.0.1:1".parse().expect("placeholder addr"),
+            admin_addr: "127.0.0.1:1".parse().expect("placeholder addr"),
             child,
             cache_dir: cache_dir.to_path_buf(),
             log_path,
             _dir: None,
         };
         b.addr = b.wait_listening();
+        // Logged before `listening`; absent when the admin surface is on listen.
+        b.admin_addr = b.logged_addr("admin listening").unwrap_or(b.addr);
         b
     }
 
@@ -136,6 +141,20 @@ impl Berth {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The admin surface's base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// The `addr` of the first log event with this message, if logged.
+    fn logged_addr(&self, message: &str) -> Option<std::net::SocketAddr> {
+        events_in(&self.log_path).iter().find_map(|e| {
+            (e["message"] == message)
+                .then(|| e["addr"].as_str()?.parse().ok())
+                .flatten()
+        })
     }
 
     /// `127.0.0.1:PORT`, as skopeo and docker name a registry.

@@ -7,6 +7,7 @@ pub mod daemons;
 pub mod fake_upstream;
 pub mod images;
 pub mod netns;
+pub mod pki;
 pub mod recorder;
 pub mod registry;
 pub mod relay;

@@ -1,0 +1,35 @@
+//! The admin surface (metrics, failures with other clients' addresses and
+//! repository names) is not on the registry port: it has a listener of its
+//! own, loopback by default, and is on `listen` only when configured so.
+
+mod support;
+
+use support::{Berth, UpstreamToml, raw_get};
+
+fn no_upstream() -> String {
+    UpstreamToml::default_docker_io("http://127.0.0.1:9").to_toml()
+}
+
+#[test]
+fn metrics_and_failures_are_on_the_admin_listener_only() {
+    let berth = Berth::start(&no_upstream());
+    assert_ne!(berth.addr, berth.admin_addr);
+    for path in ["/metrics", "/_berth/failures"] {
+        let (status, _) = raw_get(berth.addr, path);
+        assert_eq!(status, 404, "{path} is not on the registry port");
+        let (status, body) = raw_get(berth.admin_addr, path);
+        assert_eq!(status, 200, "{path} on the admin listener: {body}");
+    }
+    assert_eq!(raw_get(berth.addr, "/v2/").0, 200, "the registry API is on listen");
+    assert_eq!(raw_get(berth.admin_addr, "/v2/").0, 404, "and only there");
+}
+
+#[test]
+fn an_empty_admin_listen_puts_the_admin_surface_on_listen() {
+    // The support config sets admin_listen first; a later key would be a
+    // duplicate, so this berth gets its own config through the environment.
+    let berth = Berth::start_with_env(&no_upstream(), &[("BERTH_ADMIN_LISTEN", "")]);
+    let (status, body) = raw_get(berth.addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("berth_"), "{body}");
+}
