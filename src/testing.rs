@@ -44,6 +44,9 @@ pub enum Reply {
     },
     /// A spec error answer.
     Error { status: StatusCode, code: &'static str },
+    /// A manifest, with its type and `Docker-Content-Digest`, as a registry
+    /// answers a GET or HEAD of one.
+    Manifest { body: Bytes, media_type: &'static str },
 }
 
 impl Reply {
@@ -172,6 +175,19 @@ fn range_from(h: &HeaderMap) -> Option<u64> {
 
 fn answer(reply: Reply) -> Response {
     match reply {
+        Reply::Manifest { body, media_type } => {
+            let digest = Digest::sha256_of(&body).to_string();
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, media_type.to_string()),
+                    (header::CONTENT_LENGTH, body.len().to_string()),
+                    (header::HeaderName::from_static("docker-content-digest"), digest),
+                ],
+                body,
+            )
+                .into_response()
+        }
         Reply::Error { status, code } => (
             status,
             [(header::CONTENT_TYPE, "application/json")],

@@ -23,13 +23,21 @@ struct App {
 }
 
 async fn app(up: &FakeUpstream) -> App {
+    app_scoped(up, false).await
+}
+
+/// The router over a cache with repository scoping on or off.
+async fn app_scoped(up: &FakeUpstream, scoped: bool) -> App {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = up.config(dir.path(), "");
     let events = Arc::new(Events::default());
     let upstreams = vec![Arc::new(
         Upstream::new(&config.upstreams[0], events.clone()).expect("upstream"),
     )];
-    let cache = Cache::open(&config, events.clone()).await.expect("cache");
+    let cache = Cache::open(&config, events.clone())
+        .await
+        .expect("cache")
+        .scope_by_repository(scoped);
     let state = Arc::new(AppState {
         config,
         upstreams,
@@ -278,4 +286,40 @@ async fn bad_requests_are_refused_before_the_upstream_is_asked() {
         assert!(!hint.is_empty());
     }
     assert!(up.hits("").is_empty(), "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn a_private_blob_is_unknown_under_a_repository_the_upstream_does_not_have_it_in() {
+    let (bytes, digest) = blob(20_000);
+    let body = bytes.clone();
+    let up = FakeUpstream::start(move |hit| match hit.path.starts_with("/v2/private/app/") {
+        true => Reply::whole(&body),
+        false => Reply::Error {
+            status: StatusCode::NOT_FOUND,
+            code: "BLOB_UNKNOWN",
+        },
+    })
+    .await;
+    let app = app_scoped(&up, true).await;
+    let a = send(&app, "GET", &format!("/v2/private/app/blobs/{digest}"), None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body == bytes);
+    // Stored or still being committed: either way not opened to public/x.
+    let uri = format!("/v2/public/x/blobs/{digest}");
+    let a = send(&app, "GET", &uri, None).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let (code, cause, _) = a.error();
+    assert_eq!((code.as_str(), cause.as_str()), ("BLOB_UNKNOWN", "blob_unknown"));
+    let head = send(&app, "HEAD", &uri, None).await;
+    assert_eq!(head.status, StatusCode::NOT_FOUND);
+    let under_public: Vec<_> = up
+        .hits("")
+        .into_iter()
+        .filter(|h| h.path.starts_with("/v2/public/x/"))
+        .collect();
+    assert!(
+        under_public.iter().all(|h| h.method == "HEAD"),
+        "only asked, never fetched: {under_public:?}"
+    );
+    assert_eq!(under_public.len(), 1, "one HEAD, its answer kept for the rest");
 }

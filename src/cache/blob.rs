@@ -109,8 +109,11 @@ impl Blob {
 
 impl Cache {
     /// A stored blob, or a join on its (possibly new) single-flight fetch.
+    /// With repository scoping, a stored blob, or a fetch under another
+    /// name, is served only once the route's repository is known to hold it.
     pub async fn blob(&self, route: &Route, digest: &Digest) -> Result<Blob, CacheError> {
         if let Some(size) = self.store.stat(digest).await? {
+            self.admit_blob(route, digest).await?;
             let _ = self.meta.touch(digest).await;
             self.events.metrics.hit("blob");
             let read = StoredRead {
@@ -133,7 +136,14 @@ impl Cache {
         };
         let slot = self.inflight.join_or_lead(fallback, self.store.begin(digest)).await;
         let mut joined = match slot {
-            Ok(Slot::Follower(joined)) => joined,
+            Ok(Slot::Follower(joined)) => {
+                // Joined first, then checked: a fetch under another name
+                // registered between a check and the join cannot slip in.
+                if !joined.asks_as_requested() {
+                    self.admit_blob(route, digest).await?;
+                }
+                joined
+            }
             Ok(Slot::Leader(fetch, upload, joined)) => {
                 let task = BlobFetch {
                     fetch,
@@ -145,6 +155,7 @@ impl Cache {
                     finish_abandoned: self.finish_abandoned,
                     max_unannounced: self.max_size,
                     events: self.events.clone(),
+                    links: self.scoped.then(|| self.meta.clone()),
                 };
                 // The fetch outlives the request that started it; its events
                 // name that request.

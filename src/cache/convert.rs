@@ -51,9 +51,13 @@ impl Cache {
 
     /// The Docker schema2 form of an OCI manifest or index.
     pub async fn converted(&self, route: &Route, m: &CachedManifest) -> Result<CachedManifest, ConvertError> {
+        // The converted digest is linked to every repository it is made or
+        // reused for: the upstream has never heard of it, so no HEAD could
+        // confirm it later, and a client GETs it by digest next.
         if let Some(d) = self.meta.converted(CONVERSION_VERSION, &m.digest).await?
             && let Some(c) = self.load_manifest(&d).await
         {
+            self.link(route, &c.digest).await;
             return Ok(c);
         }
         let (bytes, media_type) = match m.media_type.as_str() {
@@ -71,6 +75,7 @@ impl Cache {
         }
         self.meta.put_manifest(&digest, media_type, size).await?;
         self.meta.put_converted(CONVERSION_VERSION, &m.digest, &digest).await?;
+        self.link(route, &digest).await;
         tracing::info!(original = %m.digest, converted = %digest, media_type, "converted manifest to Docker schema2");
         Ok(CachedManifest {
             bytes,

@@ -9,6 +9,36 @@ use crate::failure::FailureCause;
 use crate::store::MetaError;
 use crate::upstream::UpstreamError;
 
+/// What kind of content a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Blob,
+    Manifest,
+}
+
+impl std::fmt::Display for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Content::Blob => "blob",
+            Content::Manifest => "manifest",
+        })
+    }
+}
+
+/// Worded as any "unknown" is, so the answer does not tell that berth has
+/// the content under another name.
+#[derive(Debug, Clone, Error)]
+#[error("upstream {upstream} has no {content} {digest} under {repo} (it answered {answer})")]
+pub struct NotInRepository {
+    pub upstream: String,
+    pub repo: String,
+    pub digest: String,
+    pub content: Content,
+    /// What the upstream said: its status, or what its HEAD named.
+    pub answer: String,
+    pub status: Option<u16>,
+}
+
 #[derive(Debug, Clone, Error)]
 pub enum CacheError {
     #[error("upstream {upstream}: {source}")]
@@ -27,6 +57,10 @@ pub enum CacheError {
     Oversized { upstream: String, limit: u64 },
     #[error("the blob download ended abnormally: {0}")]
     Crashed(String),
+    /// With repository scoping: the upstream did not confirm that the
+    /// repository holds content berth has stored for another one.
+    #[error("{0}")]
+    NotInRepository(Box<NotInRepository>),
     #[error("cache storage: {0}")]
     Io(#[source] Arc<std::io::Error>),
     #[error("{0}")]
@@ -51,6 +85,10 @@ impl CacheError {
             // What arrived cannot be the blob the digest names within the bound.
             CacheError::Oversized { .. } => FailureCause::DigestMismatch,
             CacheError::Crashed(_) => FailureCause::Internal,
+            CacheError::NotInRepository(n) => match n.content {
+                Content::Blob => FailureCause::BlobUnknown,
+                Content::Manifest => FailureCause::ManifestUnknown,
+            },
             CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => FailureCause::DiskFull,
             CacheError::Io(_) | CacheError::Meta(_) | CacheError::Lock(_) => FailureCause::StorageError,
         }
@@ -74,6 +112,7 @@ impl CacheError {
             CacheError::Upstream { upstream, .. }
             | CacheError::Truncated { upstream, .. }
             | CacheError::Oversized { upstream, .. } => Some(upstream),
+            CacheError::NotInRepository(n) => Some(&n.upstream),
             _ => None,
         }
     }
@@ -82,7 +121,7 @@ impl CacheError {
     pub fn attempts(&self) -> u32 {
         match self {
             CacheError::Upstream { source, .. } => source.attempts(),
-            CacheError::Truncated { .. } => 1,
+            CacheError::Truncated { .. } | CacheError::NotInRepository(_) => 1,
             _ => 0,
         }
     }
@@ -104,6 +143,7 @@ impl CacheError {
     pub fn upstream_status(&self) -> Option<u16> {
         match self {
             CacheError::Upstream { source, .. } => source.status(),
+            CacheError::NotInRepository(n) => n.status,
             _ => None,
         }
     }

@@ -14,7 +14,7 @@ use super::evict::Evictor;
 use super::inflight::{Fetch, FetchState, Inflight};
 use super::verify::Verifier;
 use crate::reference::{Digest, Hasher, RepoName, Verified};
-use crate::store::BlobUpload;
+use crate::store::{BlobUpload, MetaStore};
 use crate::upstream::Upstream;
 
 /// Network chunks verified and written in one trip to the blocking pool, at most.
@@ -32,6 +32,9 @@ pub struct BlobFetch {
     /// The most bytes accepted for a blob whose size the upstream did not announce.
     pub max_unannounced: u64,
     pub events: Arc<crate::events::Events>,
+    /// With repository scoping: where to record that the fetch's repository
+    /// holds the blob, once it verified.
+    pub links: Option<Arc<dyn MetaStore>>,
 }
 
 /// Fails a fetch that ended abnormally (a panic inside it, or its task
@@ -89,6 +92,11 @@ impl BlobFetch {
         };
         let state = match self.download(upload.as_mut(), &mut guard.progress).await {
             Ok((size, proof)) => {
+                // Linked before any reader finishes, so a request right after
+                // it under the same name finds the link. The upstream served
+                // the verified bytes under that name whether or not the
+                // commit succeeds.
+                self.link().await;
                 // The clients may finish now; the commit is for the cache's sake.
                 self.fetch.publish(FetchState::Verified { size });
                 match upload.commit(proof).await {
@@ -110,6 +118,22 @@ impl BlobFetch {
         self.fetch.publish(state);
         self.inflight.finish(&self.digest);
         guard.finished = true;
+    }
+
+    async fn link(&self) {
+        let Some(meta) = &self.links else {
+            return;
+        };
+        if let Err(e) = meta.put_link(&self.upstream.name, &self.repo, &self.digest).await {
+            let e = CacheError::from(e);
+            self.events.storage_degraded(
+                e.cause(),
+                &self.upstream.name,
+                self.repo.as_str(),
+                &self.digest.to_string(),
+                &e.to_string(),
+            );
+        }
     }
 
     fn failed(&self, e: CacheError) -> FetchState {

@@ -38,6 +38,16 @@ pub enum FetchState {
 pub struct Fetch {
     state: watch::Sender<FetchState>,
     partial: Arc<dyn PartialRead>,
+    origin: Origin,
+}
+
+/// The upstream and repository a fetch asks under. With repository scoping,
+/// a request under another name joins only once that name is known to hold
+/// the digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub upstream: String,
+    pub repo: RepoName,
 }
 
 impl Fetch {
@@ -66,6 +76,8 @@ pub struct Joined {
     pub state: watch::Receiver<FetchState>,
     pub partial: Arc<dyn PartialRead>,
     pub fallback: Fallback,
+    /// Where the fetch joined asks: this request's route, or another's.
+    pub origin: Origin,
 }
 
 /// Downloads finished with nobody reading them, at most. Each costs a
@@ -97,6 +109,7 @@ impl Inflight {
             state: fetch.state.subscribe(),
             partial: fetch.partial.clone(),
             fallback,
+            origin: fetch.origin.clone(),
         }
     }
 
@@ -120,6 +133,10 @@ impl Inflight {
         let fetch = Arc::new(Fetch {
             state: tx,
             partial: upload.partial(),
+            origin: Origin {
+                upstream: fallback.upstream.name.clone(),
+                repo: fallback.repo.clone(),
+            },
         });
         map.insert(fallback.digest.clone(), fetch.clone());
         let joined = Self::joined(&fetch, fallback);
@@ -153,6 +170,11 @@ impl Inflight {
 }
 
 impl Joined {
+    /// Whether the fetch asks the upstream under this request's own name.
+    pub fn asks_as_requested(&self) -> bool {
+        self.origin.upstream == self.fallback.upstream.name && self.origin.repo == self.fallback.repo
+    }
+
     /// Wait until the fetch knows its size (or failed).
     pub async fn started(&mut self) -> Result<Option<u64>, CacheError> {
         loop {

@@ -17,8 +17,11 @@ mod lock;
 mod memo;
 mod passthrough;
 mod reader;
+mod scope;
 mod verify;
 
+#[cfg(test)]
+mod scope_tests;
 #[cfg(test)]
 mod tests;
 
@@ -113,6 +116,9 @@ pub struct Cache {
     finish_abandoned: bool,
     /// cache.max_size: nothing larger could be kept anyway.
     max_size: u64,
+    /// Serve stored content under a repository only when it is known to
+    /// hold it (see `scope.rs`).
+    scoped: bool,
     events: Arc<crate::events::Events>,
     /// Held while the cache is open: one process per cache directory.
     _lock: CacheLock,
@@ -121,6 +127,7 @@ pub struct Cache {
 impl Cache {
     /// Open the cache directory of `config`: lock it, open the filesystem
     /// and sled stores, and drop records that point at missing content.
+    /// Repository scoping is off; `scope_by_repository` turns it on.
     pub async fn open(config: &crate::config::Config, events: Arc<crate::events::Events>) -> Result<Self, CacheError> {
         // First: the blob store empties tmp/ and sled may be repaired.
         let lock = CacheLock::acquire(&config.cache_dir).map_err(|e| CacheError::Lock(Arc::new(e)))?;
@@ -157,6 +164,7 @@ impl Cache {
             tag_ttl: config.tag_ttl,
             finish_abandoned: config.finish_abandoned,
             max_size: config.max_size,
+            scoped: false,
             events,
             _lock: lock,
         })
@@ -216,6 +224,7 @@ impl Cache {
         match reference {
             Reference::Digest(d) => {
                 if let Some(m) = self.load_manifest(d).await {
+                    self.admit_manifest(route, d).await?;
                     self.events.metrics.hit("manifest");
                     return Ok(m);
                 }
@@ -245,6 +254,7 @@ impl Cache {
             .await
             .map_err(|e| CacheError::upstream(&upstream.name, e))?;
         self.store_manifest(route, &m).await;
+        self.link(route, &m.digest).await;
         Ok(CachedManifest {
             bytes: m.bytes,
             media_type: m.media_type,
@@ -280,20 +290,7 @@ impl Cache {
             return Ok(cached);
         }
         // Revalidate with HEAD: it does not count against Docker Hub's limit.
-        let head = self
-            .flights
-            .heads
-            .get(
-                key(route, tag),
-                |r| kept(r, Duration::ZERO),
-                || async {
-                    upstream
-                        .manifest_head(repo, reference)
-                        .await
-                        .map_err(|e| CacheError::upstream(&upstream.name, e))
-                },
-            )
-            .await;
+        let head = self.manifest_head(route, reference).await;
         let fresh = match head {
             Ok(head) if head.digest.as_ref() == Some(&cached.digest) => {
                 self.events.metrics.hit("manifest");
@@ -325,8 +322,27 @@ impl Cache {
         }
     }
 
+    /// A manifest HEAD under the route, shared by concurrent identical asks.
+    async fn manifest_head(&self, route: &Route, reference: &Reference) -> Result<ManifestHead, CacheError> {
+        let upstream = &route.upstream;
+        self.flights
+            .heads
+            .get(
+                key(route, &reference.to_string()),
+                |r| kept(r, Duration::ZERO),
+                || async {
+                    upstream
+                        .manifest_head(&route.repo, reference)
+                        .await
+                        .map_err(|e| CacheError::upstream(&upstream.name, e))
+                },
+            )
+            .await
+    }
+
     /// Record what a tag resolved to; failing to is logged, not fatal.
     async fn remember_tag(&self, route: &Route, tag: &str, digest: &Digest) {
+        self.link(route, digest).await;
         let upstream = &route.upstream.name;
         if let Err(e) = self.meta.put_tag(upstream, &route.repo, tag, digest).await {
             let e = CacheError::from(e);
@@ -338,8 +354,15 @@ impl Cache {
     /// A blob's size without fetching its body.
     pub async fn blob_size(&self, route: &Route, digest: &Digest) -> Result<Option<u64>, CacheError> {
         if let Some(size) = self.store.stat(digest).await? {
+            self.admit_blob(route, digest).await?;
             return Ok(Some(size));
         }
+        self.blob_head(route, digest).await
+    }
+
+    /// A blob HEAD under the route, shared by concurrent identical asks and
+    /// remembered briefly (a blob's size never changes).
+    async fn blob_head(&self, route: &Route, digest: &Digest) -> Result<Option<u64>, CacheError> {
         let upstream = &route.upstream;
         self.flights
             .blob_sizes

@@ -1,8 +1,8 @@
 //! Where bytes and records live: the `BlobStore` seam (content by digest)
 //! and the `MetaStore` seam (tags, media types, conversions, tag lists,
-//! access times). The cache talks to these traits only, so a store can be
-//! local or remote: every call is async, content goes in and out as
-//! streams, and nothing in the interface names a path.
+//! repository links, access times). The cache talks to these traits only,
+//! so a store can be local or remote: every call is async, content goes in
+//! and out as streams, and nothing in the interface names a path.
 //!
 //! First implementations: files under the cache directory (`fs.rs`, reads in
 //! `fs_read.rs`) and sled (`sled_meta.rs`, the only file importing sled).
@@ -136,6 +136,12 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Durable before it returns: clients are handed the converted digest.
     async fn put_converted(&self, version: u32, original: &Digest, converted: &Digest) -> Result<(), MetaError>;
     async fn is_converted(&self, digest: &Digest) -> Result<bool, MetaError>;
+    /// Record that `repo` on `upstream` holds `digest` (the upstream served
+    /// or confirmed it under that name). Not durable before it returns: a
+    /// link lost to a crash costs one upstream HEAD to learn again.
+    async fn put_link(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> Result<(), MetaError>;
+    /// Whether `repo` on `upstream` is known to hold `digest`.
+    async fn has_link(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> Result<bool, MetaError>;
     /// Drop records pointing at content not in `present`; how many went.
     async fn repair(&self, present: &std::collections::HashSet<Digest>) -> Result<usize, MetaError>;
     /// Content was used now (for least-recently-used eviction).

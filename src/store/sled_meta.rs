@@ -1,5 +1,5 @@
 //! `MetaStore` in sled: tag → digest records, manifest media types, tag
-//! lists, conversions, access times. The only file that imports sled.
+//! lists, conversions, repository links, access times. The only file that imports sled.
 //! Reads and buffered writes are sled's in-memory work and run inline; the
 //! flushes that make a record durable run on the blocking pool.
 
@@ -26,6 +26,9 @@ pub struct SledMetaStore {
     converted: sled::Tree,
     /// converted digest → original digest.
     converted_from: sled::Tree,
+    /// `<upstream>\0<repository>\0<digest>` → nothing: that repository is
+    /// known to hold that content.
+    links: sled::Tree,
     /// Per digest: when its access time was last written to sled (seconds),
     /// and when it was last used (milliseconds, kept in memory only).
     touched: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
@@ -80,6 +83,7 @@ impl SledMetaStore {
             access: db.open_tree("access")?,
             converted: db.open_tree("converted")?,
             converted_from: db.open_tree("converted_from")?,
+            links: db.open_tree("links")?,
             touched: Default::default(),
         })
     }
@@ -172,6 +176,19 @@ impl MetaStore for SledMetaStore {
         Ok(self.converted_from.contains_key(digest.to_string().as_bytes())?)
     }
 
+    async fn put_link(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> Result<(), MetaError> {
+        // No flush: links are learned again (one upstream HEAD each), and a
+        // pull writes one per blob, too many to fsync each.
+        let k = key(&[upstream, repo.as_str(), &digest.to_string()]);
+        self.links.insert(k, &[])?;
+        Ok(())
+    }
+
+    async fn has_link(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> Result<bool, MetaError> {
+        let k = key(&[upstream, repo.as_str(), &digest.to_string()]);
+        Ok(self.links.contains_key(k)?)
+    }
+
     /// Drop records that point at content no longer on disk (a crash between
     /// writing the record and the file, or files removed by hand), so no
     /// request trusts them. Returns how many records were removed.
@@ -209,6 +226,15 @@ impl MetaStore for SledMetaStore {
             let (k, _) = entry?;
             if missing(&k) {
                 self.converted_from.remove(k)?;
+                removed += 1;
+            }
+        }
+        for entry in self.links.iter() {
+            let (k, _) = entry?;
+            // The digest is the last part of the key.
+            let digest = k.rsplit(|&b| b == 0).next().unwrap_or_default();
+            if missing(digest) {
+                self.links.remove(k)?;
                 removed += 1;
             }
         }
@@ -282,12 +308,17 @@ mod tests {
         meta.put_tag("docker.io", &repo, "ok", &kept).await.unwrap();
         meta.put_tag("docker.io", &repo, "gone", &lost).await.unwrap();
         meta.put_converted(1, &kept, &lost).await.unwrap();
+        for d in [&kept, &lost] {
+            meta.put_link("docker.io", &repo, d).await.unwrap();
+        }
 
         let removed = meta.repair(&HashSet::from([kept.clone()])).await.unwrap();
         assert_eq!(
-            removed, 4,
-            "manifest, tag, and both conversion records of the lost digest"
+            removed, 5,
+            "manifest, tag, link and both conversion records of the lost digest"
         );
+        assert!(meta.has_link("docker.io", &repo, &kept).await.unwrap());
+        assert!(!meta.has_link("docker.io", &repo, &lost).await.unwrap());
         assert!(meta.manifest(&kept).await.unwrap().is_some());
         assert!(meta.manifest(&lost).await.unwrap().is_none());
         assert!(meta.tag("docker.io", &repo, "ok").await.unwrap().is_some());
@@ -307,6 +338,27 @@ mod tests {
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().starts_with("meta.broken-"));
         assert!(aside, "the broken database is kept for inspection");
+    }
+
+    #[tokio::test]
+    async fn a_link_names_its_upstream_repository_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SledMetaStore::open(dir.path()).unwrap();
+        let (app, other) = (
+            RepoName::parse("private/app").unwrap(),
+            RepoName::parse("public/x").unwrap(),
+        );
+        let digest = Digest::sha256_of(b"layer");
+        meta.put_link("docker.io", &app, &digest).await.unwrap();
+        assert!(meta.has_link("docker.io", &app, &digest).await.unwrap());
+        assert!(!meta.has_link("docker.io", &other, &digest).await.unwrap());
+        assert!(!meta.has_link("ghcr.io", &app, &digest).await.unwrap());
+        assert!(
+            !meta
+                .has_link("docker.io", &app, &Digest::sha256_of(b"other"))
+                .await
+                .unwrap()
+        );
     }
 
     fn moved_aside(dir: &Path) -> bool {
