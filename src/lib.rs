@@ -5,6 +5,7 @@
 //! ends in.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod convert;
