@@ -157,8 +157,12 @@ impl FailureCause {
             UpstreamNotConfigured => "add this registry as an [[upstream]] in berth's config",
             DiskFull => "the cache disk is full: free space or lower cache.max_size",
             StorageError => "cache I/O failed: check the cache directory",
-            ClientUnauthorized => "no or wrong credentials for berth: `docker login` to berth, or check the htpasswd entry",
-            ClientForbidden => "this identity or address may not pull this: add an [[access]] rule (or the network to allow_networks)",
+            ClientUnauthorized => {
+                "no or wrong credentials for berth: `docker login` to berth, or check the htpasswd entry"
+            }
+            ClientForbidden => {
+                "this identity or address may not pull this: add an [[access]] rule (or the network to allow_networks)"
+            }
             ClientRateLimited => "per-client request limit reached: slow down; see Retry-After",
             UnsupportedOperation => "berth is a read-only mirror: push to (or delete on) the origin registry",
             InvalidRequest => "fix the request: its Range, pagination or endpoint is not one berth serves",
