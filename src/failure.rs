@@ -29,6 +29,9 @@ pub enum FailureCause {
     UpstreamNotConfigured,
     DiskFull,
     StorageError,
+    ClientUnauthorized,
+    ClientForbidden,
+    ClientRateLimited,
     UnsupportedOperation,
     InvalidRequest,
     ClientAborted,
@@ -37,7 +40,7 @@ pub enum FailureCause {
 
 impl FailureCause {
     /// Every cause, in the order declared.
-    pub const ALL: [FailureCause; 26] = [
+    pub const ALL: [FailureCause; 29] = [
         FailureCause::DnsResolution,
         FailureCause::ConnectionRefused,
         FailureCause::ConnectTimeout,
@@ -60,6 +63,9 @@ impl FailureCause {
         FailureCause::UpstreamNotConfigured,
         FailureCause::DiskFull,
         FailureCause::StorageError,
+        FailureCause::ClientUnauthorized,
+        FailureCause::ClientForbidden,
+        FailureCause::ClientRateLimited,
         FailureCause::UnsupportedOperation,
         FailureCause::InvalidRequest,
         FailureCause::ClientAborted,
@@ -92,6 +98,9 @@ impl FailureCause {
             UpstreamNotConfigured => "upstream_not_configured",
             DiskFull => "disk_full",
             StorageError => "storage_error",
+            ClientUnauthorized => "client_unauthorized",
+            ClientForbidden => "client_forbidden",
+            ClientRateLimited => "client_rate_limited",
             UnsupportedOperation => "unsupported_operation",
             InvalidRequest => "invalid_request",
             ClientAborted => "client_aborted",
@@ -112,6 +121,7 @@ impl FailureCause {
             NotCachedOffline => Category::Availability,
             UpstreamNotConfigured => Category::Config,
             DiskFull | StorageError => Category::Storage,
+            ClientUnauthorized | ClientForbidden | ClientRateLimited => Category::Access,
             UnsupportedOperation | InvalidRequest | ClientAborted => Category::Client,
             Internal => Category::Internal,
         }
@@ -147,6 +157,13 @@ impl FailureCause {
             UpstreamNotConfigured => "add this registry as an [[upstream]] in berth's config",
             DiskFull => "the cache disk is full: free space or lower cache.max_size",
             StorageError => "cache I/O failed: check the cache directory",
+            ClientUnauthorized => {
+                "no or wrong credentials for berth: `docker login` to berth, or check the htpasswd entry"
+            }
+            ClientForbidden => {
+                "this identity or address may not pull this: add an [[access]] rule (or the network to allow_networks)"
+            }
+            ClientRateLimited => "per-client request limit reached: slow down; see Retry-After",
             UnsupportedOperation => "berth is a read-only mirror: push to (or delete on) the origin registry",
             InvalidRequest => "fix the request: its Range, pagination or endpoint is not one berth serves",
             ClientAborted => "the client went away mid-transfer",
@@ -168,6 +185,7 @@ pub enum Category {
     Availability,
     Config,
     Storage,
+    Access,
     Client,
     Internal,
 }
@@ -184,6 +202,7 @@ impl Category {
             Category::Availability => "availability",
             Category::Config => "config",
             Category::Storage => "storage",
+            Category::Access => "access",
             Category::Client => "client",
             Category::Internal => "internal",
         }
@@ -285,10 +304,13 @@ mod all_tests {
             UpstreamNotConfigured => 19,
             DiskFull => 20,
             StorageError => 21,
-            UnsupportedOperation => 22,
-            InvalidRequest => 23,
-            ClientAborted => 24,
-            Internal => 25,
+            ClientUnauthorized => 22,
+            ClientForbidden => 23,
+            ClientRateLimited => 24,
+            UnsupportedOperation => 25,
+            InvalidRequest => 26,
+            ClientAborted => 27,
+            Internal => 28,
         }
     }
 
@@ -310,6 +332,14 @@ mod category_tests {
         assert_eq!(FailureCause::ConnectTimeout.category(), Category::Network);
         assert_eq!(FailureCause::UnsupportedOperation.category().as_str(), "client");
         assert_eq!(FailureCause::InvalidRequest.category(), Category::Client);
+        for c in [
+            FailureCause::ClientUnauthorized,
+            FailureCause::ClientForbidden,
+            FailureCause::ClientRateLimited,
+        ] {
+            assert_eq!(c.category().as_str(), "access", "{c:?}");
+        }
+        assert_eq!(FailureCause::ClientRateLimited.name(), "client_rate_limited");
         assert_eq!(
             serde_json::to_string(&Category::Availability).unwrap(),
             "\"availability\""

@@ -177,6 +177,10 @@ pub fn answer_for(cause: FailureCause, subject: Subject) -> (Code, StatusCode) {
         // 401 here would send the client looking for a token service.
         FailureCause::Unauthorized => (Code::Unauthorized, StatusCode::BAD_GATEWAY),
         FailureCause::RateLimited => (Code::TooManyRequests, StatusCode::TOO_MANY_REQUESTS),
+        // berth's own client access control: these are the client's to fix.
+        FailureCause::ClientUnauthorized => (Code::Unauthorized, StatusCode::UNAUTHORIZED),
+        FailureCause::ClientForbidden => (Code::Denied, StatusCode::FORBIDDEN),
+        FailureCause::ClientRateLimited => (Code::TooManyRequests, StatusCode::TOO_MANY_REQUESTS),
         FailureCause::ConnectTimeout | FailureCause::ReadTimeout => (Code::Unavailable, StatusCode::GATEWAY_TIMEOUT),
         FailureCause::DigestMismatch => (Code::DigestInvalid, StatusCode::BAD_GATEWAY),
         FailureCause::ManifestInvalid => (Code::ManifestInvalid, StatusCode::BAD_GATEWAY),

@@ -1,6 +1,7 @@
 //! Loading: the config file's text (or the embedded default), `BERTH_*`
 //! environment overrides and flags on top, validation, then the files the
-//! config names (TLS keys checked, password files read); and printing the
+//! config names (TLS keys checked, password files read, the htpasswd file
+//! checked line by line); and printing the
 //! effective config back, secrets redacted. All the config's I/O is here.
 
 use std::path::Path;
@@ -105,7 +106,8 @@ impl Config {
     }
 }
 
-/// Opens the TLS files and reads the password files, each failure a problem
+/// Opens the TLS files, reads the password files and checks the htpasswd
+/// file (every bad line, never a hash), each failure a problem
 /// under the key naming the file. Returns the credentials read, by upstream.
 fn read_named_files(files: NamedFiles, problems: &mut Vec<String>) -> Vec<(usize, Credentials)> {
     let cannot_read = |key: &str, path: &Path, e: std::io::Error| format!("{key}: cannot read {}: {e}", path.display());
@@ -115,6 +117,11 @@ fn read_named_files(files: NamedFiles, problems: &mut Vec<String>) -> Vec<(usize
         }
     }
     let mut read = Vec::new();
+    if let Some(path) = &files.htpasswd
+        && let Err(lines) = crate::auth::htpasswd::read(path)
+    {
+        problems.extend(lines.into_iter().map(|l| format!("auth.htpasswd: {l}")));
+    }
     for file in files.passwords {
         match std::fs::read_to_string(&file.path) {
             Ok(s) => read.extend(file.username.map(|username| {
@@ -244,5 +251,73 @@ mod tests {
             ("me", "s3cr3t")
         );
         assert!(!c.to_toml_redacted().contains("s3cr3t"));
+    }
+    fn with_htpasswd(path: &Path) -> String {
+        format!(
+            "[auth]\nhtpasswd = {:?}\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n",
+            path.display().to_string()
+        )
+    }
+
+    #[test]
+    fn htpasswd_is_checked_at_load_by_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        std::fs::write(&path, format!("alice:{hash}\nbob:$apr1$x$y\nnocolon\n")).unwrap();
+        let e = load(&with_htpasswd(&path)).unwrap_err().to_string();
+        let shown = path.display();
+        assert!(
+            e.contains(&format!("auth.htpasswd: {shown} line 2: user \"bob\"")),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("auth.htpasswd: {shown} line 3: is not user:hash")),
+            "{e}"
+        );
+        assert!(
+            !e.contains(&hash[7..]) && !e.contains("$apr1$x"),
+            "no hash in errors: {e}"
+        );
+
+        std::fs::write(&path, format!("alice:{hash}\n")).unwrap();
+        let c = load(&with_htpasswd(&path)).unwrap();
+        assert_eq!(c.auth.as_ref().and_then(|a| a.htpasswd.clone()), Some(path));
+        assert!(!c.to_toml_redacted().contains(&hash[7..]));
+    }
+
+    #[test]
+    fn a_missing_htpasswd_is_reported_with_the_other_problems() {
+        let text = with_htpasswd(Path::new("/nonexistent/htpasswd")).replace("[auth]", "log_format = \"xml\"\n[auth]");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("auth.htpasswd: cannot read /nonexistent/htpasswd: "), "{e}");
+        assert!(e.contains("log_format"), "{e}");
+    }
+
+    #[test]
+    fn check_config_prints_auth_and_access() {
+        let text = r#"
+            [auth]
+            anonymous = true
+            allow_networks = ["10.0.0.0/8"]
+            [[access]]
+            identities = ["anonymous"]
+            repositories = ["library/*"]
+            [[upstream]]
+            name = "docker.io"
+            endpoints = ["https://r"]
+        "#;
+        let printed = load(text).unwrap().to_toml_redacted();
+        assert!(
+            printed.contains("[auth]") && printed.contains("[[access]]"),
+            "{printed}"
+        );
+        let again = load(&printed).unwrap();
+        assert_eq!(again.access.len(), 1);
+        let default = Config::load(None, Overrides::default()).unwrap().to_toml_redacted();
+        assert!(
+            !default.contains("[auth]") && !default.contains("[[access]]"),
+            "{default}"
+        );
     }
 }

@@ -16,6 +16,7 @@ mod load;
 mod raw;
 mod validate;
 
+pub use crate::auth::{AccessRule, AuthConfig};
 pub use load::{EMBEDDED_DEFAULT, Overrides};
 
 #[derive(Debug, Error)]
@@ -127,6 +128,12 @@ pub struct ServerLimits {
     pub write_timeout: Duration,
     pub max_connections: u32,
     pub max_connections_per_client: u32,
+    /// Requests per second one client may make (a token bucket per
+    /// identity, or per address for anonymous clients); 0 = no limit.
+    pub client_requests_per_second: u32,
+    /// The bucket's size, resolved: `client_burst`, or twice the rate when
+    /// that is 0. 0 when there is no limit.
+    pub client_burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +148,10 @@ pub struct Config {
     pub tag_ttl: Duration,
     pub finish_abandoned: bool,
     pub tls: Option<TlsConfig>,
+    /// `[auth]`; `None`: anonymous pulls, as without access control.
+    pub auth: Option<AuthConfig>,
+    /// `[[access]]` in order (empty without `[auth]`).
+    pub access: Vec<AccessRule>,
     pub upstreams: Vec<UpstreamConfig>,
     raw: raw::RawConfig,
 }

@@ -55,6 +55,12 @@ const DEFAULT_WRITE_TIMEOUT: &str = "60s";
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// Open connections from one client address: a node pulls with a few dozen.
 const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 256;
+/// No per-client request limit unless asked for: a mirror's clients are
+/// usually a known fleet, and a limit that fits one fleet would throttle another.
+const DEFAULT_CLIENT_REQUESTS_PER_SECOND: u32 = 0;
+/// 0 = twice the rate: a `docker pull` opens with a burst (manifest, config,
+/// a few layers at once) that a bucket of one second's worth would cut.
+const DEFAULT_CLIENT_BURST: u32 = 0;
 /// Consecutive failed attempts after which the upstream is treated as down.
 const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// How long a down upstream is left alone before one probe is let through.
@@ -83,6 +89,10 @@ pub(super) struct RawConfig {
     pub cache: RawCache,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RawAuth>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<RawAccess>,
     pub upstream: Vec<RawUpstream>,
 }
 
@@ -97,6 +107,8 @@ impl Default for RawConfig {
             server: RawServer::default(),
             cache: RawCache::default(),
             tls: None,
+            auth: None,
+            access: Vec::new(),
             upstream: Vec::new(),
         }
     }
@@ -127,6 +139,8 @@ pub(super) struct RawServer {
     pub write_timeout: String,
     pub max_connections: u32,
     pub max_connections_per_client: u32,
+    pub client_requests_per_second: u32,
+    pub client_burst: u32,
 }
 
 impl Default for RawServer {
@@ -138,6 +152,8 @@ impl Default for RawServer {
             write_timeout: DEFAULT_WRITE_TIMEOUT.into(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            client_requests_per_second: DEFAULT_CLIENT_REQUESTS_PER_SECOND,
+            client_burst: DEFAULT_CLIENT_BURST,
         }
     }
 }
@@ -168,6 +184,30 @@ pub(super) struct RawTls {
     /// Ask clients for certificates signed by this CA (mTLS; `cn:` identities).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+}
+
+/// `[auth]`: every key optional; the table's presence turns access control on.
+/// Anonymous is off by default: whoever writes `[auth]` wants to know who pulls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawAuth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<PathBuf>,
+    pub allow_networks: Vec<String>,
+    pub anonymous: bool,
+    pub admins: Vec<String>,
+}
+
+/// One `[[access]]` rule. `identities` has no default: a rule for nobody is
+/// a mistake. Absent `upstreams` / `repositories` mean every one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccess {
+    pub identities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repositories: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

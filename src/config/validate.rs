@@ -1,7 +1,7 @@
 //! Validation: from the raw file shape to the typed config, collecting every
 //! problem at once, each named by its dotted key (`upstream[1].endpoints`).
 //! It reads no file and touches nothing outside its argument: the files a
-//! config names (TLS keys, password files) come back as `NamedFiles`, for
+//! config names (TLS keys, password files, htpasswd) come back as `NamedFiles`, for
 //! `load` to open, so validation is a pure function of the text.
 
 use std::net::SocketAddr;
@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::raw::{RawConfig, RawServer, RawUpstream};
+use super::raw::{RawAccess, RawAuth, RawConfig, RawServer, RawUpstream};
 use super::{
-    AuthHost, Config, ConvertMode, Credentials, LogFormat, RetryConfig, ServerLimits, TlsConfig, UpstreamConfig,
+    AccessRule, AuthConfig, AuthHost, Config, ConvertMode, Credentials, LogFormat, RetryConfig, ServerLimits,
+    TlsConfig, UpstreamConfig,
 };
+use crate::auth::{IdentityPattern, Network, RepoPattern};
 use crate::units::{parse_duration, parse_size};
 
 /// The host Docker Hub's token service lives on (`WWW-Authenticate` realm).
@@ -35,6 +37,8 @@ pub(super) struct NamedFiles {
     /// `tls.cert` and `tls.key`: only checked here, the server reads them.
     pub tls: Vec<(&'static str, PathBuf)>,
     pub passwords: Vec<PasswordFile>,
+    /// `auth.htpasswd`: read and parsed by `load`, every bad line reported.
+    pub htpasswd: Option<PathBuf>,
 }
 
 /// An upstream's `password_file`, whose contents become its password.
@@ -131,6 +135,11 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
             problems.push(format!("upstream[{i}].prefix: {:?} is used twice", u.prefix));
         }
     }
+    let auth = raw.auth.as_ref().map(|a| {
+        files.htpasswd = a.htpasswd.clone();
+        validate_auth(a, &mut problems)
+    });
+    let access = validate_access(&raw, &mut problems);
     // The raw copy is kept only to print the effective config; secrets leave it here.
     let raw = raw.redacted();
     let config = match (listen, admin_listen, log_format, max_size, tag_ttl) {
@@ -145,6 +154,8 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
                 tag_ttl,
                 finish_abandoned: raw.cache.finish_abandoned,
                 tls,
+                auth,
+                access,
                 upstreams,
                 raw,
             })
@@ -166,6 +177,7 @@ fn validate_server(s: &RawServer, problems: &mut Vec<String>) -> ServerLimits {
             Duration::ZERO
         }
     };
+    let rate = s.client_requests_per_second;
     let limits = ServerLimits {
         header_timeout: duration("header_timeout", &s.header_timeout),
         idle_timeout: duration("idle_timeout", &s.idle_timeout),
@@ -173,7 +185,15 @@ fn validate_server(s: &RawServer, problems: &mut Vec<String>) -> ServerLimits {
         write_timeout: duration("write_timeout", &s.write_timeout),
         max_connections: s.max_connections,
         max_connections_per_client: s.max_connections_per_client,
+        client_requests_per_second: rate,
+        client_burst: match s.client_burst {
+            0 => rate.saturating_mul(2),
+            burst => burst,
+        },
     };
+    if rate == 0 && s.client_burst > 0 {
+        problems.push("server.client_burst: set without server.client_requests_per_second".into());
+    }
     if s.max_connections == 0 {
         problems.push("server.max_connections: must be at least 1".into());
     }
@@ -181,6 +201,88 @@ fn validate_server(s: &RawServer, problems: &mut Vec<String>) -> ServerLimits {
         problems.push("server.max_connections_per_client: must be at least 1".into());
     }
     limits
+}
+
+fn validate_auth(a: &RawAuth, problems: &mut Vec<String>) -> AuthConfig {
+    if a.htpasswd.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        problems.push("auth.htpasswd: must not be empty (leave it out for no users)".into());
+    }
+    let allow_networks = a
+        .allow_networks
+        .iter()
+        .filter_map(|n| {
+            Network::parse(n)
+                .map_err(|e| problems.push(format!("auth.allow_networks: {e}")))
+                .ok()
+        })
+        .collect();
+    let admins = identities("auth.admins", &a.admins, problems);
+    AuthConfig {
+        htpasswd: a.htpasswd.clone().filter(|p| !p.as_os_str().is_empty()),
+        allow_networks,
+        anonymous: a.anonymous,
+        admins,
+    }
+}
+
+fn identities(key: &str, list: &[String], problems: &mut Vec<String>) -> Vec<IdentityPattern> {
+    list.iter()
+        .filter_map(|i| {
+            IdentityPattern::parse(i)
+                .map_err(|e| problems.push(format!("{key}: {e}")))
+                .ok()
+        })
+        .collect()
+}
+
+fn validate_access(raw: &RawConfig, problems: &mut Vec<String>) -> Vec<AccessRule> {
+    if raw.auth.is_none() && !raw.access.is_empty() {
+        problems.push("access: [[access]] rules need an [auth] table (without it every pull is anonymous)".into());
+    }
+    raw.access
+        .iter()
+        .enumerate()
+        .map(|(i, r)| validate_rule(i, r, &raw.upstream, problems))
+        .collect()
+}
+
+fn validate_rule(i: usize, r: &RawAccess, upstreams: &[RawUpstream], problems: &mut Vec<String>) -> AccessRule {
+    let key = |k: &str| format!("access[{i}].{k}");
+    if r.identities.is_empty() {
+        problems.push(format!("{}: at least one identity is required", key("identities")));
+    }
+    let identities = identities(&key("identities"), &r.identities, problems);
+    if let Some(names) = &r.upstreams {
+        if names.is_empty() {
+            problems.push(format!("{}: empty; leave it out for every upstream", key("upstreams")));
+        }
+        for n in names.iter().filter(|n| !upstreams.iter().any(|u| &u.name == *n)) {
+            problems.push(format!(
+                "{}: {n:?} is not a configured [[upstream]] name",
+                key("upstreams")
+            ));
+        }
+    }
+    let repositories = r.repositories.as_ref().map(|pats| {
+        if pats.is_empty() {
+            problems.push(format!(
+                "{}: empty; leave it out for every repository",
+                key("repositories")
+            ));
+        }
+        pats.iter()
+            .filter_map(|p| {
+                RepoPattern::parse(p)
+                    .map_err(|e| problems.push(format!("{}: {e}", key("repositories"))))
+                    .ok()
+            })
+            .collect()
+    });
+    AccessRule {
+        identities,
+        upstreams: r.upstreams.clone(),
+        repositories,
+    }
 }
 
 fn validate_upstream(
@@ -428,5 +530,121 @@ mod tests {
             "{problems:?}"
         );
         assert_eq!((files.tls.len(), files.passwords.len()), (2, 1));
+    }
+    const UPSTREAMS: &str = "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n[[upstream]]\nname = \"ghcr.io\"\nendpoints = [\"https://ghcr.io\"]\n";
+
+    #[test]
+    fn auth_and_access_are_off_by_default() {
+        let c = validated(UPSTREAMS).unwrap();
+        assert!(c.auth.is_none() && c.access.is_empty());
+        assert_eq!((c.server.client_requests_per_second, c.server.client_burst), (0, 0));
+    }
+
+    #[test]
+    fn auth_and_access_validated() {
+        let raw: RawConfig = toml::from_str(&format!(
+            r#"
+            [auth]
+            htpasswd = "/etc/berth/htpasswd"
+            allow_networks = ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]
+            anonymous = true
+            admins = ["cn:ops-*", "root"]
+            [[access]]
+            identities = ["alice", "cn:node-*"]
+            upstreams = ["docker.io"]
+            repositories = ["library/*", "team/**"]
+            [[access]]
+            identities = ["anonymous"]
+            {UPSTREAMS}
+        "#
+        ))
+        .unwrap();
+        let Validated { config, files } = validate(raw);
+        let c = config.unwrap();
+        assert_eq!(files.htpasswd, Some(PathBuf::from("/etc/berth/htpasswd")));
+        let auth = c.auth.unwrap();
+        assert!(auth.anonymous);
+        assert_eq!(auth.allow_networks.len(), 3);
+        assert_eq!(auth.admins[0].to_string(), "cn:ops-*");
+        assert_eq!(c.access.len(), 2);
+        assert_eq!(c.access[0].upstreams.as_deref(), Some(&["docker.io".to_string()][..]));
+        assert_eq!(c.access[0].repositories.as_ref().map(Vec::len), Some(2));
+        assert!(c.access[1].upstreams.is_none() && c.access[1].repositories.is_none());
+        let anon = crate::auth::Identity::Anonymous;
+        assert!(c.access[1].matches(&anon, "ghcr.io", "any/thing"));
+    }
+
+    #[test]
+    fn every_bad_auth_key_is_named() {
+        let e = validated(&format!(
+            r#"
+            [auth]
+            htpasswd = ""
+            allow_networks = ["10.0.0.0/33", "fd00::/8", "not-a-net"]
+            admins = ["cn:", "a:b"]
+            [[access]]
+            identities = []
+            upstreams = ["quay.io"]
+            repositories = ["team/***", "/x"]
+            [[access]]
+            identities = ["ok", "x y"]
+            upstreams = []
+            repositories = []
+            {UPSTREAMS}
+        "#
+        ))
+        .unwrap_err();
+        for want in [
+            "auth.htpasswd: must not be empty",
+            "auth.allow_networks: \"10.0.0.0/33\"",
+            "auth.allow_networks: \"not-a-net\"",
+            "auth.admins: \"cn:\"",
+            "auth.admins: \"a:b\"",
+            "access[0].identities: at least one identity",
+            "access[0].upstreams: \"quay.io\" is not a configured [[upstream]] name",
+            "access[0].repositories: \"team/***\"",
+            "access[0].repositories: \"/x\"",
+            "access[1].identities: \"x y\"",
+            "access[1].upstreams: empty",
+            "access[1].repositories: empty",
+        ] {
+            assert!(e.contains(want), "{want} missing from:\n{e}");
+        }
+        assert!(
+            !e.contains("\"fd00::/8\"") && !e.contains("\"ok\""),
+            "good values are not reported: {e}"
+        );
+    }
+
+    #[test]
+    fn access_without_auth_is_refused() {
+        let e = validated(&format!("[[access]]\nidentities = [\"alice\"]\n{UPSTREAMS}")).unwrap_err();
+        assert!(e.contains("access: [[access]] rules need an [auth] table"), "{e}");
+        let e = validated(&format!("[[access]]\nrepositories = [\"x\"]\n[auth]\n{UPSTREAMS}")).unwrap_err();
+        assert!(
+            e.contains("identities"),
+            "a rule without identities does not parse: {e}"
+        );
+    }
+
+    #[test]
+    fn client_rate_and_burst() {
+        let rate = |server: &str| validated(&format!("[server]\n{server}\n{UPSTREAMS}")).map(|c| c.server);
+        let s = rate("client_requests_per_second = 50").unwrap();
+        assert_eq!(
+            (s.client_requests_per_second, s.client_burst),
+            (50, 100),
+            "burst defaults to twice the rate"
+        );
+        let s = rate("client_requests_per_second = 50\nclient_burst = 10").unwrap();
+        assert_eq!((s.client_requests_per_second, s.client_burst), (50, 10));
+        let s = rate(&format!("client_requests_per_second = {}", u32::MAX)).unwrap();
+        assert_eq!(s.client_burst, u32::MAX);
+        let e = rate("client_burst = 10").unwrap_err();
+        assert!(
+            e.contains("server.client_burst: set without server.client_requests_per_second"),
+            "{e}"
+        );
+        assert!(rate("client_requests_per_second = -1").is_err());
     }
 }
