@@ -40,6 +40,9 @@ pub struct FailureEntry {
     pub path: String,
     pub status: u16,
     pub client: String,
+    /// Who the client was, when known (never a credential).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     pub request_id: String,
     pub elapsed_ms: u64,
     pub attempts: u32,
@@ -84,6 +87,7 @@ impl Events {
             attempts = r.attempts,
             reason = r.reason,
             ratelimit = r.ratelimit.as_deref(),
+            identity = r.identity.as_deref(),
             method = req.method,
             path = req.path,
             status = req.status,
@@ -110,6 +114,7 @@ impl Events {
             path: req.path.to_string(),
             status: req.status,
             client: req.client.to_string(),
+            identity: r.identity.clone(),
             request_id: req.request_id.to_string(),
             elapsed_ms: req.elapsed_ms,
             attempts: r.attempts,

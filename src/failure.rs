@@ -236,6 +236,9 @@ pub struct FailureRecord {
     pub reason: Option<&'static str>,
     /// The upstream's `ratelimit-*` / `retry-after` headers, for rate limits.
     pub ratelimit: Option<String>,
+    /// Who the client was (`alice`, `cn:node-1`, `anonymous`), when known;
+    /// never a credential.
+    pub identity: Option<String>,
     pub detail: String,
 }
 
@@ -250,6 +253,7 @@ impl FailureRecord {
             attempts: 0,
             reason: None,
             ratelimit: None,
+            identity: None,
             detail,
         }
     }

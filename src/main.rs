@@ -88,6 +88,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig { .. } => {
+            if let Some(warning) = berth::server::exposure_warning(&config) {
+                eprintln!("berth: warning: {warning}");
+            }
             print!("{}", config.to_toml_redacted());
             ExitCode::SUCCESS
         }

@@ -27,6 +27,7 @@ use crate::upstream::{Upstream, UpstreamError};
 use io::{GuardedIo, InFlight, InFlightGuard};
 use limits::{AcceptBackoff, PerClient};
 
+mod access;
 mod io;
 mod limits;
 mod tls;
@@ -43,6 +44,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("tls: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// The application, ready to serve: its router and what the accept loop needs.
@@ -69,15 +72,26 @@ pub async fn build(config: Config) -> Result<App, StartError> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let auth = crate::auth::Authenticator::new(
+        config.auth.as_ref(),
+        &config.access,
+        config.server.client_requests_per_second,
+        config.server.client_burst,
+    )
+    .map_err(|e| StartError::Auth(e.to_string()))?;
+    // With access control, a cached digest is served under a repository
+    // only when that repository is known to hold it.
     let cache = Cache::open(&config, events.clone())
         .await
         .map_err(|source| StartError::Cache {
             dir: config.cache_dir.display().to_string(),
             source,
-        })?;
+        })?
+        .scope_by_repository(config.auth.is_some());
     let state = Arc::new(AppState {
         config,
         upstreams,
+        auth,
         cache,
         events: events.clone(),
     });
@@ -86,7 +100,11 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         Some(_) => (api::router(state.clone()), Some(admin)),
         None => (api::router(state.clone()).merge(admin), None),
     };
-    let router = router.layer(middleware::from_fn_with_state(state, observe));
+    // Outermost first: every request gets its id and its one log line, then
+    // the access check, before any handler runs.
+    let router = router
+        .layer(middleware::from_fn_with_state(state.clone(), access::guard))
+        .layer(middleware::from_fn_with_state(state, observe));
     Ok(App { router, admin, events })
 }
 
@@ -131,7 +149,13 @@ async fn observe(
             status,
         })
         .inc();
+    let identity = resp.extensions().get::<access::Allowed>().map(|a| a.0.to_string());
     if let Some(record) = resp.extensions().get::<FailureRecord>() {
+        let mut record = record.clone();
+        if record.identity.is_none() {
+            record.identity = identity;
+        }
+        let record = &record;
         let facts = RequestFacts {
             method: &method,
             path: &path,
@@ -161,9 +185,32 @@ fn endpoint_kind(path: &str) -> &'static str {
     }
 }
 
+/// The warning for a mirror that lends its upstream credentials to anyone
+/// who reaches it: an upstream with credentials, `listen` beyond loopback,
+/// and no `[auth]`.
+pub fn exposure_warning(config: &Config) -> Option<String> {
+    let lent: Vec<&str> = config
+        .upstreams
+        .iter()
+        .filter(|u| u.credentials.is_some())
+        .map(|u| u.name.as_str())
+        .collect();
+    if lent.is_empty() || config.listen.ip().is_loopback() || config.auth.is_some() {
+        return None;
+    }
+    Some(format!(
+        "upstream {} has credentials, listen {} is not loopback and there is no [auth]: anyone who reaches berth pulls with them; add [auth] and [[access]], or listen on 127.0.0.1",
+        lent.join(", "),
+        config.listen
+    ))
+}
+
 /// Bind, then serve until SIGINT/SIGTERM. The bound address is logged as the
 /// `listening` event (tests bind port 0 and read it from there).
 pub async fn serve(config: Config) -> Result<(), StartError> {
+    if let Some(warning) = exposure_warning(&config) {
+        tracing::warn!("{warning}");
+    }
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let listen = config.listen;
     let admin_listen = config.admin_listen;

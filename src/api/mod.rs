@@ -36,6 +36,8 @@ pub struct AppState {
     pub config: Config,
     /// One client per configured upstream, in the configured order.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Who may pull what (`[auth]`, `[[access]]`, the per-client rate).
+    pub auth: crate::auth::Authenticator,
     pub cache: Cache,
     pub events: Arc<Events>,
 }

@@ -38,9 +38,11 @@ async fn app_scoped(up: &FakeUpstream, scoped: bool) -> App {
         .await
         .expect("cache")
         .scope_by_repository(scoped);
+    let auth = crate::auth::Authenticator::new(None, &[], 0, 0).expect("no access control");
     let state = Arc::new(AppState {
         config,
         upstreams,
+        auth,
         cache,
         events,
     });
