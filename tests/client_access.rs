@@ -445,3 +445,69 @@ async fn a_cached_private_layer_is_not_served_under_another_name() {
     let (status, body) = get_as(&format!("{}/v2/private/app/blobs/{layer}", berth.url()), BOB);
     assert_eq!(status, 403, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_htpasswd_file_is_picked_up_without_a_restart() {
+    let s = setup("", None, "").await;
+    let url = format!("{}/v2/", s.berth.url());
+    let carol = ("carol", "a new colleague's password");
+    assert_eq!(get_as(&url, carol).0, 401, "carol is not in the file yet");
+    let file = s._dir.path().join("htpasswd");
+    let mut text = std::fs::read_to_string(&file).expect("htpasswd");
+    text.push_str(&format!("{}:{}\n", carol.0, bcrypt::hash(carol.1, 5).expect("bcrypt")));
+    std::fs::write(&file, text).expect("rewrite htpasswd");
+    tokio::task::block_in_place(|| {
+        support::eventually(std::time::Duration::from_secs(10), "carol is let in", || {
+            get_as(&url, carol).0 == 200
+        })
+    });
+    assert_eq!(get_as(&url, ALICE).0, 200, "alice still is");
+}
+
+/// dockerd sends a mirror only the docker.io credentials of `docker login`,
+/// so a fleet of dockerd nodes is let in by network: anonymous access from
+/// `allow_networks`, and nothing from anywhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dockerd_pulls_through_a_mirror_that_allows_its_network() {
+    let registry = Registry::start();
+    let fixtures = tokio::task::block_in_place(|| support::images::seed(&registry));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let mirror = |networks: &str| {
+        Berth::start(&format!(
+            "[auth]\nallow_networks = [{networks}]\nanonymous = true\n[[access]]\nidentities = [\"anonymous\"]\n{}",
+            UpstreamToml::default_docker_io(&relay.url()).to_toml()
+        ))
+    };
+    let image = &fixtures.v2s2;
+    let reference = format!("{}:{}", support::client_name(&image.repo), image.tag);
+
+    let allowed = mirror("\"127.0.0.0/8\"");
+    let dockerd = tokio::task::block_in_place(|| support::daemons::Dockerd::start(&allowed.host()));
+    let out = tokio::task::block_in_place(|| dockerd.docker_try(&["pull", &reference]));
+    assert!(
+        out.status.success(),
+        "dockerd pulls from an allowed network: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digests = tokio::task::block_in_place(|| dockerd.repo_digests(&reference));
+    assert!(digests.iter().any(|d| d.ends_with(&image.digest)), "{digests:?}");
+    drop(dockerd);
+
+    let elsewhere = mirror("\"10.0.0.0/8\"");
+    let before = relay.requests().len();
+    let dockerd = tokio::task::block_in_place(|| support::daemons::Dockerd::start(&elsewhere.host()));
+    let out = tokio::task::block_in_place(|| dockerd.docker_try(&["pull", &reference]));
+    assert!(
+        !out.status.success(),
+        "a node outside allow_networks does not pull through berth"
+    );
+    assert_eq!(relay.requests().len(), before, "nothing reached the upstream");
+    assert!(
+        failures(&elsewhere)
+            .iter()
+            .any(|(c, _, st)| c == "client_forbidden" && *st == 403)
+    );
+    // dockerd names berth's refusal only in its own log, on its way to the origin.
+    let log = dockerd.log();
+    assert!(log.contains("403") || log.contains("denied"), "{log}");
+}

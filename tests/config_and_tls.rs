@@ -315,3 +315,23 @@ fn a_missing_client_ca_is_named_by_check_config() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tls.client_ca"), "{stderr}");
 }
+
+#[test]
+fn lending_upstream_credentials_to_anyone_is_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth.toml");
+    let upstream = UpstreamToml::default_docker_io("http://127.0.0.1:9")
+        .set("username", "me")
+        .set("password", "not-printed")
+        .to_toml();
+    std::fs::write(&config, format!("listen = \"0.0.0.0:5000\"\n{upstream}")).unwrap();
+    let out = berth_cmd(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning") && stderr.contains("[auth]"), "{stderr}");
+    assert!(!stderr.contains("not-printed"));
+    // On loopback there is no one to lend them to.
+    std::fs::write(&config, format!("listen = \"127.0.0.1:5000\"\n{upstream}")).unwrap();
+    let out = berth_cmd(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
