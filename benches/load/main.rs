@@ -16,7 +16,12 @@
 //! Run with `cargo bench --bench load` (or `bash benches/run.sh`). Under
 //! `cargo test` it does nothing: performance is never asserted in tests.
 //! `BERTH_BENCH_BLOB_MIB` changes the blob size (default 256);
-//! `BERTH_BENCH_ONLY=blob,manifest,cold,copy` runs only those parts.
+//! 5. with access control on: warm manifests and a warm blob with HTTP Basic
+//!    (credentials cached after the first bcrypt) beside the same berth
+//!    without `[auth]`, and a warm blob over TLS with a client certificate
+//!    beside TLS without one;
+//!
+//! `BERTH_BENCH_ONLY=blob,manifest,cold,copy,auth` runs only those parts.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -27,8 +32,8 @@ mod nginx;
 use std::process::Command;
 
 use measure::{
-    cold_fan_out, curl_throughput, curl_throughput_interleaved, median, memory_mib, reset_peak, skopeo_copy_secs,
-    upstream_get_bytes, wrk,
+    cold_fan_out, curl_throughput, curl_throughput_interleaved, curl_throughput_with, median, memory_mib, reset_peak,
+    skopeo_copy_secs, upstream_get_bytes, wrk, wrk_with,
 };
 use nginx::Nginx;
 use support::Berth;
@@ -175,6 +180,9 @@ fn main() {
     if runs("copy") {
         skopeo_copy_row(&mut rows, &upstream, &berth, &dist, &images);
     }
+    if runs("auth") {
+        auth_rows(&mut rows, &upstream, &berth, work.path(), &warm_digest, blob_size);
+    }
     print_table(&rows);
 }
 
@@ -268,6 +276,95 @@ fn skopeo_copy_row(
         ratio: format!("{:.2}x direct (Distribution {:.2}x)", b / d, p / d),
         target: "<= 1.1x direct",
         met: Some(b / d <= 1.1),
+    });
+}
+
+/// Access control on beside off: Basic (cached) against the berth above
+/// without `[auth]`, and mTLS against TLS without a client certificate.
+fn auth_rows(rows: &mut Vec<Row>, upstream: &Registry, open: &Berth, work: &std::path::Path, blob: &str, size: usize) {
+    eprintln!("access control on: Basic and mTLS");
+    let pki = support::pki::Pki::new(&work.join("pki"), "bench");
+    let client = pki.client("bench-node");
+    let (user, password) = ("bench", "bench-password");
+    let htpasswd = work.join("htpasswd");
+    let hash = bcrypt::hash(password, bcrypt::DEFAULT_COST).expect("bcrypt");
+    std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("htpasswd");
+    let upstream_toml = format!(
+        "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"{}\"]\ndefault = true\n",
+        upstream.url()
+    );
+    let auth = format!(
+        "[auth]\nhtpasswd = \"{}\"\n[[access]]\nidentities = [\"{user}\", \"cn:bench-*\"]\n",
+        htpasswd.display()
+    );
+    let tls = |client_ca: bool| {
+        let ca = if client_ca {
+            format!("client_ca = \"{}\"\n", pki.ca_cert.display())
+        } else {
+            String::new()
+        };
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n{ca}",
+            pki.server_cert.display(),
+            pki.server_key.display()
+        )
+    };
+    let quiet = [("RUST_LOG", "info")];
+    let basic = Berth::start_with_env(&format!("{auth}{upstream_toml}"), &quiet);
+    let tls_open = Berth::start_with_env(&format!("{}{upstream_toml}", tls(false)), &quiet);
+    let mtls = Berth::start_with_env(&format!("{}{auth}{upstream_toml}", tls(true)), &quiet);
+    let creds = vec!["-u".to_string(), format!("{user}:{password}")];
+    let ca = vec!["--cacert".to_string(), pki.ca_cert.display().to_string()];
+    let mut cert = ca.clone();
+    cert.extend([
+        "--cert".to_string(),
+        client.cert.display().to_string(),
+        "--key".to_string(),
+        client.key.display().to_string(),
+    ]);
+    let path = format!("/v2/bench/blob/blobs/{blob}");
+    let https = |b: &Berth| format!("https://{}{path}", b.host());
+    let size = size as u64;
+    // Fill each cache, then measure in turns so drift hits both alike.
+    curl_throughput_with(&format!("{}{path}", basic.url()), &creds, 1, size);
+    curl_throughput_with(&https(&tls_open), &ca, 1, size);
+    curl_throughput_with(&https(&mtls), &cert, 1, size);
+    let (mut on, mut off, mut m_on, mut m_off) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        on.push(curl_throughput_with(&format!("{}{path}", basic.url()), &creds, 1, size));
+        off.push(curl_throughput(&format!("{}{path}", open.url()), 1, size));
+        m_on.push(curl_throughput_with(&https(&mtls), &cert, 1, size));
+        m_off.push(curl_throughput_with(&https(&tls_open), &ca, 1, size));
+    }
+    let (on, off, m_on, m_off) = (median(&mut on), median(&mut off), median(&mut m_on), median(&mut m_off));
+    for (what, b, o) in [
+        ("warm blob, 1 client, MB/s: Basic on vs [auth] off", on, off),
+        ("warm blob over TLS, 1 client, MB/s: client certificate vs none", m_on, m_off),
+    ] {
+        rows.push(Row {
+            what: what.to_string(),
+            berth: format!("{b:.0}"),
+            peer: format!("off {o:.0}"),
+            ratio: format!("{:.2}x off", b / o),
+            target: ">= 0.95x off",
+            met: Some(b / o >= 0.95),
+        });
+    }
+    let manifest = "/v2/bench/app/manifests/v1";
+    let authz = format!(
+        "Authorization: Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{password}"))
+    );
+    let accept = format!("Accept: {DOCKER_V2}");
+    let on = wrk_with(&format!("{}{manifest}", basic.url()), &[accept.clone(), authz], 64, 10);
+    let off = wrk_with(&format!("{}{manifest}", open.url()), &[accept], 64, 10);
+    rows.push(Row {
+        what: "warm manifest by tag, 64 conns, req/s: Basic on vs [auth] off (p99, errors)".into(),
+        berth: format!("{:.0} ({:.2} ms, {})", on.req_per_sec, on.p99_ms, on.errors),
+        peer: format!("off {:.0} ({:.2} ms, {})", off.req_per_sec, off.p99_ms, off.errors),
+        ratio: format!("{:.2}x off", on.req_per_sec / off.req_per_sec),
+        target: ">= 0.95x off",
+        met: Some(on.req_per_sec / off.req_per_sec >= 0.95 && on.errors == 0),
     });
 }
 

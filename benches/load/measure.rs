@@ -10,6 +10,11 @@ use sha2::Digest as _;
 /// Aggregate MB/s (10^6 bytes) of `clients` curl processes each fetching
 /// `url` once. Panics if a body is short.
 pub fn curl_throughput(url: &str, clients: usize, expected_len: u64) -> f64 {
+    curl_throughput_with(url, &[], clients, expected_len)
+}
+
+/// `curl_throughput` with extra curl arguments (credentials, certificates).
+pub fn curl_throughput_with(url: &str, extra: &[String], clients: usize, expected_len: u64) -> f64 {
     let started = Instant::now();
     let children: Vec<_> = (0..clients)
         .map(|_| {
@@ -22,8 +27,9 @@ pub fn curl_throughput(url: &str, clients: usize, expected_len: u64) -> f64 {
                     "/dev/null",
                     "-w",
                     "%{size_download}",
-                    url,
                 ])
+                .args(extra)
+                .arg(url)
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("spawn curl")
@@ -62,16 +68,15 @@ pub struct WrkResult {
 
 /// `wrk` with `connections` connections for `secs` seconds.
 pub fn wrk(url: &str, accept: &str, connections: usize, secs: u64) -> WrkResult {
+    wrk_with(url, &[format!("Accept: {accept}")], connections, secs)
+}
+
+/// `wrk` sending these request headers.
+pub fn wrk_with(url: &str, headers: &[String], connections: usize, secs: u64) -> WrkResult {
     let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{secs}s"),
-            "--latency",
-            "-H",
-            &format!("Accept: {accept}"),
-            url,
-        ])
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"])
+        .args(headers.iter().flat_map(|h| ["-H", h.as_str()]))
+        .arg(url)
         .output()
         .expect("run wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
