@@ -339,7 +339,11 @@ fn auth_rows(rows: &mut Vec<Row>, upstream: &Registry, open: &Berth, work: &std:
     let (on, off, m_on, m_off) = (median(&mut on), median(&mut off), median(&mut m_on), median(&mut m_off));
     for (what, b, o) in [
         ("warm blob, 1 client, MB/s: Basic on vs [auth] off", on, off),
-        ("warm blob over TLS, 1 client, MB/s: client certificate vs none", m_on, m_off),
+        (
+            "warm blob over TLS, 1 client, MB/s: client certificate vs none",
+            m_on,
+            m_off,
+        ),
     ] {
         rows.push(Row {
             what: what.to_string(),

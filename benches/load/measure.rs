@@ -19,15 +19,7 @@ pub fn curl_throughput_with(url: &str, extra: &[String], clients: usize, expecte
     let children: Vec<_> = (0..clients)
         .map(|_| {
             Command::new("curl")
-                .args([
-                    "-sS",
-                    "--noproxy",
-                    "*",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{size_download}",
-                ])
+                .args(["-sS", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}"])
                 .args(extra)
                 .arg(url)
                 .stdout(Stdio::piped())
