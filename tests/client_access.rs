@@ -511,3 +511,84 @@ async fn dockerd_pulls_through_a_mirror_that_allows_its_network() {
     let log = dockerd.log();
     assert!(log.contains("403") || log.contains("denied"), "{log}");
 }
+
+/// podman, in directories of its own: `podman login` to berth, then a pull
+/// of a docker.io image through the `registries.conf` mirror (the snippet in
+/// `docker/registries.conf`), with the credentials of that login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn podman_logs_in_to_berth_and_pulls_through_the_mirror() {
+    let registry = Registry::start();
+    let fixtures = tokio::task::block_in_place(|| support::images::seed(&registry));
+    let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = format!(
+        "{}{}",
+        auth_toml(&htpasswd(dir.path()), ""),
+        UpstreamToml::default_docker_io(&relay.url()).to_toml()
+    );
+    let berth = Berth::start(&config);
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(&conf, support::daemons::snippet("registries.conf", &berth.host())).expect("registries.conf");
+    let authfile = dir.path().join("auth.json");
+    let podman = |args: &[&str]| {
+        let d = dir.path();
+        let out = Command::new("podman")
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "none",
+            ])
+            .args(args)
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .env("REGISTRY_AUTH_FILE", &authfile)
+            .env("XDG_RUNTIME_DIR", d.join("xdg"))
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .expect("run podman");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let image = &fixtures.v2s2;
+    let reference = format!("docker.io/{}:{}", image.repo, image.tag);
+    let (ok, text) = tokio::task::block_in_place(|| podman(&["pull", "--quiet", &reference]));
+    assert!(!ok, "without a login berth refuses podman: {text}");
+    let (ok, text) = tokio::task::block_in_place(|| {
+        podman(&[
+            "login",
+            "--tls-verify=false",
+            "-u",
+            ALICE.0,
+            "-p",
+            ALICE.1,
+            &berth.host(),
+        ])
+    });
+    assert!(ok, "podman login to berth: {text}");
+    let (ok, text) = tokio::task::block_in_place(|| podman(&["pull", "--quiet", &reference]));
+    assert!(ok, "podman pulls through the mirror with its login: {text}");
+    let path = format!("GET /v2/{}/manifests/{}", image.repo, image.tag);
+    assert_eq!(
+        relay.count(|r| r == path),
+        1,
+        "through berth, the mirror: {:#?}",
+        relay.requests()
+    );
+    assert!(failures(&berth).iter().any(|(c, _, _)| c == "client_unauthorized"));
+}
