@@ -163,13 +163,11 @@ impl Cache {
                 joined
             }
             Err(e) => {
-                let e = CacheError::from(e);
-                self.events.storage_degraded(
-                    e.cause(),
+                CacheError::from(e).log_degraded(
+                    &self.events,
                     &route.upstream.name,
                     route.repo.as_str(),
                     &digest.to_string(),
-                    &e.to_string(),
                 );
                 return self.pass_through(route, digest).await;
             }

@@ -70,6 +70,12 @@ pub enum CacheError {
 }
 
 impl CacheError {
+    /// Log this failure of the cache as one `storage_degraded` event: the
+    /// pull went on without what could not be stored.
+    pub(super) fn log_degraded(&self, events: &crate::events::Events, upstream: &str, repo: &str, reference: &str) {
+        events.storage_degraded(self.cause(), upstream, repo, reference, &self.to_string());
+    }
+
     pub fn upstream(upstream: &str, source: UpstreamError) -> Self {
         CacheError::Upstream {
             upstream: upstream.to_string(),

@@ -125,13 +125,11 @@ impl BlobFetch {
             return;
         };
         if let Err(e) = meta.put_link(&self.upstream.name, &self.repo, &self.digest).await {
-            let e = CacheError::from(e);
-            self.events.storage_degraded(
-                e.cause(),
+            CacheError::from(e).log_degraded(
+                &self.events,
                 &self.upstream.name,
                 self.repo.as_str(),
                 &self.digest.to_string(),
-                &e.to_string(),
             );
         }
     }
@@ -139,12 +137,11 @@ impl BlobFetch {
     fn failed(&self, e: CacheError) -> FetchState {
         if e.is_storage() {
             // Readers stream on from the upstream; the pull goes on.
-            self.events.storage_degraded(
-                e.cause(),
+            e.log_degraded(
+                &self.events,
                 &self.upstream.name,
                 self.repo.as_str(),
                 &self.digest.to_string(),
-                &e.to_string(),
             );
         }
         FetchState::Failed(e)

@@ -210,12 +210,11 @@ impl Cache {
             Err(e) => Err(CacheError::from(e)),
         };
         if let Err(e) = stored {
-            self.events.storage_degraded(
-                e.cause(),
+            e.log_degraded(
+                &self.events,
                 &route.upstream.name,
                 route.repo.as_str(),
                 &m.digest.to_string(),
-                &e.to_string(),
             );
         }
     }
@@ -345,9 +344,7 @@ impl Cache {
         self.link(route, digest).await;
         let upstream = &route.upstream.name;
         if let Err(e) = self.meta.put_tag(upstream, &route.repo, tag, digest).await {
-            let e = CacheError::from(e);
-            self.events
-                .storage_degraded(e.cause(), upstream, route.repo.as_str(), tag, &e.to_string());
+            CacheError::from(e).log_degraded(&self.events, upstream, route.repo.as_str(), tag);
         }
     }
 
@@ -399,9 +396,7 @@ impl Cache {
                 let known = self.meta.tag_list(&upstream.name, repo).await.ok().flatten();
                 let changed = known.is_none_or(|k| k.tags != tags);
                 if changed && let Err(e) = self.meta.put_tag_list(&upstream.name, repo, tags.clone()).await {
-                    let e = CacheError::from(e);
-                    self.events
-                        .storage_degraded(e.cause(), &upstream.name, repo.as_str(), "tags/list", &e.to_string());
+                    CacheError::from(e).log_degraded(&self.events, &upstream.name, repo.as_str(), "tags/list");
                 }
                 Ok(Arc::new(tags))
             }

@@ -33,14 +33,7 @@ impl Cache {
         }
         let upstream = &route.upstream.name;
         if let Err(e) = self.meta.put_link(upstream, &route.repo, digest).await {
-            let e = CacheError::from(e);
-            self.events.storage_degraded(
-                e.cause(),
-                upstream,
-                route.repo.as_str(),
-                &digest.to_string(),
-                &e.to_string(),
-            );
+            CacheError::from(e).log_degraded(&self.events, upstream, route.repo.as_str(), &digest.to_string());
         }
     }
 
