@@ -41,7 +41,11 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
         .extensions()
         .get::<ClientCertificate>()
         .map(|c| c.common_name.clone());
-    let routed = repository_of(&state, req.uri());
+    // Without [auth] the target decides nothing: no routing on that path.
+    let routed = match state.auth.is_on() {
+        true => repository_of(&state, req.uri()),
+        false => None,
+    };
     let target = match (&routed, req.uri().path()) {
         (Some((upstream, repo)), _) => Target::Repository { upstream, repo },
         (None, p) if p == "/metrics" || p.starts_with("/_berth/") => Target::Admin,
@@ -51,10 +55,6 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
         .auth
         .authorize(client, authorization.as_deref(), cert.as_deref(), target)
         .await;
-    let (upstream, repo) = match &routed {
-        Some((u, r)) => (Some(u.as_str()), Some(r.as_str())),
-        None => (None, None),
-    };
     match decision {
         Decision::Allowed(identity) => {
             req.extensions_mut().insert(Allowed(identity.clone()));
@@ -62,7 +62,15 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
             resp.extensions_mut().insert(Allowed(identity));
             resp
         }
-        refused => refusal(refused, upstream, repo),
+        refused => {
+            // The failure record names what was asked for, [auth] or not.
+            let routed = routed.or_else(|| repository_of(&state, req.uri()));
+            let (upstream, repo) = match &routed {
+                Some((u, r)) => (Some(u.as_str()), Some(r.as_str())),
+                None => (None, None),
+            };
+            refusal(refused, upstream, repo)
+        }
     }
 }
 
