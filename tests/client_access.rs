@@ -512,6 +512,85 @@ async fn dockerd_pulls_through_a_mirror_that_allows_its_network() {
     assert!(log.contains("403") || log.contains("denied"), "{log}");
 }
 
+/// dockerd with a client certificate in `certs.d/<mirror host:port>/`
+/// (`docker/daemon-mtls.json`). dockerd treats 127.0.0.0/8 as an insecure
+/// registry and then reads no `certs.d` at all, so berth, dockerd and a
+/// Distribution on the same storage run in a network namespace where berth
+/// listens on 10.77.0.1, an address dockerd verifies and sends its
+/// certificate to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dockerd_pulls_with_a_client_certificate_from_certs_d() {
+    let registry = Registry::start();
+    let fixtures = tokio::task::block_in_place(|| support::images::seed(&registry));
+    let ns = support::netns::NetNs::create("dockerd-mtls");
+    ns.add_address("10.77.0.1/32");
+    let upstream = tokio::task::block_in_place(|| registry.serve_in_netns(&ns.name));
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::for_addresses(&dir.path().join("pki"), "berth", &["127.0.0.1", "10.77.0.1"]);
+    let berth = Berth::start_in_netns_on(
+        &ns.name,
+        "10.77.0.1:0",
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{}{}",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca_cert.display(),
+            auth_toml(&htpasswd(dir.path()), ""),
+            UpstreamToml::default_docker_io(&upstream.url()).to_toml()
+        ),
+    );
+    // What an operator puts on each node: certs.d/<berth host:port>/ with
+    // the CA (*.crt) and the node's pair (*.cert + *.key).
+    let etc_docker = dir.path().join("etc-docker");
+    let certs = etc_docker.join("certs.d").join(berth.host());
+    std::fs::create_dir_all(&certs).expect("certs.d");
+    let pair = pki.client("node-1");
+    std::fs::copy(&pki.ca_cert, certs.join("ca.crt")).expect("ca");
+    std::fs::copy(&pair.cert, certs.join("client.cert")).expect("cert");
+    std::fs::copy(&pair.key, certs.join("client.key")).expect("key");
+    let dockerd = tokio::task::block_in_place(|| {
+        support::daemons::Dockerd::start_in_netns("daemon-mtls.json", &berth.host(), &ns.name, &etc_docker)
+    });
+
+    let image = &fixtures.v2s2;
+    let reference = format!("{}:{}", support::client_name(&image.repo), image.tag);
+    let out = tokio::task::block_in_place(|| dockerd.docker_try(&["pull", &reference]));
+    assert!(
+        out.status.success(),
+        "dockerd pulls with its certs.d certificate: {}\n--- dockerd ---\n{}\n--- berth ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dockerd.log(),
+        berth.log()
+    );
+    let digests = tokio::task::block_in_place(|| dockerd.repo_digests(&reference));
+    assert!(digests.iter().any(|d| d.ends_with(&image.digest)), "{digests:?}");
+
+    // The certificate is the identity: cn:node-* has no rule for a/b/c.
+    let nested = &fixtures.nested;
+    let other = format!("{}:{}", support::client_name(&nested.repo), nested.tag);
+    let out = tokio::task::block_in_place(|| dockerd.docker_try(&["pull", &other]));
+    assert!(!out.status.success(), "cn:node-1 may not pull {other}");
+    let refused: Vec<_> = berth
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "pull_failed")
+        .map(|e| {
+            (
+                e["cause"].as_str().unwrap_or("").to_string(),
+                e["identity"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    assert!(
+        refused.contains(&("client_forbidden".to_string(), Some("cn:node-1".to_string()))),
+        "{refused:?}"
+    );
+    assert!(
+        !refused.iter().any(|(c, _)| c == "client_unauthorized"),
+        "dockerd always sent its certificate: {refused:?}"
+    );
+}
+
 /// podman, in directories of its own: `podman login` to berth, then a pull
 /// of a docker.io image through the `registries.conf` mirror (the snippet in
 /// `docker/registries.conf`), with the credentials of that login.

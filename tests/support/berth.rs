@@ -43,6 +43,16 @@ impl Berth {
         b
     }
 
+    /// Start inside `netns`, listening on `listen` (an address of that
+    /// namespace) instead of 127.0.0.1:0.
+    pub fn start_in_netns_on(netns: &str, listen: &str, extra_toml: &str) -> Berth {
+        let dir = tempfile::tempdir().expect("temp dir for berth");
+        let cache = dir.path().join("cache");
+        let mut b = Berth::launch_as(dir.path(), &cache, extra_toml, Launch::NetnsOn(netns, listen), &[]);
+        b._dir = Some(dir);
+        b
+    }
+
     /// Start with extra environment variables (they override the dead proxy).
     pub fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> Berth {
         let dir = tempfile::tempdir().expect("temp dir for berth");
@@ -72,8 +82,12 @@ impl Berth {
 
     fn launch_as(work: &Path, cache_dir: &Path, extra_toml: &str, how: Launch<'_>, env: &[(&str, &str)]) -> Berth {
         let config = work.join("berth.toml");
+        let listen = match how {
+            Launch::NetnsOn(_, listen) => listen,
+            _ => "127.0.0.1:0",
+        };
         let text = format!(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\nlog_format = \"json\"\n{extra_toml}\n",
+            "listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\nlog_format = \"json\"\n{extra_toml}\n",
             cache_dir.display()
         );
         std::fs::write(&config, text).expect("write berth config");
@@ -81,7 +95,7 @@ impl Berth {
         let log = std::fs::File::create(&log_path).expect("create berth log");
         // `ip netns exec` execs berth in place: the child's pid is berth's.
         let mut cmd = match how {
-            Launch::Netns(ns) => {
+            Launch::Netns(ns) | Launch::NetnsOn(ns, _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_berth")]);
                 c
@@ -193,9 +207,12 @@ fn events_in(log_path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+#[derive(Clone, Copy)]
 enum Launch<'a> {
     Plain,
     Netns(&'a str),
+    /// In a namespace, listening on an address of it.
+    NetnsOn(&'a str, &'a str),
     FdLimit(u32),
 }
 

@@ -54,9 +54,20 @@ impl Dockerd {
     /// dockerd using docker/daemon.json (berth as the registry mirror), plus
     /// what this machine needs: vfs storage, no iptables, no bridge.
     pub fn start(berth_host: &str) -> Dockerd {
+        Dockerd::launch("daemon.json", berth_host, None)
+    }
+
+    /// dockerd using the snippet `daemon_snippet`, inside the network
+    /// namespace `netns` and a mount namespace of its own where `etc_docker`
+    /// is `/etc/docker` (dockerd reads `certs.d` from that fixed path only).
+    pub fn start_in_netns(daemon_snippet: &str, berth_host: &str, netns: &str, etc_docker: &Path) -> Dockerd {
+        Dockerd::launch(daemon_snippet, berth_host, Some((netns, etc_docker)))
+    }
+
+    fn launch(daemon_snippet: &str, berth_host: &str, netns: Option<(&str, &Path)>) -> Dockerd {
         let dir = tempfile::tempdir().expect("dockerd temp dir");
         let mut config: serde_json::Value =
-            serde_json::from_str(&snippet("daemon.json", berth_host)).expect("daemon.json is JSON");
+            serde_json::from_str(&snippet(daemon_snippet, berth_host)).expect("daemon snippet is JSON");
         config["storage-driver"] = "vfs".into();
         config["iptables"] = false.into();
         config["ip-masq"] = false.into();
@@ -67,7 +78,21 @@ impl Dockerd {
         let socket = dir.path().join("docker.sock");
         let log_path = dir.path().join("dockerd.log");
         let log = std::fs::File::create(&log_path).expect("dockerd log");
-        let mut child = Command::new("dockerd")
+        // nsenter and unshare exec in place, and so does the shell after the
+        // bind mount: the child's pid is dockerd's. (`ip netns exec` would
+        // remount /sys and hide the cgroups dockerd needs.)
+        let mut cmd = match netns {
+            None => Command::new("dockerd"),
+            Some((ns, etc_docker)) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /etc/docker && exec dockerd \"$@\"")
+                    .arg(etc_docker);
+                c
+            }
+        };
+        let mut child = cmd
             .arg("--config-file")
             .arg(&config_path)
             .arg("--data-root")
@@ -80,7 +105,14 @@ impl Dockerd {
             .arg(format!("unix://{}", socket.display()))
             .env("HTTP_PROXY", DEAD_PROXY)
             .env("HTTPS_PROXY", DEAD_PROXY)
-            .env("NO_PROXY", NO_PROXY)
+            // berth's own host goes direct even when it is not loopback.
+            .env(
+                "NO_PROXY",
+                format!(
+                    "{NO_PROXY},{}",
+                    berth_host.rsplit_once(':').map_or(berth_host, |(h, _)| h)
+                ),
+            )
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .stdin(Stdio::null())

@@ -51,6 +51,14 @@ impl NetNs {
         self
     }
 
+    /// Give the namespace's loopback another address, e.g. `10.77.0.1/32`:
+    /// one that clients do not treat as loopback (dockerd reads `certs.d` only
+    /// for registries outside 127.0.0.0/8), still inside this namespace.
+    pub fn add_address(&self, cidr: &str) {
+        let out = ip(&["-n", &self.name, "addr", "add", cidr, "dev", "lo"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn exec(&self, program: &str, args: &[&str]) -> Output {
         let mut full = vec!["netns", "exec", &self.name, program];
         full.extend(args);

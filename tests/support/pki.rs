@@ -35,6 +35,11 @@ fn s(p: &Path) -> &str {
 impl Pki {
     /// A CA named `name` under `dir`, with a server certificate for 127.0.0.1.
     pub fn new(dir: &Path, name: &str) -> Pki {
+        Pki::for_addresses(dir, name, &["127.0.0.1"])
+    }
+
+    /// A CA with a server certificate for these IP addresses (and localhost).
+    pub fn for_addresses(dir: &Path, name: &str, ips: &[&str]) -> Pki {
         std::fs::create_dir_all(dir).expect("pki dir");
         let ca_cert = dir.join(format!("{name}-ca.crt"));
         let ca_key = dir.join(format!("{name}-ca.key"));
@@ -67,7 +72,10 @@ impl Pki {
         let server = pki.issue(
             "server",
             "localhost",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth",
+            &format!(
+                "subjectAltName={}DNS:localhost\nextendedKeyUsage=serverAuth",
+                ips.iter().map(|ip| format!("IP:{ip},")).collect::<String>()
+            ),
         );
         pki.server_cert = server.cert;
         pki.server_key = server.key;

@@ -94,6 +94,47 @@ impl Registry {
         .unwrap_or_else(|| panic!("docker-registry did not start: {}", self.log()));
     }
 
+    /// A second Distribution inside the network namespace `netns`, serving
+    /// this registry's storage (what was pushed here) on an ephemeral port of
+    /// that namespace's loopback, for a berth that runs there too.
+    pub fn serve_in_netns(&self, netns: &str) -> Registry {
+        let dir = tempfile::tempdir().expect("registry temp dir");
+        let config = dir.path().join("config.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+            self.dir.path().join("data").display()
+        );
+        std::fs::write(&config, yaml).expect("write registry config");
+        let log_path = dir.path().join("registry.log");
+        let log = std::fs::File::create(&log_path).expect("registry log");
+        // `ip netns exec` execs Distribution in place: the child's pid is its.
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, "docker-registry", "serve"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry in the namespace");
+        // Not reachable from here: its address comes from its log line
+        // `listening on 127.0.0.1:<port>`.
+        let addr = super::poll(Duration::from_secs(20), || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(addr) = text.split("listening on ").nth(1).and_then(|rest| {
+                let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))?;
+                rest[..end].parse().ok()
+            }) {
+                return Some(addr);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("docker-registry in {netns} exited with {status}: {text}");
+            }
+            None
+        })
+        .unwrap_or_else(|| panic!("docker-registry in {netns} did not start"));
+        Registry { addr, child, dir }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
