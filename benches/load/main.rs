@@ -19,7 +19,8 @@
 //! 5. with access control on: warm manifests and a warm blob with HTTP Basic
 //!    (credentials cached after the first bcrypt) beside the same berth
 //!    without `[auth]`, and a warm blob over TLS with a client certificate
-//!    beside TLS without one;
+//!    beside TLS without one, and warm manifests over TLS with and without
+//!    a client certificate (a reqwest load client, as wrk presents none);
 //!
 //! `BERTH_BENCH_ONLY=blob,manifest,cold,copy,auth` runs only those parts.
 
@@ -32,8 +33,8 @@ mod nginx;
 use std::process::Command;
 
 use measure::{
-    cold_fan_out, curl_throughput, curl_throughput_interleaved, curl_throughput_with, median, memory_mib, reset_peak,
-    skopeo_copy_secs, upstream_get_bytes, wrk, wrk_with,
+    TlsClient, WrkResult, cold_fan_out, curl_throughput, curl_throughput_interleaved, curl_throughput_with, https_load,
+    median, memory_mib, reset_peak, skopeo_copy_secs, upstream_get_bytes, wrk, wrk_with,
 };
 use nginx::Nginx;
 use support::Berth;
@@ -362,14 +363,41 @@ fn auth_rows(rows: &mut Vec<Row>, upstream: &Registry, open: &Berth, work: &std:
     let accept = format!("Accept: {DOCKER_V2}");
     let on = wrk_with(&format!("{}{manifest}", basic.url()), &[accept.clone(), authz], 64, 10);
     let off = wrk_with(&format!("{}{manifest}", open.url()), &[accept], 64, 10);
-    rows.push(Row {
-        what: "warm manifest by tag, 64 conns, req/s: Basic on vs [auth] off (p99, errors)".into(),
-        berth: format!("{:.0} ({:.2} ms, {})", on.req_per_sec, on.p99_ms, on.errors),
-        peer: format!("off {:.0} ({:.2} ms, {})", off.req_per_sec, off.p99_ms, off.errors),
-        ratio: format!("{:.2}x off", on.req_per_sec / off.req_per_sec),
-        target: ">= 0.95x off",
-        met: Some(on.req_per_sec / off.req_per_sec >= 0.95 && on.errors == 0),
-    });
+    let mut rows_of = |what: &str, on: WrkResult, off: WrkResult| {
+        rows.push(Row {
+            what: what.into(),
+            berth: format!("{:.0} ({:.2} ms, {})", on.req_per_sec, on.p99_ms, on.errors),
+            peer: format!("off {:.0} ({:.2} ms, {})", off.req_per_sec, off.p99_ms, off.errors),
+            ratio: format!("{:.2}x off", on.req_per_sec / off.req_per_sec),
+            target: ">= 0.95x off",
+            met: Some(on.req_per_sec / off.req_per_sec >= 0.95 && on.errors == 0),
+        })
+    };
+    rows_of(
+        "warm manifest by tag, 64 conns, req/s: Basic on vs [auth] off (p99, errors)",
+        on,
+        off,
+    );
+    // wrk presents no client certificate: the same reqwest load client on
+    // both sides (its own cost in each figure alike).
+    let with_cert = TlsClient {
+        ca: &pki.ca_cert,
+        identity: Some((&client.cert, &client.key)),
+    };
+    let without = TlsClient {
+        ca: &pki.ca_cert,
+        identity: None,
+    };
+    let url = |b: &Berth| format!("https://{}{manifest}", b.host());
+    https_load(&url(&mtls), DOCKER_V2, &with_cert, 8, 2);
+    https_load(&url(&tls_open), DOCKER_V2, &without, 8, 2);
+    let on = https_load(&url(&mtls), DOCKER_V2, &with_cert, 64, 10);
+    let off = https_load(&url(&tls_open), DOCKER_V2, &without, 64, 10);
+    rows_of(
+        "warm manifest by tag over TLS, 64 conns, req/s: client certificate vs none (p99, errors)",
+        on,
+        off,
+    );
 }
 
 fn print_table(rows: &[Row]) {

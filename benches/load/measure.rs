@@ -215,3 +215,78 @@ pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
+
+/// What `https_load` needs for TLS: the CA that signed berth's certificate,
+/// and the client's certificate and key (PEM) when it presents one.
+pub struct TlsClient<'a> {
+    pub ca: &'a std::path::Path,
+    pub identity: Option<(&'a std::path::Path, &'a std::path::Path)>,
+}
+
+/// wrk's measurement for what wrk cannot do, a client certificate: GET `url`
+/// over `connections` HTTP/1.1 keep-alive connections (one client each, as
+/// wrk's connections) for `secs` seconds. Used for both sides of a ratio, so
+/// the load client's own cost is the same on each.
+pub fn https_load(url: &str, accept: &str, tls: &TlsClient<'_>, connections: usize, secs: u64) -> WrkResult {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(tls.ca).expect("read CA")).expect("CA PEM");
+    let identity = tls.identity.map(|(cert, key)| {
+        let mut pem = std::fs::read(cert).expect("read client cert");
+        pem.extend(std::fs::read(key).expect("read client key"));
+        reqwest::Identity::from_pem(&pem).expect("client identity PEM")
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("load runtime");
+    let (latencies, errors) = runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let mut builder = reqwest::Client::builder()
+                .http1_only()
+                .pool_max_idle_per_host(1)
+                .add_root_certificate(ca.clone())
+                .no_proxy();
+            if let Some(identity) = &identity {
+                builder = builder.identity(identity.clone());
+            }
+            let client = builder.build().expect("load client");
+            let (url, accept) = (url.to_string(), accept.to_string());
+            tasks.push(tokio::spawn(async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                while tokio::time::Instant::now() < deadline {
+                    let start = Instant::now();
+                    let ok = match client.get(&url).header("Accept", &accept).send().await {
+                        Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if ok {
+                        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            }));
+        }
+        let (mut all, mut errors) = (Vec::new(), 0);
+        for task in tasks {
+            let (l, e) = task.await.expect("load task");
+            all.extend(l);
+            errors += e;
+        }
+        (all, errors)
+    });
+    let mut latencies = latencies;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let p99_ms = latencies
+        .get(latencies.len().saturating_mul(99) / 100)
+        .copied()
+        .unwrap_or(f64::NAN);
+    WrkResult {
+        req_per_sec: latencies.len() as f64 / secs as f64,
+        p99_ms,
+        errors,
+    }
+}
