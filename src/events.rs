@@ -48,7 +48,7 @@ pub struct FailureEntry {
     pub attempts: u32,
     pub reason: Option<&'static str>,
     pub detail: String,
-    pub hint: &'static str,
+    pub hint: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,7 +95,7 @@ impl Events {
             request_id = req.request_id,
             elapsed_ms = req.elapsed_ms,
             detail = %r.detail,
-            hint = r.cause.hint(),
+            hint = %r.hint(),
             "pull failed"
         );
         self.metrics.failure(r.cause.name(), upstream);
@@ -120,7 +120,7 @@ impl Events {
             attempts: r.attempts,
             reason: r.reason,
             detail: r.detail.clone(),
-            hint: r.cause.hint(),
+            hint: r.hint().into_owned(),
         };
         if let Ok(mut ring) = self.ring.lock() {
             if ring.len() == RING_SIZE {

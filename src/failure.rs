@@ -239,10 +239,20 @@ pub struct FailureRecord {
     /// Who the client was (`alice`, `cn:node-1`, `anonymous`), when known;
     /// never a credential.
     pub identity: Option<String>,
+    /// What this failure adds to its cause's hint ("did you mean 1.36?").
+    pub suggestion: Option<String>,
     pub detail: String,
 }
 
 impl FailureRecord {
+    /// The cause's hint, with this failure's suggestion when it has one.
+    pub fn hint(&self) -> std::borrow::Cow<'static, str> {
+        match &self.suggestion {
+            Some(s) => format!("{}; {s}", self.cause.hint()).into(),
+            None => self.cause.hint().into(),
+        }
+    }
+
     pub fn new(cause: FailureCause, detail: String) -> Self {
         Self {
             cause,
@@ -254,6 +264,7 @@ impl FailureRecord {
             reason: None,
             ratelimit: None,
             identity: None,
+            suggestion: None,
             detail,
         }
     }

@@ -328,7 +328,7 @@ const NOT_SATISFIABLE: StatusCode = StatusCode::RANGE_NOT_SATISFIABLE;
 refused! {
     unknown_tag_is_manifest_unknown: "GET" "{name}/manifests/no-such-tag" => Error(NOT_FOUND, "MANIFEST_UNKNOWN");
     tags_of_an_unknown_repo_are_name_unknown: "GET" "no-such-repo/tags/list" => Error(NOT_FOUND, "NAME_UNKNOWN");
-    manifest_of_an_unknown_repo_is_manifest_unknown: "GET" "no-such-repo/manifests/latest" => Error(NOT_FOUND, "MANIFEST_UNKNOWN");
+    manifest_of_an_unknown_repo_is_name_unknown: "GET" "no-such-repo/manifests/latest" => Error(NOT_FOUND, "NAME_UNKNOWN");
     missing_blob_is_blob_unknown: "GET" "{name}/blobs/{missing}" => Error(NOT_FOUND, "BLOB_UNKNOWN");
     short_manifest_digest_is_digest_invalid: "GET" "{name}/manifests/sha256:1234" => Error(BAD_REQUEST, "DIGEST_INVALID");
     non_hex_blob_digest_is_digest_invalid: "GET" "{name}/blobs/sha256:XYZ" => Error(BAD_REQUEST, "DIGEST_INVALID");
@@ -461,4 +461,80 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// The head of the answer to `METHOD path` over HTTP/1.1, exactly as sent:
+/// the status line with its reason phrase, then the headers.
+fn raw_head(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to berth");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.split_once("\r\n\r\n").map(|(h, _)| h.to_string()).unwrap_or(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_tag_is_manifest_unknown_naming_the_closest_tags_everywhere() {
+    let env = env().await;
+    let path = format!("/v2/{}/manifests/v2s3", env.name());
+    let head = tokio::task::block_in_place(|| raw_head(env.berth.addr, "HEAD", &path));
+    let status_line = head.lines().next().unwrap_or_default().to_string();
+    assert!(
+        status_line.starts_with("HTTP/1.1 404 Not Found (berth: manifest_unknown: ")
+            && status_line.contains("did you mean v2s2?"),
+        "{status_line}"
+    );
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("\r\nberth-cause: manifest_unknown"), "{head}");
+    assert!(lower.contains("did you mean v2s2?"), "{head}");
+    let resp = env
+        .http
+        .get(env.url(&format!("{}/manifests/v2s3", env.name())))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "MANIFEST_UNKNOWN");
+    let hint = body["errors"][0]["detail"]["hint"].as_str().unwrap_or_default();
+    assert!(hint.ends_with("did you mean v2s2?"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_the_upstream_does_not_have_is_name_unknown() {
+    let env = env().await;
+    let resp = env
+        .http
+        .get(env.url("library/no-such-repo/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["berth-cause"], "name_unknown");
+    let (status, code, message) = error_code(resp).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(code, "NAME_UNKNOWN", "{message}");
+    assert!(message.contains("library/no-such-repo"), "{message}");
+    let head =
+        tokio::task::block_in_place(|| raw_head(env.berth.addr, "HEAD", "/v2/library/no-such-repo/manifests/latest"));
+    assert!(
+        head.starts_with("HTTP/1.1 404 Not Found (berth: name_unknown: "),
+        "{head}"
+    );
+    let failures: serde_json::Value = env
+        .http
+        .get(format!("{}/_berth/failures", env.berth.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failures["failures"][0]["cause"], "name_unknown", "{failures}");
 }

@@ -94,13 +94,26 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: Code, cause: FailureCause, summary: impl std::fmt::Display) -> Self {
+        Self::suggesting(code, cause, summary, None)
+    }
+
+    /// As `new`, with what this failure adds to the cause's hint.
+    fn suggesting(
+        code: Code,
+        cause: FailureCause,
+        summary: impl std::fmt::Display,
+        suggestion: Option<String>,
+    ) -> Self {
+        let mut record = FailureRecord::new(cause, String::new());
+        record.suggestion = suggestion;
         // Whatever the summary quotes (an upstream error naming a signed
         // redirect URL) reaches the client and the failure log redacted.
-        let message = crate::redact::message(&format!("{summary} (cause={}): {}", cause.name(), cause.hint()));
+        let message = crate::redact::message(&format!("{summary} (cause={}): {}", cause.name(), record.hint()));
+        record.detail = message.clone();
         Self {
             code,
             status: code.status(),
-            record: Box::new(FailureRecord::new(cause, message.clone())),
+            record: Box::new(record),
             message,
             headers: Vec::new(),
         }
@@ -147,7 +160,7 @@ impl ApiError {
     pub fn from_cache(e: CacheError, subject: Subject, what: &str) -> Self {
         let cause = e.cause();
         let (code, status) = answer_for(cause, subject);
-        let mut err = ApiError::new(code, cause, format!("{what}: {e}")).with_status(status);
+        let mut err = ApiError::suggesting(code, cause, format!("{what}: {e}"), e.suggestion()).with_status(status);
         err.record.upstream = e.upstream_name().map(str::to_string);
         err.record.upstream_status = e.upstream_status();
         err.record.attempts = e.attempts();
@@ -213,13 +226,14 @@ struct Detail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let hint = self.record.hint();
         let body = Body {
             errors: [Entry {
                 code: self.code.as_str(),
                 message: &self.message,
                 detail: Detail {
                     cause: self.record.cause.name(),
-                    hint: self.record.cause.hint(),
+                    hint: &hint,
                     upstream: self.record.upstream.as_deref(),
                 },
             }],
@@ -234,7 +248,41 @@ impl IntoResponse for ApiError {
         for (name, value) in self.headers {
             resp.headers_mut().insert(name, value);
         }
+        let cause = self.record.cause;
+        // HEAD answers have no body: the cause and hint ride in headers too.
+        resp.headers_mut()
+            .insert(CAUSE_HEADER, HeaderValue::from_static(cause.name()));
+        if let Ok(hint) = HeaderValue::from_str(&visible_ascii(&hint)) {
+            resp.headers_mut().insert(HINT_HEADER, hint);
+        }
+        // containerd quotes the status line of a failed non-404 answer in
+        // its error (and so in kubelet's events): name the cause there, the
+        // status code itself unchanged. HTTP/1.1 only; h2 has no phrase.
+        if let Some(phrase) = reason_phrase(self.status, cause, &hint) {
+            resp.extensions_mut().insert(phrase);
+        }
         resp.extensions_mut().insert(*self.record);
         resp
     }
+}
+
+/// The header naming the failure cause on every error answer.
+pub const CAUSE_HEADER: HeaderName = HeaderName::from_static("berth-cause");
+/// The header carrying the cause's hint on every error answer.
+pub const HINT_HEADER: HeaderName = HeaderName::from_static("berth-hint");
+
+/// `Not Found (berth: manifest_unknown: …)`: the canonical phrase first, so
+/// a client that prints the status line still reads what the status means.
+fn reason_phrase(status: StatusCode, cause: FailureCause, hint: &str) -> Option<hyper::ext::ReasonPhrase> {
+    let canonical = status.canonical_reason().unwrap_or("Error");
+    let phrase = visible_ascii(&format!("{canonical} (berth: {}: {hint})", cause.name()));
+    hyper::ext::ReasonPhrase::try_from(phrase.into_bytes()).ok()
+}
+
+/// Only what a header value and a reason phrase may hold: printable ASCII
+/// and spaces; anything else becomes `?`.
+fn visible_ascii(text: &str) -> String {
+    text.chars()
+        .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+        .collect()
 }

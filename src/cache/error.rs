@@ -61,6 +61,9 @@ pub enum CacheError {
     /// repository holds content berth has stored for another one.
     #[error("{0}")]
     NotInRepository(Box<NotInRepository>),
+    /// A by-tag "unknown" explained by the tag list (see `unknown.rs`).
+    #[error("{0}")]
+    Unknown(Box<super::unknown::UnknownReference>),
     #[error("cache storage: {0}")]
     Io(#[source] Arc<std::io::Error>),
     #[error("{0}")]
@@ -95,6 +98,7 @@ impl CacheError {
                 Content::Blob => FailureCause::BlobUnknown,
                 Content::Manifest => FailureCause::ManifestUnknown,
             },
+            CacheError::Unknown(u) => u.cause(),
             CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => FailureCause::DiskFull,
             CacheError::Io(_) | CacheError::Meta(_) | CacheError::Lock(_) => FailureCause::StorageError,
         }
@@ -119,6 +123,7 @@ impl CacheError {
             | CacheError::Truncated { upstream, .. }
             | CacheError::Oversized { upstream, .. } => Some(upstream),
             CacheError::NotInRepository(n) => Some(&n.upstream),
+            CacheError::Unknown(u) => Some(u.upstream()),
             _ => None,
         }
     }
@@ -127,6 +132,7 @@ impl CacheError {
     pub fn attempts(&self) -> u32 {
         match self {
             CacheError::Upstream { source, .. } => source.attempts(),
+            CacheError::Unknown(u) => u.source().attempts(),
             CacheError::Truncated { .. } | CacheError::NotInRepository(_) => 1,
             _ => 0,
         }
@@ -135,6 +141,14 @@ impl CacheError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             CacheError::Upstream { source, .. } => source.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// More for the hint than the cause's own line: the closest tags.
+    pub fn suggestion(&self) -> Option<String> {
+        match self {
+            CacheError::Unknown(u) => u.suggestion(),
             _ => None,
         }
     }
@@ -150,6 +164,7 @@ impl CacheError {
         match self {
             CacheError::Upstream { source, .. } => source.status(),
             CacheError::NotInRepository(n) => n.status,
+            CacheError::Unknown(u) => u.source().status(),
             _ => None,
         }
     }

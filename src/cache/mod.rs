@@ -18,6 +18,7 @@ mod memo;
 mod passthrough;
 mod reader;
 mod scope;
+mod unknown;
 mod verify;
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ pub use blob::{Blob, BlobBody};
 pub use convert::ConvertError;
 pub use error::CacheError;
 pub use lock::{CacheLock, LockError};
+pub use unknown::{UnknownReference, closest};
 
 use crate::failure::FailureCause;
 use crate::reference::{Digest, Reference};
@@ -230,7 +232,10 @@ impl Cache {
                 self.events.metrics.miss("manifest");
                 self.fetch_manifest(route, reference).await
             }
-            Reference::Tag(tag) => self.manifest_by_tag(route, reference, tag.as_str()).await,
+            Reference::Tag(tag) => match self.manifest_by_tag(route, reference, tag.as_str()).await {
+                Err(e) => Err(self.explain_unknown_tag(route, tag.as_str(), e).await),
+                found => found,
+            },
         }
     }
 

@@ -278,3 +278,78 @@ async fn an_upstream_error_status_is_a_typed_cause() {
     let err = f.cache.blob(&f.route, &digest).await.err().expect("unknown");
     assert_eq!(err.cause(), FailureCause::BlobUnknown);
 }
+
+/// A by-tag MANIFEST_UNKNOWN (which Distribution answers for a missing
+/// repository and a missing tag alike) is told apart by the tag list.
+fn unknown_tags_upstream() -> impl Fn(&Hit) -> Reply + Send + Sync + 'static {
+    |hit| {
+        if hit.path == "/v2/library/app/tags/list" {
+            let body = Bytes::from_static(br#"{"name":"library/app","tags":["1.35","1.36","latest"]}"#);
+            return Reply::whole(&body);
+        }
+        if hit.path.ends_with("/tags/list") {
+            return Reply::Error {
+                status: StatusCode::NOT_FOUND,
+                code: "NAME_UNKNOWN",
+            };
+        }
+        Reply::Error {
+            status: StatusCode::NOT_FOUND,
+            code: "MANIFEST_UNKNOWN",
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_tag_names_the_closest_existing_ones() {
+    let up = FakeUpstream::start(unknown_tags_upstream()).await;
+    let f = fixture(&up, "", None).await;
+    let tag = crate::reference::Reference::parse("1.3").expect("tag");
+    let e = f.cache.manifest(&f.route, &tag).await.expect_err("no such tag");
+    assert_eq!(e.cause(), FailureCause::ManifestUnknown);
+    assert_eq!(e.suggestion().as_deref(), Some("did you mean 1.35, 1.36?"));
+    assert_eq!(e.upstream_status(), Some(404));
+    // A burst of the same slip costs one tag-list walk.
+    for _ in 0..3 {
+        let e = f.cache.manifest(&f.route, &tag).await.expect_err("no such tag");
+        assert_eq!(e.cause(), FailureCause::ManifestUnknown);
+    }
+    assert_eq!(up.hits("/tags/list").len(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_repository_is_name_unknown() {
+    let up = FakeUpstream::start(unknown_tags_upstream()).await;
+    let f = fixture(&up, "", None).await;
+    let events = Arc::new(Events::default());
+    let config = up.config(f._dir.path(), "");
+    let nope = route(&config, &events, "library/nope");
+    let tag = crate::reference::Reference::parse("latest").expect("tag");
+    let e = f.cache.manifest(&nope, &tag).await.expect_err("no such repository");
+    assert_eq!(e.cause(), FailureCause::NameUnknown, "{e}");
+    assert!(e.to_string().contains("library/nope"), "{e}");
+    assert_eq!(e.suggestion(), None);
+}
+
+#[tokio::test]
+async fn a_missing_tag_far_from_every_other_suggests_nothing_and_other_errors_stay() {
+    let up = FakeUpstream::start(|hit| {
+        if hit.path.ends_with("/tags/list") {
+            return Reply::Error {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "UNAVAILABLE",
+            };
+        }
+        Reply::Error {
+            status: StatusCode::NOT_FOUND,
+            code: "MANIFEST_UNKNOWN",
+        }
+    })
+    .await;
+    let f = fixture(&up, "", None).await;
+    let tag = crate::reference::Reference::parse("bookworm").expect("tag");
+    let e = f.cache.manifest(&f.route, &tag).await.expect_err("no such tag");
+    // The list could not be had: the upstream's own answer stands.
+    assert_eq!(e.cause(), FailureCause::ManifestUnknown);
+    assert!(matches!(e, CacheError::Upstream { .. }), "{e:?}");
+}
