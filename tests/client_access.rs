@@ -606,44 +606,8 @@ async fn podman_logs_in_to_berth_and_pulls_through_the_mirror() {
         UpstreamToml::default_docker_io(&relay.url()).to_toml()
     );
     let berth = Berth::start(&config);
-    let conf = dir.path().join("registries.conf");
-    std::fs::write(&conf, support::daemons::snippet("registries.conf", &berth.host())).expect("registries.conf");
-    let authfile = dir.path().join("auth.json");
-    let podman = |args: &[&str]| {
-        let d = dir.path();
-        let out = Command::new("podman")
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "none",
-            ])
-            .args(args)
-            .env("CONTAINERS_REGISTRIES_CONF", &conf)
-            .env("REGISTRY_AUTH_FILE", &authfile)
-            .env("XDG_RUNTIME_DIR", d.join("xdg"))
-            .env("HTTP_PROXY", "http://127.0.0.1:9")
-            .env("HTTPS_PROXY", "http://127.0.0.1:9")
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .output()
-            .expect("run podman");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let podman = support::daemons::Podman::new(&berth.host());
+    let podman = |args: &[&str]| podman.run(args);
     let image = &fixtures.v2s2;
     let reference = format!("docker.io/{}:{}", image.repo, image.tag);
     let (ok, text) = tokio::task::block_in_place(|| podman(&["pull", "--quiet", &reference]));

@@ -270,3 +270,60 @@ impl Drop for Containerd {
         stop(&mut self.child);
     }
 }
+
+/// podman in directories of its own (root, runroot, tmp, XDG runtime, auth
+/// file), with `registries.conf` from the snippet in `docker/`.
+pub struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    pub fn new(berth_host: &str) -> Podman {
+        let dir = tempfile::tempdir().expect("podman temp dir");
+        std::fs::write(
+            dir.path().join("registries.conf"),
+            snippet("registries.conf", berth_host),
+        )
+        .expect("registries.conf");
+        // podman stats the auth file before a pull; `podman login` fills it.
+        std::fs::write(dir.path().join("auth.json"), "{\"auths\":{}}\n").expect("auth.json");
+        Podman { dir }
+    }
+
+    /// Run podman; (success, stdout and stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String) {
+        let d = self.dir.path();
+        let out = Command::new("podman")
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "none",
+            ])
+            .args(args)
+            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
+            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
+            .env("XDG_RUNTIME_DIR", d.join("xdg"))
+            .env("HTTP_PROXY", DEAD_PROXY)
+            .env("HTTPS_PROXY", DEAD_PROXY)
+            .env("NO_PROXY", NO_PROXY)
+            .output()
+            .expect("run podman (apt-get install podman)");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
