@@ -139,6 +139,16 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
         files.htpasswd = a.htpasswd.clone();
         validate_auth(a, &mut problems)
     });
+    if let Some(a) = &raw.auth {
+        let client_ca = raw.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if a.htpasswd.is_none() && !client_ca && !a.anonymous {
+            problems.push(
+                "auth: no client can be identified, so every pull would be refused: set auth.htpasswd, \
+                 tls.client_ca, or auth.anonymous = true"
+                    .into(),
+            );
+        }
+    }
     let access = validate_access(&raw, &mut problems);
     // The raw copy is kept only to print the effective config; secrets leave it here.
     let raw = raw.redacted();
@@ -620,6 +630,16 @@ mod tests {
     fn access_without_auth_is_refused() {
         let e = validated(&format!("[[access]]\nidentities = [\"alice\"]\n{UPSTREAMS}")).unwrap_err();
         assert!(e.contains("access: [[access]] rules need an [auth] table"), "{e}");
+        let e = validated(&format!("[auth]\nallow_networks = [\"10.0.0.0/8\"]\n{UPSTREAMS}")).unwrap_err();
+        assert!(e.contains("auth: no client can be identified"), "{e}");
+        for admits in [
+            "[auth]\nanonymous = true\n",
+            "[auth]\nhtpasswd = \"/dev/null\"\n",
+            "[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n[auth]\n",
+        ] {
+            let e = validated(&format!("{admits}{UPSTREAMS}")).err().unwrap_or_default();
+            assert!(!e.contains("no client can be identified"), "{admits}: {e}");
+        }
         let e = validated(&format!("[[access]]\nrepositories = [\"x\"]\n[auth]\n{UPSTREAMS}")).unwrap_err();
         assert!(
             e.contains("identities"),
