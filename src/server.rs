@@ -55,6 +55,8 @@ pub struct App {
     /// otherwise it is part of `router`.
     pub admin: Option<Router>,
     pub events: Arc<Events>,
+    /// What the handlers share (the cache, to flush at shutdown).
+    pub state: Arc<AppState>,
 }
 
 /// The whole application as a router, ready to serve (tests use it in-process).
@@ -104,8 +106,13 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     // the access check, before any handler runs.
     let router = router
         .layer(middleware::from_fn_with_state(state.clone(), access::guard))
-        .layer(middleware::from_fn_with_state(state, observe));
-    Ok(App { router, admin, events })
+        .layer(middleware::from_fn_with_state(state.clone(), observe));
+    Ok(App {
+        router,
+        admin,
+        events,
+        state,
+    })
 }
 
 /// Give the request an id, and log the failure the response carries, once.
@@ -233,6 +240,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let mut backoff = AcceptBackoff::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    // Every connection is watched, so a signal can let what is in flight finish.
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         // Beyond max_connections, new clients wait in the listen backlog.
         let permit = tokio::select! {
@@ -275,6 +284,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         let router = app.router.clone();
         let io = GuardedIo::new(stream, in_flight.clone(), limits.idle_timeout, limits.write_timeout);
         let tls = tls.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _held = (permit, slot);
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -290,7 +300,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                     Ok(Ok(s)) => {
                         let cert = tls::client_certificate(s.get_ref().1);
                         let service = connection_service(router, remote, in_flight, false, cert);
-                        builder.serve_connection(TokioIo::new(s), service).await
+                        watcher.watch(builder.serve_connection(TokioIo::new(s), service)).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(client = %remote, error = %e, "tls handshake failed");
@@ -303,7 +313,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 },
                 None => {
                     let service = connection_service(router, remote, in_flight, true, None);
-                    builder.serve_connection(TokioIo::new(io), service).await
+                    watcher.watch(builder.serve_connection(TokioIo::new(io), service)).await
                 }
             };
             if let Err(e) = result {
@@ -311,7 +321,29 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             }
         });
     }
-    tracing::info!("shutting down");
+    // Stop accepting at once (new clients are refused, not queued), then
+    // let responses in flight finish: idle keep-alive connections close now,
+    // busy ones after their response, within the grace period.
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(
+        connections = open,
+        grace_secs = limits.shutdown_grace.as_secs(),
+        "shutting down: no new connections; letting responses in flight finish"
+    );
+    match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("every response in flight finished"),
+        Err(_) => tracing::warn!(
+            grace_secs = limits.shutdown_grace.as_secs(),
+            "grace period over: closing the connections still open"
+        ),
+    }
+    // What is still being fetched goes with the process; its temp files are
+    // removed as the uploads drop. Metadata is made durable last.
+    if let Err(e) = app.state.cache.flush().await {
+        tracing::warn!(error = %e, "could not flush the metadata store at shutdown");
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

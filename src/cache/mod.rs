@@ -381,6 +381,11 @@ impl Cache {
             .await
     }
 
+    /// Make the metadata written so far durable (at shutdown).
+    pub async fn flush(&self) -> Result<(), CacheError> {
+        Ok(self.meta.flush().await?)
+    }
+
     /// All tags of a repository; the last known list when the upstream is down.
     /// Concurrent requests share one upstream walk, reused for a few seconds.
     pub async fn tags(&self, route: &Route) -> Result<Vec<String>, CacheError> {

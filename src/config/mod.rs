@@ -126,6 +126,8 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
     pub write_timeout: Duration,
+    /// On SIGTERM: how long responses in flight may take to finish.
+    pub shutdown_grace: Duration,
     pub max_connections: u32,
     pub max_connections_per_client: u32,
     /// Requests per second one client may make (a token bucket per

@@ -51,6 +51,8 @@ const DEFAULT_IDLE_TIMEOUT: &str = "120s";
 const DEFAULT_HANDSHAKE_TIMEOUT: &str = "10s";
 /// A client that accepts no response bytes for this long is dropped.
 const DEFAULT_WRITE_TIMEOUT: &str = "60s";
+/// Kubernetes' default terminationGracePeriodSeconds is 30 s: finish before it.
+const DEFAULT_SHUTDOWN_GRACE: &str = "25s";
 /// Open connections at once; accepting waits beyond this.
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// Open connections from one client address: a node pulls with a few dozen.
@@ -137,6 +139,7 @@ pub(super) struct RawServer {
     pub idle_timeout: String,
     pub handshake_timeout: String,
     pub write_timeout: String,
+    pub shutdown_grace: String,
     pub max_connections: u32,
     pub max_connections_per_client: u32,
     pub client_requests_per_second: u32,
@@ -150,6 +153,7 @@ impl Default for RawServer {
             idle_timeout: DEFAULT_IDLE_TIMEOUT.into(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT.into(),
             write_timeout: DEFAULT_WRITE_TIMEOUT.into(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE.into(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             client_requests_per_second: DEFAULT_CLIENT_REQUESTS_PER_SECOND,

@@ -193,6 +193,7 @@ fn validate_server(s: &RawServer, problems: &mut Vec<String>) -> ServerLimits {
         idle_timeout: duration("idle_timeout", &s.idle_timeout),
         handshake_timeout: duration("handshake_timeout", &s.handshake_timeout),
         write_timeout: duration("write_timeout", &s.write_timeout),
+        shutdown_grace: duration("shutdown_grace", &s.shutdown_grace),
         max_connections: s.max_connections,
         max_connections_per_client: s.max_connections_per_client,
         client_requests_per_second: rate,

@@ -150,6 +150,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn last_used_ms(&self, digest: &Digest) -> Option<u64>;
     /// Forget an evicted digest's access time.
     async fn forget(&self, digest: &Digest);
+    /// Make everything written so far durable (at shutdown).
+    async fn flush(&self) -> Result<(), MetaError>;
 }
 
 /// Run blocking I/O on the blocking pool: the one way this layer does it.

@@ -281,6 +281,11 @@ impl MetaStore for SledMetaStore {
         }
         let _ = self.access.remove(key.as_bytes());
     }
+
+    async fn flush(&self) -> Result<(), MetaError> {
+        // The trees share one database: flushing one flushes them all.
+        Self::flush(&self.tags).await
+    }
 }
 
 fn now_millis() -> u64 {

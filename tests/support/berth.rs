@@ -190,6 +190,25 @@ impl Berth {
         self.child.id()
     }
 
+    /// Send `SIGTERM` (or another signal by name, as `kill -s` takes it).
+    pub fn signal(&self, name: &str) {
+        let out = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .output()
+            .expect("run kill");
+        assert!(
+            out.status.success(),
+            "kill -s {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Wait (bounded) for berth to exit; its status, or None if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = &mut self.child;
+        super::poll(timeout, || child.try_wait().ok().flatten())
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
