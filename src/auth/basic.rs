@@ -24,6 +24,8 @@ pub enum BasicError {
     /// Another scheme (Bearer, Digest …): berth challenges with Basic only.
     NotBasic,
     Malformed,
+    /// `Basic` of an empty user: what podman sends with no login for berth.
+    NoUser,
 }
 
 impl BasicError {
@@ -31,6 +33,7 @@ impl BasicError {
         match self {
             BasicError::NotBasic => "the Authorization header is not Basic, the only scheme berth accepts",
             BasicError::Malformed => "the Basic Authorization header is not base64 of user:password",
+            BasicError::NoUser => "the Basic Authorization header names no user: the client has no login for berth",
         }
     }
 }
@@ -45,7 +48,7 @@ pub fn parse(header: &str) -> Result<BasicCredentials, BasicError> {
     let text = String::from_utf8(decoded).map_err(|_| BasicError::Malformed)?;
     let (user, password) = text.split_once(':').ok_or(BasicError::Malformed)?;
     if user.is_empty() {
-        return Err(BasicError::Malformed);
+        return Err(BasicError::NoUser);
     }
     Ok(BasicCredentials {
         user: user.to_string(),
@@ -76,7 +79,8 @@ mod tests {
         assert_eq!(parse("").unwrap_err(), BasicError::NotBasic);
         assert_eq!(parse("Basic !!!").unwrap_err(), BasicError::Malformed);
         assert_eq!(parse(&basic("no-colon")).unwrap_err(), BasicError::Malformed);
-        assert_eq!(parse(&basic(":pw")).unwrap_err(), BasicError::Malformed);
+        assert_eq!(parse(&basic(":pw")).unwrap_err(), BasicError::NoUser);
+        assert_eq!(parse(&basic(":")).unwrap_err(), BasicError::NoUser);
         assert_eq!(parse("Basic").unwrap_err(), BasicError::Malformed);
     }
 }
