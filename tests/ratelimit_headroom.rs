@@ -75,6 +75,15 @@ fn headroom_is_a_gauge_and_falling_low_is_one_warning_per_crossing() {
     for (tag, remaining) in steps {
         serve_tag(&fake, tag, remaining);
     }
+    serve_tag(&fake, "rearm2", "60;w=21600");
+    fake.route("/v2/library/app/manifests/limited", |_, _| {
+        Answer::json(
+            429,
+            r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit"}]}"#,
+        )
+        .header("ratelimit-limit", "100;w=21600")
+        .header("ratelimit-remaining", "0;w=21600")
+    });
     let berth = Berth::start(
         &UpstreamToml::default_docker_io(&fake.url())
             .set("attempts", 1)
@@ -153,4 +162,25 @@ fn headroom_is_a_gauge_and_falling_low_is_one_warning_per_crossing() {
         "{}",
         metrics(&berth)
     );
+
+    // The 429 itself is the pull's `rate_limited` failure: it sets the
+    // gauges but is not warned of a second time as low headroom.
+    pull("rearm2");
+    let (status, body) = raw_get(berth.addr, "/v2/app/manifests/limited");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        gauge(&berth, "berth_upstream_ratelimit_remaining").as_deref(),
+        Some("0")
+    );
+    eventually(
+        Duration::from_secs(5),
+        lazy(|| format!("the 429's pull_failed: {}", berth.log())),
+        || {
+            berth
+                .events()
+                .iter()
+                .any(|e| e["event"] == "pull_failed" && e["cause"] == "rate_limited")
+        },
+    );
+    assert_eq!(low_headroom_warnings(&berth), 2, "{}", berth.log());
 }
