@@ -108,6 +108,9 @@ pub struct ImageMatch {
     typed: String,
     /// A tag or a digest; a digest wins when both are given, as docker pulls by it.
     pub reference: Option<String>,
+    /// `(prefix, upstream name)` of the configured upstreams: a client that
+    /// routes by path prefix sends `gh/org/app` for `ghcr.io`'s `org/app`.
+    prefixes: Vec<(String, String)>,
 }
 
 impl ImageMatch {
@@ -157,6 +160,7 @@ impl ImageMatch {
             reference: digest
                 .map(|d| d.to_string())
                 .or_else(|| tag.map(|t| t.as_str().to_string())),
+            prefixes: Vec::new(),
         })
     }
 
@@ -173,6 +177,11 @@ impl ImageMatch {
             // routing (`upstream_not_configured`), the registry asked for.
             Some((first, rest)) if upstream == Some(first) || (upstream.is_none() && first.contains(['.', ':'])) => {
                 (Some(first), rest)
+            }
+            Some((first, rest))
+                if upstream.is_some_and(|u| self.prefixes.iter().any(|(p, n)| p == first && n == u)) =>
+            {
+                (upstream, rest)
             }
             _ => (upstream, repo),
         };
@@ -264,6 +273,15 @@ impl FailureFilter {
     /// From a raw query string (`client=10.0.0.7&image=busybox`).
     pub fn from_query(query: Option<&str>) -> Result<Self, FilterError> {
         FailureFilter::from_pairs(url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()))
+    }
+
+    /// Tell the image filter the routing prefixes of the configured
+    /// upstreams, as `(prefix, upstream name)`.
+    pub fn with_prefixes(mut self, prefixes: impl IntoIterator<Item = (String, String)>) -> Self {
+        if let Some(image) = &mut self.image {
+            image.prefixes = prefixes.into_iter().collect();
+        }
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -409,6 +427,13 @@ mod tests {
             "no registry: any upstream"
         );
         assert!(!filter(&[("image", "docker.io/org/app")]).matches(&g, 0));
+        let routed = entry("127.0.0.1:4000", "ghcr.io", "gh/org/app", "v1");
+        let ghcr = filter(&[("image", "ghcr.io/org/app:v1")]);
+        assert!(!ghcr.matches(&routed, 0), "a prefix berth was not told of");
+        let ghcr = ghcr.with_prefixes([("gh".to_string(), "ghcr.io".to_string())]);
+        assert!(ghcr.matches(&routed, 0), "gh/ is ghcr.io's prefix");
+        let other = filter(&[("image", "ghcr.io/org/app")]).with_prefixes([("gh".into(), "quay.io".into())]);
+        assert!(!other.matches(&routed, 0), "gh/ is another upstream's prefix");
         let refused = entry("127.0.0.1:4000", "-", "quay.io/org/app", "v1");
         assert!(filter(&[("image", "quay.io/org/app:v1")]).matches(&refused, 0));
         assert!(

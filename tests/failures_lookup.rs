@@ -249,3 +249,25 @@ fn berth_failures_takes_the_same_filters() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+#[test]
+fn an_image_routed_by_a_path_prefix_is_found_by_its_registry() {
+    let fake = FakeUpstream::start();
+    let config = format!(
+        "{}\n{}",
+        UpstreamToml::default_docker_io(&fake.url()).set("attempts", 1),
+        UpstreamToml::new("ghcr.io", &fake.url())
+            .set("prefix", "gh")
+            .set("attempts", 1)
+    );
+    let berth = Berth::start(&config);
+    assert_eq!(get_from("127.0.0.1", berth.addr, "/v2/gh/org/app/manifests/v1"), 404);
+    assert_eq!(get_from("127.0.0.1", berth.addr, "/v2/org/app/manifests/v1"), 404);
+    let recorded = || lookup(&berth, "").1["matched"] == 2;
+    eventually(Duration::from_secs(10), lazy(|| berth.log()), recorded);
+    let (_, report) = lookup(&berth, "image=ghcr.io%2Forg%2Fapp%3Av1");
+    assert_eq!(found(&report), pairs(&[("127.0.0.1", "gh/org/app:v1")]), "{report}");
+    assert_eq!(report["failures"][0]["upstream"], "ghcr.io", "{report}");
+    let (_, report) = lookup(&berth, "image=docker.io%2Forg%2Fapp");
+    assert_eq!(found(&report), pairs(&[("127.0.0.1", "org/app:v1")]), "{report}");
+}

@@ -37,7 +37,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// matching `?client=&image=&cause=&since=` when given.
 async fn failures(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
     match FailureFilter::from_query(query.as_deref()) {
-        Ok(filter) => axum::Json(state.events.report(&filter, crate::events::now_ms())).into_response(),
+        Ok(filter) => {
+            let prefixes = state
+                .upstreams
+                .iter()
+                .map(|u| (u.config.prefix.clone(), u.name.clone()));
+            let filter = filter.with_prefixes(prefixes);
+            axum::Json(state.events.report(&filter, crate::events::now_ms())).into_response()
+        }
         Err(e) => bad_filter(&e),
     }
 }
