@@ -524,4 +524,25 @@ mod tests {
         let e = FailureFilter::from_query(Some("client=%FF")).expect_err("garbage");
         assert_eq!(e.parameter(), "client");
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz_config())]
+
+        /// Any query, however garbled, is a filter or an error with a
+        /// message, and a filter matches or not: never a panic.
+        #[test]
+        fn fuzz_queries_never_panic(query in "[a-z=&%:/@.\\[\\]0-9A-F+-]{0,60}", client in "\\PC{0,30}") {
+            let e = entry(&client, "docker.io", "library/busybox", "1.36");
+            match FailureFilter::from_query(Some(&query)) {
+                Ok(f) => {
+                    let _ = f.matches(&e, u64::MAX);
+                    let _ = f.matches(&e, 0);
+                }
+                Err(err) => proptest::prop_assert!(!err.to_string().is_empty()),
+            }
+            for name in PARAMETERS {
+                let _ = FailureFilter::from_pairs([(name, client.as_str())]).map(|f| f.matches(&e, 0));
+            }
+        }
+    }
 }
