@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::failure::{FailureCause, FailureRecord};
+use crate::failure_filter::FailureFilter;
 use crate::metrics::Metrics;
 
 /// Recent failures kept for `/_berth/failures`.
@@ -53,9 +54,14 @@ pub struct FailureEntry {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FailuresReport {
-    /// Newest first.
+    /// Newest first: the recent failures the filter matched (all of them
+    /// without one).
     pub failures: Vec<FailureEntry>,
-    /// Every failure since start, by cause (not only those in the ring).
+    /// How many failures the filter matched (the length of `failures`), out
+    /// of the recent ones kept.
+    pub matched: usize,
+    /// Every failure since start, by cause (not only those in the ring, and
+    /// whatever the filter).
     pub counts: BTreeMap<&'static str, u64>,
 }
 
@@ -66,7 +72,8 @@ pub struct Events {
     counts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, as failures are stamped.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -177,13 +184,16 @@ impl Events {
         self.metrics.cache_write_failed(cause.name(), upstream);
     }
 
-    pub fn report(&self) -> FailuresReport {
+    /// The recent failures `filter` matches, at the time `now_ms`.
+    pub fn report(&self, filter: &FailureFilter, now_ms: u64) -> FailuresReport {
+        let failures: Vec<FailureEntry> = self
+            .ring
+            .lock()
+            .map(|r| r.iter().filter(|e| filter.matches(e, now_ms)).cloned().collect())
+            .unwrap_or_default();
         FailuresReport {
-            failures: self
-                .ring
-                .lock()
-                .map(|r| r.iter().cloned().collect())
-                .unwrap_or_default(),
+            matched: failures.len(),
+            failures,
             counts: self.counts.lock().map(|c| c.clone()).unwrap_or_default(),
         }
     }

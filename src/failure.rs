@@ -72,6 +72,11 @@ impl FailureCause {
         FailureCause::Internal,
     ];
 
+    /// The cause with this `name()`, if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        FailureCause::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     /// The stable snake_case name used in logs, metrics and client messages.
     pub fn name(self) -> &'static str {
         use FailureCause::*;

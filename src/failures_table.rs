@@ -1,7 +1,9 @@
 //! `berth failures`: the recent failures of a running berth, fetched from its
-//! `/_berth/failures` and laid out as a table for a person at a terminal.
+//! `/_berth/failures` (with the person's filters in the query) and laid out
+//! as a table for a person at a terminal.
 
 use serde::Deserialize;
+use thiserror::Error;
 
 #[derive(Debug, Deserialize)]
 pub struct Report {
@@ -19,22 +21,89 @@ pub struct Entry {
     pub reference: Option<String>,
     pub status: u16,
     pub attempts: u32,
+    /// `ip:port`, or `-` when unknown.
+    #[serde(default)]
+    pub client: Option<String>,
+    #[serde(default)]
+    pub identity: Option<String>,
     pub request_id: String,
     pub hint: String,
 }
 
-/// Fetch the report from a berth at `base` (e.g. `http://127.0.0.1:5000`).
-pub async fn fetch(base: &str) -> Result<Report, String> {
-    let url = format!("{}/_berth/failures", base.trim_end_matches('/'));
-    let resp = reqwest::get(&url)
-        .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("{url} answered {}", resp.status()));
+#[derive(Debug, Error)]
+pub enum FetchError {
+    #[error("{url:?} is not a URL: {source}")]
+    BadUrl { url: String, source: url::ParseError },
+    #[error("cannot reach {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    /// The berth refused the filter (a 400): its message names the parameter.
+    #[error("{message}")]
+    Refused { message: String },
+    #[error("{url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: not a failures report: {reason}")]
+    NotReport { url: String, reason: String },
+}
+
+impl FetchError {
+    /// The person asked for something wrong (exit 2), rather than the berth
+    /// failing to answer.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, FetchError::BadUrl { .. } | FetchError::Refused { .. })
     }
-    resp.json()
-        .await
-        .map_err(|e| format!("{url}: not a failures report: {e}"))
+}
+
+/// `/_berth/failures` of the berth at `base` (e.g. `http://127.0.0.1:5001`),
+/// with the non-empty filters as its query.
+pub fn report_url(base: &str, filters: &[(&str, &str)]) -> Result<url::Url, FetchError> {
+    let text = format!("{}/_berth/failures", base.trim_end_matches('/'));
+    let mut url = url::Url::parse(&text).map_err(|source| FetchError::BadUrl {
+        url: base.to_string(),
+        source,
+    })?;
+    let given: Vec<_> = filters.iter().filter(|(_, v)| !v.is_empty()).collect();
+    if !given.is_empty() {
+        let mut query = url.query_pairs_mut();
+        for (name, value) in given {
+            query.append_pair(name, value);
+        }
+    }
+    Ok(url)
+}
+
+/// The report as the berth sent it (JSON text).
+pub async fn fetch_text(url: &url::Url) -> Result<String, FetchError> {
+    let shown = url.to_string();
+    let unreachable = |source| FetchError::Unreachable {
+        url: shown.clone(),
+        source,
+    };
+    let resp = reqwest::get(url.clone()).await.map_err(unreachable)?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(unreachable)?;
+    if status == reqwest::StatusCode::BAD_REQUEST {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        return Err(FetchError::Refused { message });
+    }
+    if !status.is_success() {
+        return Err(FetchError::Status {
+            url: shown,
+            status: status.as_u16(),
+        });
+    }
+    Ok(text)
+}
+
+/// Fetch and read the report.
+pub async fn fetch(url: &url::Url) -> Result<Report, FetchError> {
+    let text = fetch_text(url).await?;
+    serde_json::from_str(&text).map_err(|e| FetchError::NotReport {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Cut `s` to `width` characters, marking the cut.
@@ -75,15 +144,46 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-pub fn render(report: &Report, now_ms: u64) -> String {
+fn cause_hint(cause: &str) -> Option<&'static str> {
+    crate::failure::FailureCause::from_name(cause).map(crate::failure::FailureCause::hint)
+}
+
+/// The address of a client without its port: the node a person looks for.
+fn client_ip(client: &str) -> String {
+    client
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| client.to_string())
+}
+
+/// The table; `filter` describes what was asked for (`client 10.0.0.7,
+/// image busybox`), `None` when everything was.
+pub fn render(report: &Report, now_ms: u64, filter: Option<&str>) -> String {
     let today = now_ms / 1000 / 86_400;
     let mut out = String::new();
     if report.failures.is_empty() {
-        out.push_str("No failed pulls recorded.\n");
+        match filter {
+            Some(f) => out.push_str(&format!("No failures match {f}.\n")),
+            None => out.push_str("No failed pulls recorded.\n"),
+        }
         return out;
     }
-    let header = ["TIME", "CAUSE", "UPSTREAM", "GOT", "SENT", "TRIES", "IMAGE", "REQUEST"];
-    let rows: Vec<[String; 8]> = report
+    // CLIENT and IDENTITY only when some row has one: an old berth sends no
+    // client, and most berths check no identities.
+    let with_client = report
+        .failures
+        .iter()
+        .any(|f| f.client.as_deref().is_some_and(|c| c != "-"));
+    let with_identity = report
+        .failures
+        .iter()
+        .any(|f| f.identity.as_deref().is_some_and(|i| i != "anonymous"));
+    let mut header = vec!["TIME", "CAUSE", "UPSTREAM", "GOT", "SENT", "TRIES"];
+    header.extend(with_client.then_some("CLIENT"));
+    header.extend(with_identity.then_some("IDENTITY"));
+    header.extend(["IMAGE", "REQUEST"]);
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = report
         .failures
         .iter()
         .map(|f| {
@@ -91,18 +191,25 @@ pub fn render(report: &Report, now_ms: u64) -> String {
                 (Some(r), Some(t)) if t.starts_with("sha256:") => format!("{r}@{}", fit(t, 19)),
                 (Some(r), Some(t)) => format!("{r}:{t}"),
                 (Some(r), None) => r.clone(),
-                _ => "-".into(),
+                _ => dash(),
             };
-            [
+            let mut row = vec![
                 when(f.at_unix_ms, today),
                 f.cause.clone(),
-                f.upstream.clone().unwrap_or_else(|| "-".into()),
-                f.upstream_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                f.upstream.clone().unwrap_or_else(dash),
+                f.upstream_status.map(|s| s.to_string()).unwrap_or_else(dash),
                 f.status.to_string(),
                 f.attempts.to_string(),
-                fit(&image, 48),
-                f.request_id.clone(),
-            ]
+            ];
+            if with_client {
+                // 39: the longest IPv6 address.
+                row.push(fit(&f.client.as_deref().map(client_ip).unwrap_or_else(dash), 39));
+            }
+            if with_identity {
+                row.push(fit(f.identity.as_deref().unwrap_or("-"), 24));
+            }
+            row.extend([fit(&image, 48), f.request_id.clone()]);
+            row
         })
         .collect();
     let widths: Vec<usize> = (0..header.len())
@@ -122,11 +229,18 @@ pub fn render(report: &Report, now_ms: u64) -> String {
             .collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
-    out.push_str(&line(header.to_vec()));
+    out.push_str(&line(header.clone()));
     for r in &rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out.push_str("(GOT: the upstream's status; SENT: the status the client got; TRIES: upstream attempts)\n");
+    if let Some(f) = filter {
+        let n = report.failures.len();
+        out.push_str(&format!(
+            "{n} recent failure{} match {f}.\n",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
     out.push_str("\nFailures by cause since start:\n");
     let mut counts: Vec<(&String, &u64)> = report.counts.iter().collect();
     counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -137,6 +251,8 @@ pub fn render(report: &Report, now_ms: u64) -> String {
             .iter()
             .find(|f| &f.cause == cause)
             .map(|f| f.hint.as_str())
+            // A cause the filter left out of the rows has its hint all the same.
+            .or_else(|| cause_hint(cause))
             .unwrap_or("");
         out.push_str(&format!("  {cause:<cause_width$}  {n:>5}  {hint}\n"));
     }
@@ -159,7 +275,7 @@ mod tests {
             "counts": {"rate_limited": 3, "manifest_unknown": 1}
         }))
         .unwrap();
-        let text = render(&report, 1_795_400_000_000);
+        let text = render(&report, 1_795_400_000_000, None);
         let mut lines = text.lines();
         let header = lines.next().unwrap();
         assert!(header.starts_with("TIME") && header.contains("CAUSE"), "{text}");
@@ -181,5 +297,76 @@ mod tests {
         assert_eq!(civil_from_days(20_780), (2026, 11, 23));
         assert_eq!(when(86_400_000 + 3_661_000, 5), "1970-01-02 01:01:01");
         assert_eq!(when(86_400_000 + 3_661_000, 1), "01:01:01");
+    }
+
+    fn row(client: &str, identity: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "at_unix_ms": 0, "cause": "manifest_unknown", "upstream": "docker.io", "upstream_status": 404,
+            "repository": "library/busybox", "reference": "nope", "status": 404, "attempts": 1,
+            "client": client, "identity": identity, "request_id": "r1", "hint": "h"
+        })
+    }
+
+    #[test]
+    fn client_and_identity_columns_only_when_known() {
+        let report: Report = serde_json::from_value(serde_json::json!({
+            "failures": [row("[fd00::1234:5678:9abc:def0]:50123", None), row("10.0.0.7:4242", Some("ci-bot"))],
+            "counts": {"manifest_unknown": 2}
+        }))
+        .unwrap();
+        let text = render(&report, 0, Some("client 10.0.0.0/8"));
+        let mut lines = text.lines();
+        let header = lines.next().unwrap();
+        assert!(
+            header.contains("  CLIENT  ") && header.contains("  IDENTITY  "),
+            "{text}"
+        );
+        let (v6, v4) = (lines.next().unwrap(), lines.next().unwrap());
+        assert!(
+            v6.contains("fd00::1234:5678:9abc:def0  ") && !v6.contains("50123"),
+            "{text}"
+        );
+        assert!(v4.contains("10.0.0.7  ") && v4.contains("ci-bot"), "{text}");
+        // Columns line up: IMAGE starts at the same place in every line.
+        let at = header.find("IMAGE").unwrap();
+        assert_eq!(v6.find("library/busybox"), Some(at), "{text}");
+        assert_eq!(v4.find("library/busybox"), Some(at), "{text}");
+        assert!(text.contains("2 recent failures match client 10.0.0.0/8."), "{text}");
+
+        let unknown: Report = serde_json::from_value(serde_json::json!({
+            "failures": [row("-", None), row("-", Some("anonymous"))], "counts": {}
+        }))
+        .unwrap();
+        let header = render(&unknown, 0, None).lines().next().unwrap().to_string();
+        assert!(!header.contains("CLIENT") && !header.contains("IDENTITY"), "{header}");
+    }
+
+    #[test]
+    fn empty_reports() {
+        let none: Report =
+            serde_json::from_value(serde_json::json!({"failures": [], "counts": {"internal": 1}})).unwrap();
+        assert_eq!(render(&none, 0, None), "No failed pulls recorded.\n");
+        assert_eq!(
+            render(&none, 0, Some("image busybox")),
+            "No failures match image busybox.\n"
+        );
+    }
+
+    #[test]
+    fn urls_carry_the_given_filters() {
+        let url = report_url(
+            "http://127.0.0.1:5001/",
+            &[("client", "10.0.0.7"), ("image", ""), ("image", "a/b:1")],
+        );
+        assert_eq!(
+            url.unwrap().as_str(),
+            "http://127.0.0.1:5001/_berth/failures?client=10.0.0.7&image=a%2Fb%3A1"
+        );
+        assert_eq!(
+            report_url("http://h:1", &[]).unwrap().as_str(),
+            "http://h:1/_berth/failures"
+        );
+        let bad = report_url("not a url", &[]).unwrap_err();
+        assert!(bad.is_usage(), "{bad}");
     }
 }

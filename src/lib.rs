@@ -12,6 +12,7 @@ pub mod config;
 pub mod convert;
 pub mod events;
 pub mod failure;
+pub mod failure_filter;
 pub mod failures_table;
 pub mod manifest;
 pub mod media;

@@ -1,4 +1,4 @@
-//! The command line: `serve` and `check-config`.
+//! The command line: `serve`, `check-config` and `failures`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +42,19 @@ enum Command {
         /// Base URL of the berth's admin surface.
         #[arg(long, default_value = "http://127.0.0.1:5001")]
         url: String,
+        /// Only failures of this client: an IP address (any port) or a network (10.0.0.0/24).
+        #[arg(long, value_name = "IP")]
+        client: Option<String>,
+        /// Only failures of this image, as given to docker: busybox, busybox:1.36,
+        /// ghcr.io/org/app@sha256:…
+        #[arg(long, value_name = "REPO[:TAG]")]
+        image: Option<String>,
+        /// Only failures with this cause (e.g. manifest_unknown, rate_limited).
+        #[arg(long)]
+        cause: Option<String>,
+        /// Only failures this recent: 90s, 15m, 1h, 2d.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
         /// Print the raw JSON report instead of a table.
         #[arg(long)]
         json: bool,
@@ -57,8 +70,18 @@ struct ConfigOpts {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Failures { url, json } = &cli.command {
-        return failures(url, *json);
+    if let Command::Failures {
+        url,
+        client,
+        image,
+        cause,
+        since,
+        json,
+    } = &cli.command
+    {
+        let filters = [("client", client), ("image", image), ("cause", cause), ("since", since)]
+            .map(|(name, value)| (name, value.as_deref().unwrap_or_default()));
+        return failures(url, &filters, *json);
     }
     let env = Overrides::from_env(|k| std::env::var(k).ok());
     let (opts, flags) = match &cli.command {
@@ -99,7 +122,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn failures(url: &str, json: bool) -> ExitCode {
+fn failures(base: &str, filters: &[(&str, &str)], json: bool) -> ExitCode {
+    // Checked here too, so a typo is told at once and the same way whether
+    // or not a berth is running.
+    let filter = match berth::failure_filter::FailureFilter::from_pairs(filters.iter().copied()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("berth: --{}: {e}", e.parameter());
+            return ExitCode::from(2);
+        }
+    };
+    let described: Vec<String> = filters
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(name, value)| format!("{name} {value}"))
+        .collect();
+    let described = (!filter.is_empty()).then(|| described.join(", "));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -107,31 +145,33 @@ fn failures(url: &str, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if json {
-        let url = format!("{}/_berth/failures", url.trim_end_matches('/'));
-        return match runtime.block_on(async { reqwest::get(&url).await?.error_for_status()?.text().await }) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
+    let shown = berth::failures_table::report_url(base, filters).and_then(|url| {
+        runtime.block_on(async {
+            if json {
+                berth::failures_table::fetch_text(&url).await
+            } else {
+                let report = berth::failures_table::fetch(&url).await?;
+                let now = berth::events::now_ms();
+                Ok(berth::failures_table::render(&report, now, described.as_deref()))
             }
-            Err(e) => {
-                eprintln!("berth: {url}: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match runtime.block_on(berth::failures_table::fetch(url)) {
-        Ok(report) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or_default();
-            print!("{}", berth::failures_table::render(&report, now));
+        })
+    });
+    match shown {
+        Ok(text) if json => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(table) => {
+            print!("{table}");
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("berth: {e}");
-            ExitCode::FAILURE
+            if e.is_usage() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -55,6 +56,11 @@ pub struct UpstreamLabels {
     pub operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s: loopback answers to slow cross-ocean registries.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -71,6 +77,8 @@ pub struct Metrics {
     pub served_bytes: Counter,
     pub upstream_bytes: Counter,
     pub connections_refused: Counter,
+    ratelimit_limit: Family<UpstreamLabel, Gauge>,
+    ratelimit_remaining: Family<UpstreamLabel, Gauge>,
     upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -85,6 +93,8 @@ impl Default for Metrics {
         let served_bytes = Counter::default();
         let upstream_bytes = Counter::default();
         let connections_refused = Counter::default();
+        let ratelimit_limit = Family::<UpstreamLabel, Gauge>::default();
+        let ratelimit_remaining = Family::<UpstreamLabel, Gauge>::default();
         let upstream_latency =
             Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let mut r = Registry::default();
@@ -126,6 +136,16 @@ impl Default for Metrics {
             connections_refused.clone(),
         );
         r.register(
+            "berth_upstream_ratelimit_limit",
+            "The upstream's pull limit, from the ratelimit-limit header of its last answer that had one",
+            ratelimit_limit.clone(),
+        );
+        r.register(
+            "berth_upstream_ratelimit_remaining",
+            "Pulls the upstream still allows, from the ratelimit-remaining header of its last answer that had one",
+            ratelimit_remaining.clone(),
+        );
+        r.register(
             "berth_upstream_request_duration_seconds",
             "Time to an upstream's response headers",
             upstream_latency.clone(),
@@ -141,6 +161,8 @@ impl Default for Metrics {
             served_bytes,
             upstream_bytes,
             connections_refused,
+            ratelimit_limit,
+            ratelimit_remaining,
             upstream_latency,
         }
     }
@@ -191,6 +213,20 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// What an upstream's rate-limit headers said; an absent one leaves its gauge.
+    pub fn ratelimit(&self, upstream: &str, limit: Option<u64>, remaining: Option<u64>) {
+        let label = UpstreamLabel {
+            upstream: upstream.into(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        if let Some(n) = limit {
+            self.ratelimit_limit.get_or_create(&label).set(gauge(n));
+        }
+        if let Some(n) = remaining {
+            self.ratelimit_remaining.get_or_create(&label).set(gauge(n));
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -210,7 +246,23 @@ mod tests {
         m.degraded("rate_limited", "docker.io");
         m.hit("blob");
         m.upstream_latency("docker.io", "manifest", Duration::from_millis(20));
+        m.ratelimit("docker.io", Some(100), Some(76));
+        m.ratelimit("docker.io", None, Some(75));
+        m.ratelimit("ghcr.io", Some(u64::MAX), None);
         let text = m.encode();
+        assert!(
+            text.contains(r#"berth_upstream_ratelimit_limit{upstream="docker.io"} 100"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"berth_upstream_ratelimit_remaining{upstream="docker.io"} 75"#),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            r#"berth_upstream_ratelimit_limit{{upstream="ghcr.io"}} {}"#,
+            i64::MAX
+        )));
+        assert!(!text.contains(r#"berth_upstream_ratelimit_remaining{upstream="ghcr.io"}"#));
         assert!(
             text.contains(r#"berth_pull_failures_total{cause="connect_timeout",upstream="docker.io"} 1"#),
             "{text}"

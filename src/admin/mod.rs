@@ -7,11 +7,12 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
+use crate::failure_filter::{FailureFilter, FilterError};
 
 /// The admin routes, to be served on their own listener or merged into the API's.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -32,7 +33,24 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// The most recent failures, newest first, with counts by cause.
-async fn failures(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(state.events.report()).into_response()
+/// The most recent failures, newest first, with counts by cause; only those
+/// matching `?client=&image=&cause=&since=` when given.
+async fn failures(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    match FailureFilter::from_query(query.as_deref()) {
+        Ok(filter) => {
+            let prefixes = state
+                .upstreams
+                .iter()
+                .map(|u| (u.config.prefix.clone(), u.name.clone()));
+            let filter = filter.with_prefixes(prefixes);
+            axum::Json(state.events.report(&filter, crate::events::now_ms())).into_response()
+        }
+        Err(e) => bad_filter(&e),
+    }
+}
+
+/// A 400 naming the parameter, for the CLI to show as it is.
+fn bad_filter(e: &FilterError) -> Response {
+    let body = serde_json::json!({ "error": e.to_string(), "parameter": e.parameter() });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }

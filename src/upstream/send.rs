@@ -156,6 +156,9 @@ impl Upstream {
             self.events
                 .metrics
                 .upstream_latency(&self.name, operation, started.elapsed());
+            if let Ok(resp) = &result {
+                self.note_quota(resp.status(), resp.headers(), repo, tail);
+            }
             let err = match result {
                 Ok(resp) if retry::is_retryable_status(resp.status().as_u16()) => match check_status(resp).await {
                     Ok(resp) => return Ok((resp, index, last_err)),
@@ -227,6 +230,43 @@ impl Upstream {
             resp.extensions_mut().insert(FreshToken);
         }
         Ok(resp)
+    }
+}
+
+impl Upstream {
+    /// Any answer may carry the upstream's rate-limit headers (Docker Hub's
+    /// on every manifest request, the 429 included): they set the gauges, and
+    /// the answer that takes the remainder below the mark is warned of once.
+    /// A 429 is its own event (`rate_limited`, failed or hidden): it marks
+    /// the headroom low without a second event for the same problem.
+    fn note_quota(&self, status: StatusCode, h: &HeaderMap, repo: &RepoName, tail: &str) {
+        let header = |name| h.get(name).and_then(|v| v.to_str().ok());
+        let quota = ratelimit::Quota::read(header("ratelimit-limit"), header("ratelimit-remaining"));
+        if quota == ratelimit::Quota::default() {
+            return;
+        }
+        self.events.metrics.ratelimit(&self.name, quota.limit, quota.remaining);
+        if self.headroom.fell_low(quota) && status != StatusCode::TOO_MANY_REQUESTS {
+            let (limit, remaining) = (quota.limit.unwrap_or_default(), quota.remaining.unwrap_or_default());
+            let what = format!(
+                "upstream rate limit nearly used up: {remaining} of {limit} left (under {}%)",
+                ratelimit::LOW_HEADROOM_PERCENT
+            );
+            let detail = ["ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source"]
+                .iter()
+                .filter_map(|n| header(n).map(|v| format!("{n}={v}")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let reference = tail.rsplit('/').next().unwrap_or(tail);
+            self.events.upstream_degraded(
+                FailureCause::RateLimited,
+                &self.name,
+                repo.as_str(),
+                reference,
+                &what,
+                &detail,
+            );
+        }
     }
 }
 
