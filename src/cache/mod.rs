@@ -34,7 +34,7 @@ pub use crate::store::ReadMode;
 pub use blob::{Blob, BlobBody};
 pub use convert::ConvertError;
 pub use error::CacheError;
-pub use lock::{CacheLock, LockError};
+pub use lock::{CacheLock, LockError, LockState, lock_state};
 
 use crate::failure::FailureCause;
 use crate::reference::{Digest, Reference};
