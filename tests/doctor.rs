@@ -192,6 +192,40 @@ fn healthy_upstream_passes_every_step() {
 }
 
 #[test]
+fn an_index_is_resolved_for_every_platform() {
+    let registry = Registry::start();
+    let fixtures = support::images::seed(&registry);
+    let index = &fixtures.index;
+    let run = doctor(&upstream(&registry.url()).to_toml(), &[&format!("multi:{}", index.tag)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let json = run.json();
+    let steps: Vec<&Value> = json["steps"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter(|s| s["group"] == format!("image multi:{}", index.tag))
+                .collect()
+        })
+        .unwrap_or_default();
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+    for expected in [
+        "manifest",
+        "manifest linux/amd64",
+        "linux/amd64 blob config",
+        "linux/amd64 blob layer 2/2",
+        "manifest linux/arm64",
+        "linux/arm64 blob layer 2/2",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    let details: String = steps.iter().filter_map(|s| s["detail"].as_str()).collect();
+    for child in &index.children {
+        assert!(details.contains(child.as_str()), "child {child} resolved: {details}");
+    }
+    assert!(steps.iter().all(|s| s["result"] == "pass"), "{steps:#?}");
+}
+
+#[test]
 fn missing_tag_fails_the_image_step() {
     let registry = Registry::start();
     push_tiny_image(&registry, "library/foo", "v1", true);
@@ -281,6 +315,7 @@ fn dead_proxy_fails_at_the_proxy_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_fail_at_the_token_step() {
     let registry = Registry::start();
+    tokio::task::block_in_place(|| push_tiny_image(&registry, "library/foo", "v1", true));
     let relay = Relay::start(
         &registry.url(),
         RelayOptions {
@@ -291,11 +326,20 @@ async fn refused_credentials_fail_at_the_token_step() {
     .await;
     let dir = tempfile::tempdir().expect("dir");
     let password_file = dir.path().join("password");
-    std::fs::write(&password_file, "wrong-secret\n").expect("password file");
     let toml = upstream(&relay.url())
         .set("username", "puller")
         .set("password_file", password_file.display().to_string())
         .to_toml();
+
+    // The right password: a token, and the image resolves with it.
+    std::fs::write(&password_file, "right-secret\n").expect("password file");
+    let run = tokio::task::block_in_place(|| doctor(&toml, &["foo:v1"]));
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.step("token")["detail"], "token issued as puller");
+    assert_eq!(run.step("blob layer 1/1")["result"], "pass");
+    assert!(!run.stdout.contains("right-secret") && !run.stdout.contains("tok-"));
+
+    std::fs::write(&password_file, "wrong-secret\n").expect("password file");
     let run = tokio::task::block_in_place(|| doctor(&toml, &["foo:v1"]));
     run.expect_failure("token", "unauthorized");
     assert_eq!(run.step("auth challenge")["result"], "pass");
