@@ -247,6 +247,34 @@ fn closed_port_fails_at_tcp() {
 }
 
 #[test]
+fn every_endpoint_is_checked_and_the_image_resolved_on_one_that_works() {
+    let registry = Registry::start();
+    push_tiny_image(&registry, "library/foo", "v1", true);
+    let dead = format!("http://{}", closed_port());
+    let run = doctor(&upstream(&dead).endpoint(&registry.url()).to_toml(), &["foo:v1"]);
+    run.expect_failure("tcp", "connection_refused");
+    let json = run.json();
+    let steps = json["steps"].as_array().expect("steps");
+    let second: Vec<&Value> = steps
+        .iter()
+        .filter(|s| s["group"] == format!("upstream docker.io {}", registry.url()))
+        .collect();
+    assert!(
+        second.len() >= 6 && second.iter().all(|s| s["result"] == "pass"),
+        "{second:#?}"
+    );
+    let manifest = run.step("manifest");
+    assert_eq!(manifest["result"], "pass");
+    assert!(
+        manifest["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&registry.url()),
+        "{manifest:#}"
+    );
+}
+
+#[test]
 fn dropped_packets_fail_at_tcp_with_connect_timeout() {
     let ns = NetNs::create("doctor-drop");
     ns.iptables(&["-A", "OUTPUT", "-p", "tcp", "--dport", "5999", "-j", "DROP"]);

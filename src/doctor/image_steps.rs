@@ -49,6 +49,19 @@ struct Manifest {
 
 pub async fn resolve(upstream: &Upstream, healthy: Option<usize>, image: &ImageRef) -> Vec<Step> {
     let mut s = Steps::new(format!("image {}", image.text));
+    if upstream.is_offline() {
+        s.push(
+            "manifest",
+            super::Outcome::Info,
+            None,
+            format!(
+                "{} is offline: berth serves this image only from its cache",
+                upstream.name
+            ),
+            Instant::now(),
+        );
+        return s.into_steps();
+    }
     let Some(index) = healthy else {
         s.skip_all(
             &["manifest"],
