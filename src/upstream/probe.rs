@@ -172,7 +172,15 @@ impl Upstream {
                 .map_err(|e| blame_proxy(UpstreamError::from_send(e), self.is_proxied(index)))?;
             check_status(resp).await?;
         }
-        self.tokens.put(scope, authorization);
+        // Kept for the requests of `scope` only when issued for it (a
+        // challenge may name a scope of its own).
+        let issued_for_scope = match challenge {
+            Challenge::Bearer { scope: Some(named), .. } => named == scope,
+            _ => true,
+        };
+        if issued_for_scope {
+            self.tokens.put(scope, authorization);
+        }
         Ok(())
     }
 
