@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod convert;
+pub mod doctor;
 pub mod events;
 pub mod failure;
 pub mod failure_filter;

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config` and `failures`.
+//! The command line: `serve`, `check-config`, `failures` and `doctor`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +36,18 @@ enum Command {
     CheckConfig {
         #[command(flatten)]
         opts: ConfigOpts,
+    },
+    /// Check the config, the cache directory and every upstream step by step,
+    /// then resolve each IMAGE; exit 0 all good, 1 a problem found, 2 bad
+    /// usage or config.
+    Doctor {
+        #[command(flatten)]
+        opts: ConfigOpts,
+        /// Print the steps as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Images as given to docker: [registry/]repo[:tag|@digest].
+        images: Vec<String>,
     },
     /// Show the recent failed pulls of a running berth, with their causes.
     Failures {
@@ -99,7 +111,7 @@ fn main() -> ExitCode {
                 log_format: None,
             },
         ),
-        Command::CheckConfig { opts } => (opts, Overrides::default()),
+        Command::CheckConfig { opts } | Command::Doctor { opts, .. } => (opts, Overrides::default()),
         Command::Failures { .. } => return ExitCode::FAILURE,
     };
     let config = match Config::load(opts.config.as_deref(), env.then(flags)) {
@@ -118,7 +130,37 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve { .. } => serve(config),
+        Command::Doctor { opts, json, images } => doctor(&config, opts.config.as_deref(), json, &images),
         Command::Failures { .. } => ExitCode::FAILURE,
+    }
+}
+
+fn doctor(config: &Config, file: Option<&std::path::Path>, json: bool, images: &[String]) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let origin = file.map_or_else(|| "embedded default config".to_string(), |f| f.display().to_string());
+    match runtime.block_on(berth::doctor::run(config, &origin, images)) {
+        Ok(report) => {
+            if json {
+                println!("{}", berth::doctor::json(&report));
+            } else {
+                print!("{}", berth::doctor::table(&report));
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

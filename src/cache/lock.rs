@@ -81,6 +81,61 @@ fn holder_pid(file: &mut File) -> Option<u32> {
     text.trim().parse().ok()
 }
 
+/// Who holds the lock on a cache directory, found without taking it (so a
+/// berth starting at that moment is never refused): the kernel's table of
+/// `flock`s in `/proc/locks`, matched by the lock file's inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockState {
+    /// No lock file: no berth has used this directory.
+    NoFile,
+    Free,
+    Held {
+        pid: Option<u32>,
+    },
+}
+
+/// The state of `cache_dir`'s lock, read from `/proc/locks`.
+pub fn lock_state(cache_dir: &Path) -> std::io::Result<LockState> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = cache_dir.join(LOCK_FILE);
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockState::NoFile),
+        Err(e) => return Err(e),
+    };
+    let written = File::open(&path).ok().and_then(|mut f| holder_pid(&mut f));
+    let table = std::fs::read_to_string("/proc/locks")?;
+    let device = (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev()));
+    Ok(holder_in(&table, device, meta.ino(), written))
+}
+
+/// The holder in a `/proc/locks` table of the flock on inode `ino`: on the
+/// file's device, or (overlay filesystems report another device there) held
+/// by the pid written in the file.
+fn holder_in(table: &str, device: (u32, u32), ino: u64, written: Option<u32>) -> LockState {
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<ino> 0 EOF"; a waiter's line has "->".
+        let [_, "FLOCK", _, _, pid, id, ..] = fields.as_slice() else {
+            continue;
+        };
+        let mut parts = id.split(':');
+        let (Some(maj), Some(min), Some(i)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if i.parse::<u64>().ok() != Some(ino) {
+            continue;
+        }
+        let pid = pid.parse::<u32>().ok();
+        let same_device =
+            u32::from_str_radix(maj, 16).ok() == Some(device.0) && u32::from_str_radix(min, 16).ok() == Some(device.1);
+        if same_device || (pid.is_some() && pid == written) {
+            return LockState::Held { pid: pid.or(written) };
+        }
+    }
+    LockState::Free
+}
+
 impl LockError {
     /// Another process holds the lock (as opposed to an I/O failure).
     pub fn is_held(&self) -> bool {
@@ -91,6 +146,46 @@ impl LockError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_is_read_without_taking_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        assert_eq!(lock_state(&cache).unwrap(), LockState::NoFile);
+        let held = CacheLock::acquire(&cache).expect("lock");
+        assert_eq!(
+            lock_state(&cache).unwrap(),
+            LockState::Held {
+                pid: Some(std::process::id())
+            }
+        );
+        drop(held);
+        assert_eq!(lock_state(&cache).unwrap(), LockState::Free);
+        // Reading it took nothing: the lock can be taken.
+        CacheLock::acquire(&cache).expect("lock again");
+    }
+
+    #[test]
+    fn proc_locks_lines() {
+        let table = "1: FLOCK  ADVISORY  WRITE 26542 fe:00:6095025 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 7 fe:00:77 0 EOF\n\
+                     3: POSIX  ADVISORY  WRITE 9 fe:00:77 0 EOF\n";
+        assert_eq!(
+            holder_in(table, (0xfe, 0), 6095025, None),
+            LockState::Held { pid: Some(26542) }
+        );
+        assert_eq!(holder_in(table, (0xfe, 1), 6095025, None), LockState::Free);
+        assert_eq!(
+            holder_in(table, (8, 1), 6095025, Some(26542)),
+            LockState::Held { pid: Some(26542) },
+            "another device (overlay), the pid in the file"
+        );
+        assert_eq!(
+            holder_in(table, (0xfe, 0), 77, None),
+            LockState::Free,
+            "waiters and POSIX locks"
+        );
+    }
 
     #[test]
     fn a_second_lock_on_the_same_directory_names_the_holder() {

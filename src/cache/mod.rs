@@ -35,7 +35,7 @@ pub use crate::store::ReadMode;
 pub use blob::{Blob, BlobBody};
 pub use convert::ConvertError;
 pub use error::CacheError;
-pub use lock::{CacheLock, LockError};
+pub use lock::{CacheLock, LockError, LockState, lock_state};
 pub use unknown::{UnknownReference, closest};
 
 use crate::failure::FailureCause;

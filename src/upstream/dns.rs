@@ -98,22 +98,27 @@ impl Resolve for SystemResolver {
         let host = name.as_str().to_string();
         let guard = self.guard.clone();
         Box::pin(async move {
-            // Port 0: reqwest puts the URL's port on the addresses it gets.
-            let found: std::io::Result<Vec<SocketAddr>> = tokio::net::lookup_host(format!("{host}:0"))
-                .await
-                .map(|addrs| addrs.collect());
-            match found {
-                Ok(addrs) => {
-                    if addrs.is_empty() {
-                        let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses");
-                        return Err(Box::new(DnsError { host, source }) as BoxError);
-                    }
-                    guard.check(&host, &addrs).map_err(|e| Box::new(e) as BoxError)?;
-                    Ok(Box::new(addrs.into_iter()) as Addrs)
-                }
-                Err(source) => Err(Box::new(DnsError { host, source }) as BoxError),
-            }
+            let addrs = lookup(&host).await.map_err(|e| Box::new(e) as BoxError)?;
+            guard.check(&host, &addrs).map_err(|e| Box::new(e) as BoxError)?;
+            Ok(Box::new(addrs.into_iter()) as Addrs)
         })
+    }
+}
+
+/// The addresses of `host` from the system resolver; none is an error.
+pub(super) async fn lookup(host: &str) -> Result<Vec<SocketAddr>, DnsError> {
+    // Port 0: reqwest puts the URL's port on the addresses it gets.
+    let found: std::io::Result<Vec<SocketAddr>> = tokio::net::lookup_host(format!("{host}:0"))
+        .await
+        .map(|addrs| addrs.collect());
+    let host = host.to_string();
+    match found {
+        Ok(addrs) if addrs.is_empty() => {
+            let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses");
+            Err(DnsError { host, source })
+        }
+        Ok(addrs) => Ok(addrs),
+        Err(source) => Err(DnsError { host, source }),
     }
 }
 

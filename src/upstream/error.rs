@@ -233,18 +233,52 @@ fn classify_status(status: u16, code: Option<&str>) -> FailureCause {
 }
 
 fn classify_reqwest(e: &reqwest::Error) -> FailureCause {
-    let io_kind = source_chain(e).find_map(|s| s.downcast_ref::<std::io::Error>().map(|io| io.kind()));
-    if source_chain(e).any(|s| s.downcast_ref::<DnsError>().is_some()) {
+    let flags = Flags {
+        timeout: e.is_timeout(),
+        connect: e.is_connect(),
+        body: e.is_body() || e.is_decode(),
+    };
+    classify_chain(source_chain(e), flags)
+}
+
+/// A failure below HTTP that berth met without reqwest (`berth doctor`'s own
+/// lookups and connects), classified by the same rules as reqwest's errors:
+/// `connecting` says it happened while connecting.
+pub(super) fn classify_transport(e: &(dyn std::error::Error + 'static), connecting: bool) -> FailureCause {
+    let chain = std::iter::successors(Some(e), |s: &&(dyn std::error::Error + 'static)| (*s).source());
+    let flags = Flags {
+        timeout: false,
+        connect: connecting,
+        body: false,
+    };
+    classify_chain(chain, flags)
+}
+
+/// What reqwest says of an error besides its source chain.
+struct Flags {
+    timeout: bool,
+    connect: bool,
+    body: bool,
+}
+
+fn classify_chain<'a>(
+    chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)> + Clone,
+    flags: Flags,
+) -> FailureCause {
+    let io_kind = chain
+        .clone()
+        .find_map(|s| s.downcast_ref::<std::io::Error>().map(|io| io.kind()));
+    if chain.clone().any(|s| s.downcast_ref::<DnsError>().is_some()) {
         return FailureCause::DnsResolution;
     }
     // rustls reports through an io::Error wrapping a rustls::Error, which
     // io::Error's `source()` skips over: look inside with `get_ref`.
-    let is_tls = source_chain(e).any(is_rustls);
+    let is_tls = chain.clone().any(is_rustls);
     if is_tls {
         return FailureCause::TlsError;
     }
-    if e.is_timeout() {
-        return if e.is_connect() {
+    if flags.timeout {
+        return if flags.connect {
             FailureCause::ConnectTimeout
         } else {
             FailureCause::ReadTimeout
@@ -256,8 +290,8 @@ fn classify_reqwest(e: &reqwest::Error) -> FailureCause {
         Some(
             std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe,
         ) => FailureCause::ConnectionReset,
-        _ if e.is_connect() => FailureCause::ConnectionRefused,
-        _ if e.is_body() || e.is_decode() => FailureCause::ConnectionReset,
+        _ if flags.connect => FailureCause::ConnectionRefused,
+        _ if flags.body => FailureCause::ConnectionReset,
         _ => FailureCause::UpstreamUnavailable,
     }
 }
@@ -273,7 +307,7 @@ fn is_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
     }
 }
 
-fn source_chain<'a>(e: &'a reqwest::Error) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+fn source_chain<'a>(e: &'a reqwest::Error) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> + Clone {
     std::iter::successors(e.source(), |s: &&'a (dyn std::error::Error + 'static)| (*s).source())
 }
 

@@ -15,6 +15,7 @@ mod breaker;
 mod dns;
 mod error;
 mod limit;
+mod probe;
 mod proxy;
 mod ratelimit;
 mod redirect;
@@ -31,6 +32,7 @@ use bytes::Bytes;
 pub use auth::Challenge;
 pub use blob_stream::BlobStream;
 pub use error::UpstreamError;
+pub use probe::{Ping, ProbeError, ProbedHead};
 pub use retry::is_retryable;
 
 use crate::config::{Credentials, RetryConfig, UpstreamConfig};

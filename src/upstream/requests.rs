@@ -44,33 +44,7 @@ impl Upstream {
             .send(Method::GET, repo, &format!("manifests/{reference}"), manifest_accept())
             .await?;
         let resp = check_status(resp).await?;
-        let announced = header_digest(resp.headers());
-        let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
-        let bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
-        let expected = match reference {
-            Reference::Digest(d) => Some(d.clone()),
-            Reference::Tag(_) => announced,
-        };
-        let digest = match expected {
-            Some(d) => {
-                let actual = crate::reference::digest_of(d.algorithm(), &bytes);
-                if actual != d {
-                    return Err(UpstreamError::DigestMismatch {
-                        expected: d.to_string(),
-                        actual: actual.to_string(),
-                    });
-                }
-                d
-            }
-            None => Digest::sha256_of(&bytes),
-        };
-        let media_type =
-            crate::manifest::media_type(&bytes, content_type.as_deref()).map_err(UpstreamError::ManifestInvalid)?;
-        Ok(UpstreamManifest {
-            bytes,
-            media_type,
-            digest,
-        })
+        verified_manifest(resp, reference).await
     }
 
     /// Ask for a blob from byte `from`; the answer holds one of the
@@ -148,6 +122,41 @@ impl Upstream {
     }
 }
 
+/// Read a manifest answer; by digest, the bytes must hash to it, by tag to
+/// the digest the upstream announced (if it did).
+pub(super) async fn verified_manifest(
+    resp: reqwest::Response,
+    reference: &Reference,
+) -> Result<UpstreamManifest, UpstreamError> {
+    let announced = header_digest(resp.headers());
+    let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
+    let bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+    let expected = match reference {
+        Reference::Digest(d) => Some(d.clone()),
+        Reference::Tag(_) => announced,
+    };
+    let digest = match expected {
+        Some(d) => {
+            let actual = crate::reference::digest_of(d.algorithm(), &bytes);
+            if actual != d {
+                return Err(UpstreamError::DigestMismatch {
+                    expected: d.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+            d
+        }
+        None => Digest::sha256_of(&bytes),
+    };
+    let media_type =
+        crate::manifest::media_type(&bytes, content_type.as_deref()).map_err(UpstreamError::ManifestInvalid)?;
+    Ok(UpstreamManifest {
+        bytes,
+        media_type,
+        digest,
+    })
+}
+
 fn too_many_tags(repo: &RepoName) -> UpstreamError {
     UpstreamError::ManifestInvalid(format!(
         "the tag list of {repo} is larger than berth accepts ({MAX_TAGS} tags, {} MiB)",
@@ -155,7 +164,7 @@ fn too_many_tags(repo: &RepoName) -> UpstreamError {
     ))
 }
 
-fn manifest_accept() -> HeaderMap {
+pub(super) fn manifest_accept() -> HeaderMap {
     let mut h = HeaderMap::new();
     for t in ALL_MANIFEST_TYPES {
         h.append(ACCEPT, HeaderValue::from_static(t));

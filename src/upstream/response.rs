@@ -46,6 +46,16 @@ pub(super) fn retry_hint(h: &HeaderMap) -> Option<u64> {
         .or_else(|| header_str(h, "ratelimit-reset").and_then(|v| v.trim().parse().ok()))
 }
 
+/// The `ratelimit-*` headers (Docker Hub), as `name=value` pairs joined by "; ".
+pub(super) fn ratelimit_headers(h: &HeaderMap) -> Option<String> {
+    let pairs: Vec<String> = h
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("ratelimit-") || n.as_str() == "docker-ratelimit-source")
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| format!("{n}={v}")))
+        .collect();
+    (!pairs.is_empty()).then(|| pairs.join("; "))
+}
+
 /// Turn a non-success answer into an error carrying the spec code.
 pub(super) async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
     let status = resp.status();
@@ -53,13 +63,7 @@ pub(super) async fn check_status(resp: Response) -> Result<Response, UpstreamErr
         return Ok(resp);
     }
     let retry_after = retry_hint(resp.headers());
-    let ratelimit: Vec<String> = resp
-        .headers()
-        .iter()
-        .filter(|(n, _)| n.as_str().starts_with("ratelimit-") || n.as_str() == "docker-ratelimit-source")
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| format!("{n}={v}")))
-        .collect();
-    let ratelimit = (!ratelimit.is_empty()).then(|| ratelimit.join("; "));
+    let ratelimit = ratelimit_headers(resp.headers());
     let denied_with_token = resp.extensions().get::<FreshToken>().is_some();
     let code = match read_limited(resp, 64 << 10).await {
         Ok(body) => serde_json::from_slice::<SpecErrors>(&body)

@@ -165,11 +165,7 @@ impl Upstream {
                     Err(e) => e,
                 },
                 Ok(resp) => return Ok((resp, index, last_err)),
-                // Through a proxy, failing to connect means failing to reach the proxy.
-                Err(UpstreamError::Http(e)) if e.is_connect() && self.proxied.get(index) == Some(&true) => {
-                    UpstreamError::Proxy(e)
-                }
-                Err(e) => e,
+                Err(e) => blame_proxy(e, self.proxied.get(index) == Some(&true)),
             };
             // Another endpoint may answer what this one could not reach, or
             // is not rate-limited; a definite answer (bad credentials) would
@@ -182,7 +178,7 @@ impl Upstream {
         Err(last_err.unwrap_or(UpstreamError::BadChallenge))
     }
 
-    async fn send_to(
+    pub(super) async fn send_to(
         &self,
         method: &Method,
         endpoint: &url::Url,
@@ -267,6 +263,14 @@ impl Upstream {
                 &detail,
             );
         }
+    }
+}
+
+/// Through a proxy, failing to connect means failing to reach the proxy.
+pub(super) fn blame_proxy(e: UpstreamError, proxied: bool) -> UpstreamError {
+    match e {
+        UpstreamError::Http(e) if proxied && e.is_connect() => UpstreamError::Proxy(e),
+        other => other,
     }
 }
 
