@@ -327,7 +327,7 @@ mod tests {
             attempts: 1,
             reason: None,
             detail: String::new(),
-            hint: "",
+            hint: String::new(),
         }
     }
 
