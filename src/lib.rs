@@ -23,6 +23,7 @@ pub mod reference;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod suggest;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod units;

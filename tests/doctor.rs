@@ -229,8 +229,14 @@ fn an_index_is_resolved_for_every_platform() {
 fn missing_tag_fails_the_image_step() {
     let registry = Registry::start();
     push_tiny_image(&registry, "library/foo", "v1", true);
-    let run = doctor(&upstream(&registry.url()).to_toml(), &["foo:nope"]);
+    let run = doctor(&upstream(&registry.url()).to_toml(), &["foo:v2"]);
     run.expect_failure("manifest", "manifest_unknown");
+    // As a pull is told: the closest existing tag, and a missing repository
+    // apart from a missing tag.
+    let detail = run.step("manifest")["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.ends_with("did you mean v1?"), "{detail}");
+    let run = doctor(&upstream(&registry.url()).to_toml(), &["nosuch:v1"]);
+    run.expect_failure("manifest", "name_unknown");
     assert_eq!(
         run.step("rate limit")["result"],
         "info",

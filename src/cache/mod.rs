@@ -36,7 +36,7 @@ pub use blob::{Blob, BlobBody};
 pub use convert::ConvertError;
 pub use error::CacheError;
 pub use lock::{CacheLock, LockError, LockState, lock_state};
-pub use unknown::{UnknownReference, closest};
+pub use unknown::UnknownReference;
 
 use crate::failure::FailureCause;
 use crate::reference::{Digest, Reference};

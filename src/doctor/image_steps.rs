@@ -12,7 +12,7 @@ use super::local_steps::size;
 use super::{Step, Steps};
 use crate::failure::FailureCause;
 use crate::reference::{Digest, Reference, RepoName};
-use crate::upstream::Upstream;
+use crate::upstream::{ProbeError, Upstream};
 
 /// Children of an index doctor follows; real indexes have a dozen or two.
 const MAX_CHILDREN: usize = 64;
@@ -145,7 +145,8 @@ async fn manifest(
     let got = match upstream.probe_manifest(index, repo, reference).await {
         Ok(m) => m,
         Err(e) => {
-            s.fail(name, e.cause(), format!("{repo}:{reference}: {e}"), started);
+            let (cause, detail) = explain(upstream, repo, reference, e).await;
+            s.fail(name, cause, detail, started);
             return None;
         }
     };
@@ -163,6 +164,37 @@ async fn manifest(
             );
             None
         }
+    }
+}
+
+/// A by-tag MANIFEST_UNKNOWN told apart as a pull tells it: the tag list
+/// answering NAME_UNKNOWN means the repository does not exist; otherwise the
+/// closest existing tags are named.
+async fn explain(upstream: &Upstream, repo: &RepoName, reference: &Reference, e: ProbeError) -> (FailureCause, String) {
+    let detail = format!("{repo}:{reference}: {e}");
+    if e.cause() != FailureCause::ManifestUnknown {
+        return (e.cause(), detail);
+    }
+    let Reference::Tag(tag) = reference else {
+        return (e.cause(), detail);
+    };
+    match upstream.tags(repo).await {
+        Ok(tags) => {
+            let near = crate::suggest::closest(tag.as_str(), &tags);
+            if near.is_empty() {
+                (FailureCause::ManifestUnknown, detail)
+            } else {
+                (
+                    FailureCause::ManifestUnknown,
+                    format!("{detail}; did you mean {}?", near.join(", ")),
+                )
+            }
+        }
+        Err(list) if list.cause() == FailureCause::NameUnknown => (
+            FailureCause::NameUnknown,
+            format!("{repo}: the repository is not known upstream (its tag list answers NAME_UNKNOWN)"),
+        ),
+        Err(_) => (FailureCause::ManifestUnknown, detail),
     }
 }
 
