@@ -300,17 +300,7 @@ fn dropped_packets_fail_at_tcp_with_connect_timeout() {
 #[test]
 fn untrusted_certificate_fails_at_tls() {
     let dir = tempfile::tempdir().expect("dir");
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (cert, key) = support::pki::self_signed(dir.path());
     // The upstream is a berth serving TLS with that self-signed certificate.
     let tls_upstream = Berth::start(&format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",

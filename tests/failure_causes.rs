@@ -201,27 +201,7 @@ async fn connect_timeout() {
 async fn tls_error() {
     // The upstream is another berth serving TLS with a self-signed certificate.
     let dir = tempfile::tempdir().expect("dir");
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (cert, key) = support::pki::self_signed(dir.path());
     let tls_upstream = Berth::start(&format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
         cert.display(),

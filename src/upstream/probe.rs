@@ -8,14 +8,14 @@
 
 use std::net::SocketAddr;
 
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, WWW_AUTHENTICATE};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use thiserror::Error;
 use url::Url;
 
 use super::dns::{DnsError, lookup};
 use super::requests::{manifest_accept, verified_manifest};
-use super::response::{check_status, header_digest, header_str, ratelimit_headers};
+use super::response::{announced_length, check_status, header_digest, header_str, ratelimit_headers};
 use super::send::blame_proxy;
 use super::{Challenge, Upstream, UpstreamError, UpstreamManifest, auth, error};
 use crate::failure::FailureCause;
@@ -235,11 +235,7 @@ impl Upstream {
             .probe_send(index, Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new())
             .await?;
         let resp = check_status(resp).await?;
-        Ok(resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok()))
+        Ok(announced_length(resp.headers()))
     }
 
     async fn probe_send(

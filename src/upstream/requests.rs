@@ -4,11 +4,11 @@
 //! within bounds. Sending is `send.rs`'s job; blob bodies are `blob_stream.rs`'s.
 
 use reqwest::Method;
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE};
 use serde::Deserialize;
 
 use super::limit::BlobResponse;
-use super::response::{check_status, header_digest, header_str, next_page, read_limited};
+use super::response::{announced_length, check_status, header_digest, header_str, next_page, read_limited};
 use super::{MAX_MANIFEST_SIZE, MAX_TAG_LIST_BYTES, MAX_TAGS, ManifestHead, Upstream, UpstreamError, UpstreamManifest};
 use crate::media::ALL_MANIFEST_TYPES;
 use crate::reference::{Digest, Reference, RepoName};
@@ -73,13 +73,7 @@ impl Upstream {
             .send(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new())
             .await?;
         let resp = check_status(resp).await?;
-        // The header, not `content_length()`: for a HEAD that is the size of
-        // the (empty) body, 0.
-        Ok(resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok()))
+        Ok(announced_length(resp.headers()))
     }
 
     /// Every tag of a repository, following the upstream's pagination, within

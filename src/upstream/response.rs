@@ -94,6 +94,14 @@ pub(crate) async fn read_limited(resp: Response, limit: usize) -> Result<Bytes, 
     Ok(buf.freeze())
 }
 
+/// The size a HEAD announced: the header, not `content_length()`, which for
+/// a HEAD is the size of the (empty) body, 0.
+pub(super) fn announced_length(h: &HeaderMap) -> Option<u64> {
+    h.get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub(super) fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }

@@ -32,6 +32,32 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// A self-signed certificate for 127.0.0.1 and localhost that no client
+/// trusts unless told to (`tls.crt`, `tls.key` in `dir`).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-keyout",
+        s(&key),
+        "-out",
+        s(&cert),
+    ]);
+    (cert, key)
+}
+
 impl Pki {
     /// A CA named `name` under `dir`, with a server certificate for 127.0.0.1.
     pub fn new(dir: &Path, name: &str) -> Pki {
