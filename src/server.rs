@@ -96,6 +96,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         auth,
         cache,
         events: events.clone(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let admin = crate::admin::router(state.clone());
     let (router, admin) = match state.config.admin_listen {
@@ -325,6 +326,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     // let responses in flight finish: idle keep-alive connections close now,
     // busy ones after their response, within the grace period.
     drop(listener);
+    app.state.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     let open = graceful.count();
     tracing::info!(
         connections = open,

@@ -324,6 +324,9 @@ impl BlobStore for FullDisk {
     async fn list(&self) -> std::io::Result<Vec<StoredItem>> {
         self.inner.list().await
     }
+    async fn writable(&self) -> std::io::Result<()> {
+        self.inner.writable().await
+    }
 }
 
 struct FullUpload {

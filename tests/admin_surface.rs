@@ -33,3 +33,25 @@ fn an_empty_admin_listen_puts_the_admin_surface_on_listen() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("berth_"), "{body}");
 }
+
+#[test]
+fn health_is_ready_while_the_cache_can_be_written() {
+    let berth = Berth::start(&no_upstream());
+    let (status, body) = raw_get(berth.admin_addr, "/_berth/health");
+    assert_eq!((status, body.contains("\"serving\"")), (200, true), "{body}");
+    assert_eq!(raw_get(berth.addr, "/_berth/health").0, 404, "not on the registry port");
+    // The temp directory made a file: nothing can be written (as root a
+    // read-only mode would not stop it).
+    let tmp = berth.cache_dir.join("tmp");
+    std::fs::remove_dir_all(&tmp).expect("remove tmp");
+    std::fs::write(&tmp, b"not a directory").expect("tmp as a file");
+    let (status, body) = raw_get(berth.admin_addr, "/_berth/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("cache unwritable") && body.contains("storage_error"),
+        "{body}"
+    );
+    std::fs::remove_file(&tmp).expect("remove the file");
+    std::fs::create_dir(&tmp).expect("tmp again");
+    assert_eq!(raw_get(berth.admin_addr, "/_berth/health").0, 200);
+}

@@ -79,6 +79,9 @@ fn sigterm_lets_a_download_in_flight_finish_then_exits_clean() {
         "{}",
         berth.log()
     );
+    // The readiness probe says so while the download drains.
+    let (status, body) = support::raw_get(berth.admin_addr, "/_berth/health");
+    assert_eq!((status, body.contains("stopping")), (503, true), "{body}");
     // No new connections from now on.
     assert!(
         TcpStream::connect_timeout(&berth.addr, Duration::from_secs(2)).is_err(),

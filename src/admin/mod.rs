@@ -19,6 +19,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .route("/_berth/failures", axum::routing::get(failures))
+        .route("/_berth/health", axum::routing::get(health))
         .with_state(state)
 }
 
@@ -53,4 +54,28 @@ async fn failures(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery)
 fn bad_filter(e: &FilterError) -> Response {
     let body = serde_json::json!({ "error": e.to_string(), "parameter": e.parameter() });
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// The readiness probe: 200 while serving; 503 once a shutdown began or when
+/// the cache cannot be written (pulls would still pass through, but nothing
+/// would be kept: a load balancer should prefer another replica).
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    use axum::http::StatusCode;
+    if state.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "stopping"})),
+        )
+            .into_response();
+    }
+    match state.cache.writable().await {
+        Ok(()) => axum::Json(serde_json::json!({"status": "serving"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                serde_json::json!({"status": "cache unwritable", "error": e.to_string(), "cause": e.cause().name()}),
+            ),
+        )
+            .into_response(),
+    }
 }

@@ -40,6 +40,9 @@ pub struct AppState {
     pub auth: crate::auth::Authenticator,
     pub cache: Cache,
     pub events: Arc<Events>,
+    /// Set when a shutdown began: the readiness probe says so, so load
+    /// balancers stop sending while responses in flight finish.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Set by the server on requests of a plain-TCP connection: nothing in berth

@@ -45,6 +45,7 @@ async fn app_scoped(up: &FakeUpstream, scoped: bool) -> App {
         auth,
         cache,
         events,
+        stopping: Default::default(),
     });
     App {
         router: router(state),

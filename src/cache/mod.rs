@@ -381,6 +381,11 @@ impl Cache {
             .await
     }
 
+    /// Whether the cache can store content now (for the readiness probe).
+    pub async fn writable(&self) -> Result<(), CacheError> {
+        Ok(self.store.writable().await?)
+    }
+
     /// Make the metadata written so far durable (at shutdown).
     pub async fn flush(&self) -> Result<(), CacheError> {
         Ok(self.meta.flush().await?)

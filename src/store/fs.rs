@@ -163,6 +163,16 @@ impl BlobStore for FsBlobStore {
         let root = self.root.clone();
         blocking(move || list_files(&root)).await
     }
+
+    async fn writable(&self) -> io::Result<()> {
+        let (path, mut file) = self.temp_file()?;
+        blocking(move || {
+            let written = std::io::Write::write_all(&mut file, b"ok");
+            let removed = std::fs::remove_file(&path);
+            written.and(removed)
+        })
+        .await
+    }
 }
 
 /// Every stored item under `root`; files whose names are not digests are

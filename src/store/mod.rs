@@ -78,6 +78,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn begin(&self, digest: &Digest) -> io::Result<Box<dyn BlobUpload>>;
     async fn delete(&self, digest: &Digest) -> io::Result<()>;
     async fn list(&self) -> io::Result<Vec<StoredItem>>;
+    /// Whether content can be written now: a small temp file is created,
+    /// written and removed (the readiness probe asks this).
+    async fn writable(&self) -> io::Result<()>;
 }
 
 /// A blob being stored. Nothing of it is visible under the digest until
