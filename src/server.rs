@@ -219,7 +219,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     if let Some(warning) = exposure_warning(&config) {
         tracing::warn!("{warning}");
     }
-    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let tls_files = config.tls.clone();
+    let mut tls = tls_files.as_ref().map(tls::acceptor).transpose()?;
     let listen = config.listen;
     let admin_listen = config.admin_listen;
     let limits = config.server;
@@ -241,6 +242,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let mut backoff = AcceptBackoff::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    // SIGHUP: read the TLS certificate, key and client CA again (operators
+    // rotate them); connections already open keep theirs.
+    let mut hangup = hangup_signal();
     // Every connection is watched, so a signal can let what is in flight finish.
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -253,6 +257,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             _ = &mut shutdown => break,
         };
         let (stream, remote) = tokio::select! {
+            _ = hangup.recv() => {
+                reload_tls(tls_files.as_ref(), &mut tls);
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -438,6 +446,55 @@ impl http_body::Body for TrackedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Swap in a TLS acceptor built from the files again; a bad file keeps the
+/// one in use (and says why), so a botched rotation does not take the mirror down.
+fn reload_tls(files: Option<&crate::config::TlsConfig>, tls: &mut Option<tokio_rustls::TlsAcceptor>) {
+    let Some(files) = files else {
+        tracing::info!("SIGHUP: no [tls] to reload");
+        return;
+    };
+    match tls::acceptor(files) {
+        Ok(fresh) => {
+            *tls = Some(fresh);
+            tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS certificate and key reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; still serving the previous certificate"),
+    }
+}
+
+/// SIGHUPs as a stream; one that never yields where there are none.
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Hangup(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS files are read only at start");
+                Hangup(None)
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    Hangup(None)
+}
+
+#[cfg(unix)]
+struct Hangup(Option<tokio::signal::unix::Signal>);
+#[cfg(not(unix))]
+struct Hangup(Option<std::convert::Infallible>);
+
+impl Hangup {
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.0 {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
     }
 }
 

@@ -130,3 +130,50 @@ fn past_the_grace_period_what_is_still_open_is_closed_and_berth_exits() {
     let body = reader.join().expect("reader");
     assert!(body.len() < BLOB, "the slow download was cut");
 }
+
+/// SIGHUP reads the TLS files again: new connections get the new
+/// certificate, a connection already open keeps working, and a botched
+/// rotation keeps the certificate in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_certificate_without_dropping_connections() {
+    let dir = tempfile::tempdir().expect("dir");
+    let old = support::pki::Pki::new(&dir.path().join("old"), "old");
+    let new = support::pki::Pki::new(&dir.path().join("new"), "new");
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::copy(&old.server_cert, &cert).expect("cert");
+    std::fs::copy(&old.server_key, &key).expect("key");
+    let berth = Berth::start(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+        cert.display(),
+        key.display(),
+        UpstreamToml::default_docker_io("http://127.0.0.1:9").to_toml()
+    ));
+    let base = format!("https://{}/v2/", berth.host());
+    let trusting = |ca: &std::path::Path| support::HttpClient::new().trusting(ca).build();
+    let kept = trusting(&old.ca_cert);
+    assert_eq!(kept.get(&base).send().await.expect("old cert").status(), 200);
+
+    std::fs::copy(&new.server_cert, &cert).expect("cert");
+    std::fs::copy(&new.server_key, &key).expect("key");
+    berth.signal("HUP");
+    let reloaded = || logged(&berth, "SIGHUP: TLS certificate and key reloaded").then_some(());
+    assert!(poll(Duration::from_secs(10), reloaded).is_some(), "{}", berth.log());
+    let fresh = trusting(&new.ca_cert);
+    assert_eq!(fresh.get(&base).send().await.expect("new cert").status(), 200);
+    assert!(
+        trusting(&old.ca_cert).get(&base).send().await.is_err(),
+        "a new connection gets the new certificate"
+    );
+    assert_eq!(
+        kept.get(&base).send().await.expect("the open connection").status(),
+        200,
+        "a connection opened before the reload keeps working"
+    );
+
+    std::fs::write(&cert, "not a certificate").expect("botched cert");
+    berth.signal("HUP");
+    let failed = || logged(&berth, "SIGHUP: TLS reload failed").then_some(());
+    assert!(poll(Duration::from_secs(10), failed).is_some(), "{}", berth.log());
+    let again = trusting(&new.ca_cert);
+    assert_eq!(again.get(&base).send().await.expect("still the new cert").status(), 200);
+}
