@@ -489,10 +489,10 @@ struct Hangup(Option<std::convert::Infallible>);
 impl Hangup {
     async fn recv(&mut self) {
         #[cfg(unix)]
-        if let Some(s) = &mut self.0 {
-            if s.recv().await.is_some() {
-                return;
-            }
+        if let Some(s) = &mut self.0
+            && s.recv().await.is_some()
+        {
+            return;
         }
         std::future::pending::<()>().await
     }
