@@ -228,6 +228,26 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition.
+    /// The last limit and remainder an upstream announced, where it did.
+    pub fn ratelimit_of(&self, upstream: &str) -> (Option<i64>, Option<i64>) {
+        let labels = UpstreamLabel {
+            upstream: upstream.to_string(),
+        };
+        (
+            self.ratelimit_limit.get(&labels).map(|g| g.get()),
+            self.ratelimit_remaining.get(&labels).map(|g| g.get()),
+        )
+    }
+
+    /// (hits, misses) of `kind` ("manifest", "blob") since start.
+    pub fn hits_and_misses(&self, kind: &str) -> (u64, u64) {
+        let labels = KindLabels { kind: kind.to_string() };
+        (
+            self.cache_hits.get_or_create(&labels).get(),
+            self.cache_misses.get_or_create(&labels).get(),
+        )
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

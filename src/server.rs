@@ -97,6 +97,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         cache,
         events: events.clone(),
         stopping: std::sync::atomic::AtomicBool::new(false),
+        started: std::time::Instant::now(),
     });
     let admin = crate::admin::router(state.clone());
     let (router, admin) = match state.config.admin_listen {

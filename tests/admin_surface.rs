@@ -55,3 +55,40 @@ fn health_is_ready_while_the_cache_can_be_written() {
     std::fs::create_dir(&tmp).expect("tmp again");
     assert_eq!(raw_get(berth.admin_addr, "/_berth/health").0, 200);
 }
+
+#[test]
+fn status_shows_the_cache_traffic_upstreams_and_the_last_hours_failures() {
+    let registry = support::registry::Registry::start();
+    support::images::push_tiny_image(&registry, "library/app", "1.0", false);
+    let berth = Berth::start(&UpstreamToml::default_docker_io(&registry.url()).to_toml());
+    for _ in 0..2 {
+        assert_eq!(raw_get(berth.addr, "/v2/library/app/manifests/1.0").0, 200);
+    }
+    assert_eq!(raw_get(berth.addr, "/v2/library/app/manifests/1.1").0, 404);
+    let (status, body) = raw_get(berth.admin_addr, "/_berth/status");
+    assert_eq!(status, 200, "{body}");
+    let s: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["manifests"]["hits"], 1, "{s:#}");
+    assert!(s["manifests"]["misses"].as_u64() >= Some(1), "{s:#}");
+    assert!(s["cache"]["used_bytes"].as_u64() > Some(0), "{s:#}");
+    assert_eq!(s["cache"]["max_bytes"], 50u64 << 30);
+    let up = &s["upstreams"][0];
+    assert_eq!(up["name"], "docker.io");
+    assert_eq!(up["state"]["circuit_open"], serde_json::Value::Null);
+    assert_eq!(up["last_failure"]["cause"], "manifest_unknown", "{s:#}");
+    assert!(
+        up["last_failure"]["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did you mean 1.0?"),
+        "{s:#}"
+    );
+    let failures = s["failures_last_hour"].as_array().expect("failures");
+    assert_eq!(failures.len(), 1, "{s:#}");
+    assert_eq!(
+        (failures[0]["cause"].as_str(), failures[0]["count"].as_u64()),
+        (Some("manifest_unknown"), Some(1))
+    );
+    assert_eq!(raw_get(berth.addr, "/_berth/status").0, 404, "not on the registry port");
+}

@@ -20,6 +20,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", axum::routing::get(metrics))
         .route("/_berth/failures", axum::routing::get(failures))
         .route("/_berth/health", axum::routing::get(health))
+        .route("/_berth/status", axum::routing::get(status))
         .with_state(state)
 }
 
@@ -78,4 +79,67 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Failures counted by cause over this window, from the ring of recent ones.
+const RECENT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What an operator looks at first, as JSON: version and uptime, the cache's
+/// use and hit ratios, traffic served against fetched, each upstream's state
+/// with its last failure, and the last hour's failures by cause with hints.
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    use serde_json::json;
+    let metrics = &state.events.metrics;
+    let now_ms = crate::events::now_ms();
+    let report = state
+        .events
+        .report(&crate::failure_filter::FailureFilter::default(), now_ms);
+    let since = now_ms.saturating_sub(RECENT.as_millis() as u64);
+    let mut last_hour: std::collections::BTreeMap<&str, (u64, String)> = Default::default();
+    for f in report.failures.iter().filter(|f| f.at_unix_ms >= since) {
+        let entry = last_hour
+            .entry(f.cause.name())
+            .or_insert((0, f.cause.hint().to_string()));
+        entry.0 += 1;
+    }
+    let ratio = |kind: &str| {
+        let (hits, misses) = metrics.hits_and_misses(kind);
+        let total = hits.saturating_add(misses);
+        json!({"hits": hits, "misses": misses, "hit_ratio": (total > 0).then(|| hits as f64 / total as f64)})
+    };
+    let upstreams: Vec<_> = state
+        .upstreams
+        .iter()
+        .map(|u| {
+            let last = report
+                .failures
+                .iter()
+                .find(|f| f.upstream.as_deref() == Some(u.name.as_str()));
+            let (limit, remaining) = metrics.ratelimit_of(&u.name);
+            json!({
+                "name": u.name,
+                "state": u.health(),
+                "ratelimit": {"limit": limit, "remaining": remaining},
+                "last_failure": last.map(|f| json!({
+                    "at_unix_ms": f.at_unix_ms, "cause": f.cause.name(), "hint": f.hint,
+                    "repository": f.repository, "reference": f.reference,
+                })),
+            })
+        })
+        .collect();
+    let (used, max) = state.cache.usage();
+    let served = metrics.served_bytes.get();
+    let fetched = metrics.upstream_bytes.get();
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "stopping": state.stopping.load(std::sync::atomic::Ordering::SeqCst),
+        "cache": {"used_bytes": used, "max_bytes": max},
+        "manifests": ratio("manifest"),
+        "blobs": ratio("blob"),
+        "traffic": {"served_bytes": served, "fetched_bytes": fetched, "saved_bytes": served.saturating_sub(fetched)},
+        "upstreams": upstreams,
+        "failures_last_hour": last_hour.iter().map(|(cause, (n, hint))| json!({"cause": cause, "count": n, "hint": hint})).collect::<Vec<_>>(),
+    }))
+    .into_response()
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     /// Set when a shutdown began: the readiness probe says so, so load
     /// balancers stop sending while responses in flight finish.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// When this berth started (the status page's uptime).
+    pub started: std::time::Instant,
 }
 
 /// Set by the server on requests of a plain-TCP connection: nothing in berth

@@ -46,6 +46,7 @@ async fn app_scoped(up: &FakeUpstream, scoped: bool) -> App {
         cache,
         events,
         stopping: Default::default(),
+        started: std::time::Instant::now(),
     });
     App {
         router: router(state),

@@ -381,6 +381,11 @@ impl Cache {
             .await
     }
 
+    /// Bytes the cache holds now (temp files included) and may hold.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.evictor.used(), self.max_size)
+    }
+
     /// Whether the cache can store content now (for the readiness probe).
     pub async fn writable(&self) -> Result<(), CacheError> {
         Ok(self.store.writable().await?)

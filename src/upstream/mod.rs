@@ -71,6 +71,14 @@ pub struct Upstream {
     events: Arc<Events>,
 }
 
+/// An upstream's state now, for `/_berth/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpstreamHealth {
+    pub circuit_open: Option<crate::failure::FailureCause>,
+    pub rate_limited_secs: Option<u64>,
+    pub offline: bool,
+}
+
 /// A manifest as the upstream sent it: exact bytes, type, verified digest.
 #[derive(Debug, Clone)]
 pub struct UpstreamManifest {
@@ -139,5 +147,15 @@ impl Upstream {
     /// Whether this upstream is never to be contacted.
     pub fn is_offline(&self) -> bool {
         self.offline
+    }
+
+    /// What the status page shows of this upstream: the cause that opened
+    /// its circuit, if open; how long its rate-limit window has left.
+    pub fn health(&self) -> UpstreamHealth {
+        UpstreamHealth {
+            circuit_open: self.breaker.refuses().map(|o| o.cause),
+            rate_limited_secs: self.rate_window.remaining().map(ratelimit::ceil_secs),
+            offline: self.offline,
+        }
     }
 }
