@@ -16,6 +16,7 @@ ensure_packages tests/run.sh \
   /usr/sbin/dockerd=docker.io              `# a real Docker daemon (registry-mirrors)` \
   /usr/bin/containerd=containerd           `# a real containerd, driven by ctr with hosts.toml` \
   /usr/bin/podman=podman                   `# a real podman: login to berth, registries.conf mirror` \
+  /usr/bin/promtool=prometheus             `# alert rules checked by promtool; a real Prometheus scrapes berth` \
   /usr/bin/curl=curl \
   /usr/bin/tar=tar \
   /usr/bin/gzip=gzip \
