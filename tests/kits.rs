@@ -114,3 +114,58 @@ fn a_real_prometheus_scrapes_berth_and_reads_its_metrics_back() {
     assert_eq!(status, 200);
     assert!(rules.contains("BerthUpstreamDown"), "{rules}");
 }
+
+/// `kubernetes-validate` (PyPI), installed by tests/run.sh into a venv
+/// named by `BERTH_KUBERNETES_VALIDATE`, or found on PATH.
+fn kubernetes_validate() -> String {
+    std::env::var("BERTH_KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into())
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_offline_and_carry_a_valid_berth_config() {
+    let dir = kit("kubernetes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("docker/kubernetes")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in &files {
+        let out = Command::new(kubernetes_validate())
+            .args(["--kubernetes-version", "1.29.0", "--strict"])
+            .arg(file)
+            .output()
+            .expect("run kubernetes-validate (tests/run.sh installs it from PyPI)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{}:\n{text}", file.display());
+        assert!(!text.contains("ERROR"), "{text}");
+    }
+    // The berth.toml in the ConfigMap is one berth accepts (its secret file
+    // replaced by a temp one).
+    let manifest = std::fs::read_to_string(dir.join("berth.yaml")).expect("berth.yaml");
+    let start = manifest.find("  berth.toml: |\n").expect("berth.toml in the ConfigMap") + "  berth.toml: |\n".len();
+    let toml: String = manifest[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let work = tempfile::tempdir().expect("dir");
+    let token = work.path().join("token");
+    std::fs::write(&token, "a token\n").expect("token");
+    let toml = toml.replace("/run/secrets/berth/dockerhub-token", token.to_str().expect("utf-8"));
+    assert!(toml.contains("admin_listen"), "{toml}");
+    let config = work.path().join("berth.toml");
+    std::fs::write(&config, &toml).expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("berth check-config");
+    assert!(out.status.success(), "{}\n{toml}", String::from_utf8_lossy(&out.stderr));
+}

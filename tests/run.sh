@@ -21,7 +21,17 @@ ensure_packages tests/run.sh \
   /usr/bin/tar=tar \
   /usr/bin/gzip=gzip \
   /usr/sbin/ip=iproute2                    `# network namespaces for network faults` \
-  /usr/sbin/iptables=iptables              `# DROP / REJECT inside those namespaces`
+  /usr/sbin/iptables=iptables              `# DROP / REJECT inside those namespaces` \
+  /usr/share/doc/python3-venv=python3-venv `# a venv for kubernetes-validate (PyPI)`
+
+# kubernetes-validate checks the Kubernetes kit offline; installed from PyPI
+# into a venv of its own, once per machine.
+validate_venv="${XDG_CACHE_HOME:-$HOME/.cache}/berth-tests/kubernetes-validate"
+if [ ! -x "$validate_venv/bin/kubernetes-validate" ]; then
+  /usr/bin/python3 -m venv "$validate_venv"
+  "$validate_venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate
+fi
+export BERTH_KUBERNETES_VALIDATE="$validate_venv/bin/kubernetes-validate"
 
 # Crates are fetched before the dead proxy below is set (cargo honours it too).
 cargo fetch --locked
