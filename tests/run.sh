@@ -17,6 +17,7 @@ ensure_packages tests/run.sh \
   /usr/bin/containerd=containerd           `# a real containerd, driven by ctr with hosts.toml` \
   /usr/bin/podman=podman                   `# a real podman: login to berth, registries.conf mirror` \
   /usr/bin/promtool=prometheus             `# alert rules checked by promtool; a real Prometheus scrapes berth` \
+  /usr/bin/chromium=chromium               `# the status page rendered by a real browser` \
   /usr/bin/curl=curl \
   /usr/bin/tar=tar \
   /usr/bin/gzip=gzip \

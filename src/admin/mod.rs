@@ -12,6 +12,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
+
+mod status_page;
 use crate::failure_filter::{FailureFilter, FilterError};
 
 /// The admin routes, to be served on their own listener or merged into the API's.
@@ -21,6 +23,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_berth/failures", axum::routing::get(failures))
         .route("/_berth/health", axum::routing::get(health))
         .route("/_berth/status", axum::routing::get(status))
+        .route("/", axum::routing::get(page))
         .with_state(state)
 }
 
@@ -88,6 +91,19 @@ const RECENT: std::time::Duration = std::time::Duration::from_secs(3600);
 /// use and hit ratios, traffic served against fetched, each upstream's state
 /// with its last failure, and the last hour's failures by cause with hints.
 async fn status(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(status_of(&state)).into_response()
+}
+
+/// The status page: the same as `/_berth/status`, as HTML for a person.
+async fn page(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        status_page::render(&status_of(&state)),
+    )
+        .into_response()
+}
+
+fn status_of(state: &AppState) -> serde_json::Value {
     use serde_json::json;
     let metrics = &state.events.metrics;
     let now_ms = crate::events::now_ms();
@@ -130,7 +146,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
     let (used, max) = state.cache.usage();
     let served = metrics.served_bytes.get();
     let fetched = metrics.upstream_bytes.get();
-    axum::Json(json!({
+    json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started.elapsed().as_secs(),
         "stopping": state.stopping.load(std::sync::atomic::Ordering::SeqCst),
@@ -140,6 +156,5 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         "traffic": {"served_bytes": served, "fetched_bytes": fetched, "saved_bytes": served.saturating_sub(fetched)},
         "upstreams": upstreams,
         "failures_last_hour": last_hour.iter().map(|(cause, (n, hint))| json!({"cause": cause, "count": n, "hint": hint})).collect::<Vec<_>>(),
-    }))
-    .into_response()
+    })
 }
