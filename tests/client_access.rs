@@ -305,10 +305,16 @@ async fn the_admin_surface_on_listen_is_for_admins_only() {
         UpstreamToml::default_docker_io(&registry.url()).to_toml()
     );
     let berth = Berth::start_with_env(&config, &[("BERTH_ADMIN_LISTEN", "")]);
-    let url = format!("{}/metrics", berth.url());
-    assert_eq!(curl(&url, &[]).0, 401);
-    assert_eq!(curl(&url, &["-u", &format!("{}:{}", BOB.0, BOB.1)]).0, 403);
-    assert_eq!(curl(&url, &["-u", &format!("{}:{}", ALICE.0, ALICE.1)]).0, 200);
+    for path in ["/metrics", "/_berth/status", "/"] {
+        let url = format!("{}{path}", berth.url());
+        assert_eq!(curl(&url, &[]).0, 401, "{path}");
+        assert_eq!(curl(&url, &["-u", &format!("{}:{}", BOB.0, BOB.1)]).0, 403, "{path}");
+        assert_eq!(
+            curl(&url, &["-u", &format!("{}:{}", ALICE.0, ALICE.1)]).0,
+            200,
+            "{path}"
+        );
+    }
 }
 
 /// A hosts directory from the `docker/<snippet>` hosts.toml, with berth's

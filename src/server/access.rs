@@ -48,7 +48,7 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
     };
     let target = match (&routed, req.uri().path()) {
         (Some((upstream, repo)), _) => Target::Repository { upstream, repo },
-        (None, p) if p == "/metrics" || p.starts_with("/_berth/") => Target::Admin,
+        (None, p) if p == "/" || p == "/metrics" || p.starts_with("/_berth/") => Target::Admin,
         _ => Target::Base,
     };
     let decision = state
