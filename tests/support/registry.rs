@@ -33,9 +33,21 @@ impl Registry {
     }
 
     fn start_with(extra_yaml: &str, lifetime: Lifetime) -> Registry {
+        // Distribution takes a fixed address, so a free port is picked first;
+        // another test's server can take it before Distribution binds it.
+        // Then Distribution says so in its log and it starts again elsewhere.
+        for _ in 0..4 {
+            let mut registry = Registry::spawn(extra_yaml, lifetime);
+            if registry.wait_ready() {
+                return registry;
+            }
+            registry.stop();
+        }
+        panic!("docker-registry found no free port in four tries");
+    }
+
+    fn spawn(extra_yaml: &str, lifetime: Lifetime) -> Registry {
         let dir = tempfile::tempdir().expect("registry temp dir");
-        // Distribution takes a fixed address, so pick a free port first; the
-        // readiness loop below notices if someone else took it meanwhile.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port for the registry");
@@ -71,27 +83,30 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("spawn docker-registry (apt-get install docker-registry)");
-        let mut registry = Registry { addr, child, dir };
-        registry.wait_ready();
-        registry
+        Registry { addr, child, dir }
     }
 
-    fn wait_ready(&mut self) {
+    /// Ready when this Distribution logged that it listens on its address
+    /// and answers there (a 200 alone could be another test's server on a
+    /// port taken first); false when its port was taken.
+    fn wait_ready(&mut self) -> bool {
         let (addr, log_path) = (self.addr, self.log_path());
+        let listening = format!("listening on {addr}");
         let child = &mut self.child;
         super::poll(Duration::from_secs(20), || {
-            if super::raw_get(addr, "/v2/").0 == 200 {
-                return Some(());
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains("address already in use") {
+                return Some(false);
+            }
+            if log.contains(&listening) && super::raw_get(addr, "/v2/").0 == 200 {
+                return Some(true);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "docker-registry exited with {status}: {}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
+                panic!("docker-registry exited with {status}: {log}");
             }
             None
         })
-        .unwrap_or_else(|| panic!("docker-registry did not start: {}", self.log()));
+        .unwrap_or_else(|| panic!("docker-registry did not start: {}", self.log()))
     }
 
     /// A second Distribution inside the network namespace `netns`, serving
@@ -167,6 +182,7 @@ impl Registry {
 
 /// Who stops the registry: the `Registry` value when dropped, or the end of
 /// the test process.
+#[derive(Clone, Copy)]
 enum Lifetime {
     Owner,
     Process,
