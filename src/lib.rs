@@ -15,6 +15,7 @@ pub mod events;
 pub mod failure;
 pub mod failure_filter;
 pub mod failures_table;
+pub mod gc_table;
 pub mod manifest;
 pub mod media;
 pub mod metrics;

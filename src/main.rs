@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `failures` and `doctor`.
+//! The command line: `serve`, `check-config`, `failures`, `doctor` and `gc`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +71,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run cache eviction now (what berth does over cache.max_size), or with
+    /// --dry-run list what it would remove and why. On a running berth with
+    /// --url; on a stopped one's cache with --config.
+    Gc {
+        #[command(flatten)]
+        opts: ConfigOpts,
+        /// Base URL of a running berth's admin surface, e.g. http://127.0.0.1:5001.
+        #[arg(long, conflicts_with = "config")]
+        url: Option<String>,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -95,6 +111,15 @@ fn main() -> ExitCode {
             .map(|(name, value)| (name, value.as_deref().unwrap_or_default()));
         return failures(url, &filters, *json);
     }
+    if let Command::Gc {
+        url: Some(url),
+        dry_run,
+        json,
+        ..
+    } = &cli.command
+    {
+        return gc_remote(url, *dry_run, *json);
+    }
     let env = Overrides::from_env(|k| std::env::var(k).ok());
     let (opts, flags) = match &cli.command {
         Command::Serve {
@@ -111,7 +136,9 @@ fn main() -> ExitCode {
                 log_format: None,
             },
         ),
-        Command::CheckConfig { opts } | Command::Doctor { opts, .. } => (opts, Overrides::default()),
+        Command::CheckConfig { opts } | Command::Doctor { opts, .. } | Command::Gc { opts, .. } => {
+            (opts, Overrides::default())
+        }
         Command::Failures { .. } => return ExitCode::FAILURE,
     };
     let config = match Config::load(opts.config.as_deref(), env.then(flags)) {
@@ -131,7 +158,79 @@ fn main() -> ExitCode {
         }
         Command::Serve { .. } => serve(config),
         Command::Doctor { opts, json, images } => doctor(&config, opts.config.as_deref(), json, &images),
+        Command::Gc { dry_run, json, .. } => gc_local(&config, dry_run, json),
         Command::Failures { .. } => ExitCode::FAILURE,
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("berth: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn print_gc(report: &berth::cache::GcReport, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("berth: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", berth::gc_table::render(report, berth::events::now_ms()));
+    }
+    ExitCode::SUCCESS
+}
+
+/// `gc --url`: the running berth runs it (it owns the cache).
+fn gc_remote(url: &str, dry_run: bool, json: bool) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(berth::gc_table::fetch(url, dry_run)) {
+        Ok((report, _)) => print_gc(&report, json),
+        Err(e) => {
+            eprintln!("berth: {e}");
+            if e.is_usage() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// `gc --config`: on the cache directly, which needs its lock: refused
+/// (naming --url) while a berth serves it.
+fn gc_local(config: &Config, dry_run: bool, json: bool) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let events = std::sync::Arc::new(berth::events::Events::default());
+    let report = runtime.block_on(async {
+        let cache = berth::cache::Cache::open(config, events).await?;
+        let report = cache.gc(dry_run).await?;
+        cache.flush().await?;
+        Ok::<_, CacheError>(report)
+    });
+    match report {
+        Ok(report) => print_gc(&report, json),
+        Err(e @ CacheError::Lock(_)) if matches!(&e, CacheError::Lock(l) if l.is_held()) => {
+            eprintln!(
+                "berth: {e}; a running berth owns this cache: ask it with `berth gc --url http://<its admin_listen>`"
+            );
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -36,6 +36,52 @@ pub fn media_type(bytes: &[u8], content_type: Option<&str>) -> Result<String, St
     }
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    digest: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SchemaV1Layer {
+    blob_sum: String,
+}
+
+/// The parts of a manifest that name other content.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Parts {
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    /// An index's or a manifest list's children.
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    /// Schema1's layers.
+    #[serde(default)]
+    fs_layers: Vec<SchemaV1Layer>,
+}
+
+/// The content a manifest needs to be pulled whole: config and layers, or an
+/// index's child manifests (schema1: its `fsLayers`). Not `subject`: a
+/// signature does not keep the image it signs. Digests that do not parse are
+/// left out (nothing stored could have them), so unreadable JSON gives none.
+pub fn references(bytes: &[u8]) -> Vec<crate::reference::Digest> {
+    let Ok(parts) = serde_json::from_slice::<Parts>(bytes) else {
+        return Vec::new();
+    };
+    let descriptors = parts.config.into_iter().chain(parts.layers).chain(parts.manifests);
+    let mut found: Vec<crate::reference::Digest> = descriptors
+        .map(|d| d.digest)
+        .chain(parts.fs_layers.into_iter().map(|l| l.blob_sum))
+        .filter_map(|d| crate::reference::Digest::parse(&d).ok())
+        .collect();
+    found.sort_unstable_by_key(|d| d.to_string());
+    found.dedup();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +94,25 @@ mod tests {
         let m = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
         assert_eq!(media_type(m, Some(OCI_MANIFEST)).unwrap(), OCI_MANIFEST);
         assert!(media_type(m, None).is_err());
+    }
+
+    #[test]
+    fn references_of_manifests_indexes_and_schema1() {
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"sha256:{a}"}},"layers":[{{"digest":"sha256:{b}"}},{{"digest":"sha256:{a}"}}],"subject":{{"digest":"sha256:{c}"}}}}"#
+        );
+        let got: Vec<String> = references(m.as_bytes()).iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            got,
+            [format!("sha256:{a}"), format!("sha256:{b}")],
+            "deduplicated, subject left out"
+        );
+        let index = format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"sha256:{c}"}},{{"digest":"nonsense"}}]}}"#);
+        assert_eq!(references(index.as_bytes()).len(), 1);
+        let v1 = format!(r#"{{"schemaVersion":1,"fsLayers":[{{"blobSum":"sha256:{b}"}}]}}"#);
+        assert_eq!(references(v1.as_bytes()).len(), 1);
+        assert!(references(b"<html>").is_empty());
     }
 
     #[test]

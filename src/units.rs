@@ -9,6 +9,34 @@ use std::time::Duration;
 /// adding it to an `Instant` or a timestamp cannot overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
 
+/// Bytes in the largest binary unit that keeps a whole number in front:
+/// 1536 → "1.5 KiB".
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A duration as a person reads it: 45s, 3m, 2h 5m, 3d.
+pub fn format_age(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
 /// Parse a duration made of `<number><unit>` parts: ms, s, m, h, d.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -1,13 +1,20 @@
-//! `cache.max_size` is kept: when a pull takes the cache over it, the least
-//! recently used content goes, the content just pulled and the content used
-//! recently stay, and evicted content is fetched again, verified, when asked.
+//! `cache.max_size` is kept: when a pull takes the cache over it, whole
+//! images go, least recently served first; a layer shared with an image
+//! still kept stays; the content just pulled and the content used recently
+//! stay, and evicted content is fetched again, verified, when asked.
+//! `berth gc --dry-run` names what a run removes, and the run removes that.
 
 mod support;
 
-use support::images::push_random_blob;
+use std::process::Command;
+use std::time::Duration;
+
+use support::images::{push_image_with_layers, push_random_blob, random_bytes};
 use support::registry::Registry;
 use support::relay::{Relay, RelayOptions};
-use support::{Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, eventually_async, lazy, sha256_hex, stored_blobs};
+use support::{
+    Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, eventually_async, lazy, sha256_hex, skopeo_try, stored_blobs,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -39,7 +46,7 @@ async fn least_recently_used_content_is_evicted_over_max_size() {
     let relay = Relay::start(&registry.url(), RelayOptions::default()).await;
     let max = 2600 * 1024;
     let berth = Berth::start(&format!(
-        "[cache]\nmax_size = \"2600KiB\"\n{}",
+        "[cache]\nmax_size = \"2600KiB\"\nkeep_recent = \"0s\"\n{}",
         UpstreamToml::default_docker_io(&relay.url())
     ));
     let (b0, b1, b2) = (&blobs[0], &blobs[1], &blobs[2]);
@@ -73,7 +80,7 @@ async fn least_recently_used_content_is_evicted_over_max_size() {
         lazy(|| format!("the eviction is logged: {}", berth.log())),
         || {
             berth.events().iter().any(|e| {
-                e["message"] == "cache over max_size; least recently used content evicted" && e["evicted"] == 1
+                e["message"] == "cache over max_size; least recently served images evicted" && e["evicted"] == 1
             })
         },
     )
@@ -85,4 +92,210 @@ async fn least_recently_used_content_is_evicted_over_max_size() {
         stored_bytes(&berth) <= max
     })
     .await;
+}
+
+/// `skopeo copy` of `repo:tag` through berth into a fresh dir; the digests
+/// of what it wrote, or skopeo's error.
+fn pull(berth: &Berth, reference: &str) -> Result<Vec<String>, String> {
+    let dest = tempfile::tempdir().expect("pull dir");
+    let out = skopeo_try(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/{reference}", berth.host()),
+        &format!("dir:{}", dest.path().display()),
+    ]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let mut digests = Vec::new();
+    for entry in std::fs::read_dir(dest.path()).expect("read pull dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if name.len() == 64 {
+            let bytes = std::fs::read(&path).expect("read blob");
+            assert_eq!(sha256_hex(&bytes), format!("sha256:{name}"), "skopeo's {name} is whole");
+            digests.push(format!("sha256:{name}"));
+        }
+    }
+    digests.sort();
+    Ok(digests)
+}
+
+fn gc(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("gc")
+        .args(args)
+        .output()
+        .expect("run berth gc");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), json, text)
+}
+
+fn removed(report: &serde_json::Value) -> Vec<String> {
+    let mut r: Vec<String> = report["removals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["digest"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    r.sort();
+    r
+}
+
+fn sorted(digests: &[&String]) -> Vec<String> {
+    let mut v: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// The failure class of Distribution's #2367: blob-by-blob LRU takes an old
+/// layer of an image whose tag is still served, and the image breaks. Image
+/// A = base + a, B = base + b, C = c. A is pulled first (its own layer is
+/// the oldest blob), then B, then A's manifest is served again (a node
+/// checking for an update), then C takes the cache over max_size. By image,
+/// B goes (its layer b, config, manifest), base stays for A, and A still
+/// pulls whole with the upstream stopped. Then, on the stopped cache with a
+/// lower max_size, `gc --dry-run` names A's content and the real run removes
+/// exactly that, leaving C whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_takes_whole_images_and_keeps_a_shared_base_layer() {
+    let mut registry = Registry::start();
+    let (base, la, lb, lc) = (
+        random_bytes(MIB, 71),
+        random_bytes(MIB / 2, 72),
+        random_bytes(MIB + MIB / 2, 73),
+        random_bytes(MIB + MIB / 2, 74),
+    );
+    let (a, b, c) = tokio::task::block_in_place(|| {
+        (
+            push_image_with_layers(&registry, "evict/a", "v1", &[&base, &la]),
+            push_image_with_layers(&registry, "evict/b", "v1", &[&base, &lb]),
+            push_image_with_layers(&registry, "evict/c", "v1", &[&lc]),
+        )
+    });
+    let work = tempfile::tempdir().expect("work dir");
+    let cache_dir = work.path().join("cache");
+    let upstream = UpstreamToml::default_docker_io(&registry.url());
+    let config = |max: &str| format!("[cache]\nmax_size = \"{max}\"\nkeep_recent = \"0s\"\n{upstream}");
+    let mut berth = Berth::start_in(work.path(), &cache_dir, &config("3600KiB"));
+    let image_a = sorted(&[&a.manifest, &a.config, &a.layers[0], &a.layers[1]]);
+    let image_b_own = sorted(&[&b.manifest, &b.config, &b.layers[1]]);
+    let all_of = |m: &String, cfg: &String, layers: &[String]| {
+        let mut v: Vec<&String> = vec![m, cfg];
+        v.extend(layers.iter());
+        v.into_iter()
+            .map(|d| blob_path(&berth.cache_dir, d))
+            .collect::<Vec<_>>()
+    };
+    let a_paths = all_of(&a.manifest, &a.config, &a.layers);
+    let c_paths = all_of(&c.manifest, &c.config, &c.layers);
+
+    let pulled_a = tokio::task::block_in_place(|| pull(&berth, "evict/a:v1")).expect("pull a");
+    assert!(pulled_a.contains(&a.layers[1]), "{pulled_a:?}");
+    tokio::task::block_in_place(|| pull(&berth, "evict/b:v1")).expect("pull b");
+    eventually_async(COMMIT_WAIT, "a and b are cached", || {
+        a_paths.iter().all(|p| p.exists()) && blob_path(&berth.cache_dir, &b.layers[1]).exists()
+    })
+    .await;
+    // A's manifest is served again: A is now the most recently served image,
+    // though its own layer is the least recently used blob.
+    let resp = client()
+        .get(format!("{}/v2/evict/a/manifests/v1", berth.url()))
+        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .expect("manifest of a");
+    assert_eq!(resp.status(), 200);
+    tokio::task::block_in_place(|| pull(&berth, "evict/c:v1")).expect("pull c");
+    eventually_async(
+        COMMIT_WAIT,
+        lazy(|| format!("b's own content evicted: {}", berth.log())),
+        || image_b_own.iter().all(|d| !blob_path(&berth.cache_dir, d).exists()),
+    )
+    .await;
+    assert!(
+        a_paths.iter().all(|p| p.exists()),
+        "all of A stays, base layer included"
+    );
+    assert!(c_paths.iter().all(|p| p.exists()), "C, just pulled, stays");
+    assert!(
+        stored_bytes(&berth) <= 3600 * 1024,
+        "{} bytes stored",
+        stored_bytes(&berth)
+    );
+    assert!(
+        berth
+            .events()
+            .iter()
+            .any(|e| e["message"] == "cache over max_size; least recently served images evicted"),
+        "{}",
+        berth.log()
+    );
+
+    // The upstream goes away: A pulls whole from the cache, B does not.
+    registry.stop();
+    let offline_a = tokio::task::block_in_place(|| pull(&berth, "evict/a:v1")).expect("A pulls offline");
+    assert_eq!(offline_a, pulled_a, "the same content as online");
+    let offline_b = tokio::task::block_in_place(|| pull(&berth, "evict/b:v1"));
+    assert!(offline_b.is_err(), "B was evicted: {offline_b:?}");
+
+    // While berth runs, gc on its cache is refused (naming --url); through
+    // the admin surface, the dry run finds nothing to do under max_size.
+    let config_path = work.path().join("berth.toml");
+    let (code, _, text) = gc(&["--config", &config_path.display().to_string(), "--dry-run"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--url"), "{text}");
+    let admin = format!("http://{}", berth.admin_addr);
+    let (code, report, text) = gc(&["--url", &admin, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(removed(&report), Vec::<String>::new(), "{text}");
+    let (code, _, text) = gc(&["--url", &admin, "--dry-run"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("nothing to remove: the cache is under the limit"),
+        "{text}"
+    );
+    berth.signal("TERM");
+    assert!(berth.wait_exit(Duration::from_secs(30)).is_some(), "berth stops");
+
+    // On the stopped cache, with room for one image: the dry run names all of
+    // A (the least recently served) and nothing of C; the run removes that.
+    let lower = work.path().join("lower.toml");
+    std::fs::write(
+        &lower,
+        format!(
+            "cache_dir = \"{}\"\nlog_format = \"json\"\n{}",
+            cache_dir.display(),
+            config("2000KiB")
+        ),
+    )
+    .expect("write config");
+    let lower = lower.display().to_string();
+    let (code, plan, text) = gc(&["--config", &lower, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(removed(&plan), image_a, "{text}");
+    assert!(a_paths.iter().all(|p| p.exists()), "a dry run removes nothing");
+    let (code, _, text) = gc(&["--config", &lower, "--dry-run"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("image docker.io/evict/a:v1, last served"), "{text}");
+    assert!(text.contains("would remove 4 items"), "{text}");
+    let (code, done, text) = gc(&["--config", &lower, "--json"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(removed(&done), removed(&plan), "the run removes what the dry run named");
+    assert_eq!(done["removed_items"], 4, "{text}");
+    assert!(a_paths.iter().all(|p| !p.exists()), "A is gone");
+    assert!(c_paths.iter().all(|p| p.exists()), "C stays whole");
+
+    // And C still pulls whole, offline, on the cache gc left.
+    let berth = Berth::start_in(work.path(), &cache_dir, &config("2000KiB"));
+    let offline_c = tokio::task::block_in_place(|| pull(&berth, "evict/c:v1")).expect("C pulls offline");
+    assert!(offline_c.contains(&c.layers[0]), "{offline_c:?}");
 }

@@ -2,7 +2,8 @@
 //! addresses and repository names, so it is served apart from the registry
 //! API: on `admin_listen` (loopback by default), or on `listen` when the
 //! operator puts it there (`admin_listen = ""`). It only reads state the
-//! API layer keeps; it never calls the cache or an upstream.
+//! API layer keeps, and asks the cache only for its health and for `gc`;
+//! it never calls an upstream.
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_berth/failures", axum::routing::get(failures))
         .route("/_berth/health", axum::routing::get(health))
         .route("/_berth/status", axum::routing::get(status))
+        .route("/_berth/gc", axum::routing::post(gc))
         .route("/", axum::routing::get(page))
         .with_state(state)
 }
@@ -157,4 +159,24 @@ fn status_of(state: &AppState) -> serde_json::Value {
         "upstreams": upstreams,
         "failures_last_hour": last_hour.iter().map(|(cause, (n, hint))| json!({"cause": cause, "count": n, "hint": hint})).collect::<Vec<_>>(),
     })
+}
+
+/// `berth gc --url`: one eviction run now, or with `?dry_run=true` its plan.
+async fn gc(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    let dry_run = match query.as_deref().unwrap_or_default() {
+        "" => false,
+        "dry_run=true" | "dry_run=1" | "dry_run" => true,
+        "dry_run=false" | "dry_run=0" => false,
+        other => {
+            let body = serde_json::json!({ "error": format!("unknown query {other:?}: only dry_run=true|false") });
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    match state.cache.gc(dry_run).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => {
+            let body = serde_json::json!({ "error": e.to_string(), "cause": e.cause().name() });
+            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+        }
+    }
 }

@@ -44,6 +44,9 @@ struct StoredRead {
     upstream: String,
     repo: String,
     digest: Digest,
+    /// Keeps the blob out of eviction while it is read (whoever streams it
+    /// holds a clone until the last byte went).
+    pin: Arc<super::evict::Pin>,
 }
 
 impl StoredRead {
@@ -99,7 +102,13 @@ impl Blob {
                 let end = end.unwrap_or(size);
                 let damaged = read.on_damaged();
                 let stream = read.store.read_range(&read.digest, start, end, mode, damaged).await?;
-                Ok(stream.map(|item| item.map_err(CacheError::from)).boxed())
+                let pin = read.pin.clone();
+                Ok(stream
+                    .map(move |item| {
+                        let _reading = &pin;
+                        item.map_err(CacheError::from)
+                    })
+                    .boxed())
             }
             Source::Fetching { joined, .. } => Ok(reader::stream(joined, start, end).boxed()),
             Source::PassThrough { pass, .. } => Ok((*pass).window(start, end).into_stream().boxed()),
@@ -123,6 +132,7 @@ impl Cache {
                 upstream: route.upstream.name.clone(),
                 repo: route.repo.to_string(),
                 digest: digest.clone(),
+                pin: Arc::new(self.evictor.pin(digest)),
             };
             return Ok(Blob {
                 source: Source::Stored { size, read },

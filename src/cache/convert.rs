@@ -70,10 +70,12 @@ impl Cache {
         let digest = Digest::sha256_of(&bytes);
         let size = bytes.len() as u64;
         let bytes = bytes::Bytes::from(bytes);
-        if self.store.put(&digest, bytes.clone()).await? {
-            self.evictor.committed(&digest, size);
+        let written = self.store.put(&digest, bytes.clone()).await?;
+        let refs = crate::manifest::references(&bytes);
+        self.meta.put_manifest(&digest, media_type, size, &refs).await?;
+        if written {
+            self.evictor.committed(&digest, size).await;
         }
-        self.meta.put_manifest(&digest, media_type, size).await?;
         self.meta.put_converted(CONVERSION_VERSION, &m.digest, &digest).await?;
         self.link(route, &digest).await;
         tracing::info!(original = %m.digest, converted = %digest, media_type, "converted manifest to Docker schema2");

@@ -104,7 +104,7 @@ impl BlobFetch {
                         tracing::info!(upstream = %self.upstream.name, repo = %self.repo, digest = %self.digest, size, "blob cached");
                         // The upload's bytes are content now: counted once, not twice.
                         self.evictor.temp_gone(std::mem::take(&mut guard.progress.temp));
-                        self.evictor.committed(&self.digest, size);
+                        self.evictor.committed(&self.digest, size).await;
                         FetchState::Done { size }
                     }
                     Err(e) => self.failed(CacheError::from(e)),
@@ -274,7 +274,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::open(dir.path()).unwrap());
         let meta = Arc::new(SledMetaStore::open(dir.path()).unwrap());
-        let evictor = Arc::new(Evictor::new(1 << 30, 0, store.clone(), meta));
+        let evictor = Arc::new(Evictor::new(
+            1 << 30,
+            std::time::Duration::ZERO,
+            0,
+            store.clone(),
+            meta,
+            Arc::new(crate::cache::memo::ManifestMemo::new(1 << 20)),
+        ));
         let inflight = Arc::new(Inflight::default());
         let digest = Digest::sha256_of(b"never arrives");
         let text = format!(

@@ -39,6 +39,15 @@ impl ManifestMemo {
         Some(m.clone())
     }
 
+    /// Forget an evicted manifest, so it is not served without its content.
+    pub fn remove(&self, digest: &Digest) {
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some((m, _)) = inner.entries.remove(digest)
+        {
+            inner.bytes = inner.bytes.saturating_sub(m.bytes.len());
+        }
+    }
+
     pub fn put(&self, m: &CachedManifest) {
         if m.bytes.len() > self.budget {
             return;

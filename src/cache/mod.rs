@@ -11,7 +11,9 @@ mod coalesce;
 mod convert;
 mod error;
 mod evict;
+mod evict_plan;
 mod fetch;
+mod gc;
 mod inflight;
 mod lock;
 mod memo;
@@ -45,6 +47,7 @@ use crate::store::{BlobStore, FsBlobStore, MetaStore, SledMetaStore, now_secs};
 use crate::upstream::{ManifestHead, UpstreamManifest};
 use coalesce::Coalesce;
 use evict::Evictor;
+pub use gc::{GcRemoval, GcReport};
 use inflight::Inflight;
 use memo::ManifestMemo;
 
@@ -111,7 +114,7 @@ pub struct Cache {
     store: Arc<dyn BlobStore>,
     meta: Arc<dyn MetaStore>,
     evictor: Arc<Evictor>,
-    memo: ManifestMemo,
+    memo: Arc<ManifestMemo>,
     inflight: Arc<Inflight>,
     flights: Flights,
     tag_ttl: Duration,
@@ -154,13 +157,23 @@ impl Cache {
                 "cache metadata pointed at missing content; those records were dropped"
             );
         }
+        meta.sync_items(&items).await?;
+        record_missing_refs(store.as_ref(), meta.as_ref()).await?;
         let used = items.iter().map(|i| i.size).sum();
-        let evictor = Arc::new(Evictor::new(config.max_size, used, store.clone(), meta.clone()));
+        let memo = Arc::new(ManifestMemo::new(MANIFEST_MEMO_BYTES));
+        let evictor = Arc::new(Evictor::new(
+            config.max_size,
+            config.keep_recent,
+            used,
+            store.clone(),
+            meta.clone(),
+            memo.clone(),
+        ));
         Ok(Self {
             store,
             meta,
             evictor,
-            memo: ManifestMemo::new(MANIFEST_MEMO_BYTES),
+            memo,
             inflight: Arc::default(),
             flights: Flights::default(),
             tag_ttl: config.tag_ttl,
@@ -201,13 +214,17 @@ impl Cache {
     async fn store_manifest(&self, route: &Route, m: &UpstreamManifest) {
         let stored = match self.store.put(&m.digest, m.bytes.clone()).await {
             Ok(written) => {
-                if written {
-                    self.evictor.committed(&m.digest, m.bytes.len() as u64);
-                }
-                self.meta
-                    .put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64)
+                // Its references first: eviction keeps them with it.
+                let refs = crate::manifest::references(&m.bytes);
+                let recorded = self
+                    .meta
+                    .put_manifest(&m.digest, &m.media_type, m.bytes.len() as u64, &refs)
                     .await
-                    .map_err(CacheError::from)
+                    .map_err(CacheError::from);
+                if written {
+                    self.evictor.committed(&m.digest, m.bytes.len() as u64).await;
+                }
+                recorded
             }
             Err(e) => Err(CacheError::from(e)),
         };
@@ -429,6 +446,25 @@ impl Cache {
             }
         }
     }
+}
+
+/// Manifest records written before berth kept references get them from the
+/// stored bytes, once, so eviction knows every image's content.
+async fn record_missing_refs(store: &dyn BlobStore, meta: &dyn MetaStore) -> Result<(), CacheError> {
+    for (digest, refs) in meta.manifest_refs().await? {
+        if refs.is_some() {
+            continue;
+        }
+        let Some(bytes) = store.read(&digest, crate::upstream::MAX_MANIFEST_SIZE as u64).await? else {
+            continue;
+        };
+        let Some(rec) = meta.manifest(&digest).await? else {
+            continue;
+        };
+        let refs = crate::manifest::references(&bytes);
+        meta.put_manifest(&digest, &rec.media_type, rec.size, &refs).await?;
+    }
+    Ok(())
 }
 
 /// Whether an upstream failure is one where cached content should be served

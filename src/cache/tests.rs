@@ -243,11 +243,11 @@ async fn a_reader_whose_fetch_fails_to_store_goes_on_from_the_upstream() {
 }
 
 #[tokio::test]
-async fn eviction_under_a_reader_does_not_disturb_it() {
+async fn eviction_leaves_a_blob_being_read_until_its_reader_is_done() {
     let (bytes, digest) = blob(3 << 20);
     let body = bytes.clone();
     let up = FakeUpstream::start(move |_| Reply::whole(&body)).await;
-    let f = fixture(&up, "[cache]\nmax_size = \"1MiB\"", None).await;
+    let f = fixture(&up, "[cache]\nmax_size = \"1MiB\"\nkeep_recent = \"0s\"", None).await;
     let (got, _) = pull(&f, &digest).await;
     assert_eq!(got.len(), bytes.len());
     // Readers finish at verification; the commit follows.
@@ -258,12 +258,16 @@ async fn eviction_under_a_reader_does_not_disturb_it() {
     let blob = f.cache.blob(&f.route, &digest).await.expect("stored");
     let mut reading = blob.range(0, None, ReadMode::Copied).await.expect("body");
     let head = reading.next().await.expect("bytes").expect("ok");
-    let evicted = f.cache.evictor.run(None).await.expect("eviction");
-    assert_eq!(evicted.items, 1, "the blob is evicted while it is read");
-    assert_eq!(f.cache.store.stat(&digest).await.unwrap(), None);
+    let (plan, evicted) = f.cache.evictor.run(None).await.expect("eviction");
+    assert_eq!(evicted.items, 0, "a blob being read is kept: {plan:?}");
+    assert!(plan.short, "over max_size, but nothing may go");
+    assert!(f.cache.store.stat(&digest).await.unwrap().is_some());
     let (rest, err) = collect(reading).await;
     assert!(err.is_none(), "{err:?}");
     assert!([head.to_vec(), rest].concat() == bytes, "the reader gets every byte");
+    let (_, evicted) = f.cache.evictor.run(None).await.expect("eviction");
+    assert_eq!(evicted.items, 1, "read to the end, the blob may go");
+    assert_eq!(f.cache.store.stat(&digest).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -148,6 +148,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub max_size: u64,
     pub tag_ttl: Duration,
+    /// Images served within this keep all their content through eviction.
+    pub keep_recent: Duration,
     pub finish_abandoned: bool,
     pub tls: Option<TlsConfig>,
     /// `[auth]`; `None`: anonymous pulls, as without access control.

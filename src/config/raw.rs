@@ -21,6 +21,9 @@ const DEFAULT_MAX_SIZE: &str = "50GiB";
 /// Docker Hub counts GETs; a 5 minute tag TTL keeps tag pulls fresh while
 /// turning a fleet's rollout into one HEAD per tag per TTL.
 const DEFAULT_TAG_TTL: &str = "5m";
+/// An image served this recently keeps all its content through eviction: a
+/// rollout pulling it on node after node must not find layers gone.
+const DEFAULT_KEEP_RECENT: &str = "10m";
 /// A blob download whose clients all went away is finished by default, so the
 /// next pull is warm (zot's #4393 is the bug of cancelling it).
 const DEFAULT_FINISH_ABANDONED: bool = true;
@@ -167,6 +170,7 @@ impl Default for RawServer {
 pub(super) struct RawCache {
     pub max_size: String,
     pub tag_ttl: String,
+    pub keep_recent: String,
     pub finish_abandoned: bool,
 }
 
@@ -175,6 +179,7 @@ impl Default for RawCache {
         Self {
             max_size: DEFAULT_MAX_SIZE.into(),
             tag_ttl: DEFAULT_TAG_TTL.into(),
+            keep_recent: DEFAULT_KEEP_RECENT.into(),
             finish_abandoned: DEFAULT_FINISH_ABANDONED,
         }
     }

@@ -99,6 +99,9 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
     let tag_ttl = parse_duration(&raw.cache.tag_ttl)
         .map_err(|e| problems.push(format!("cache.tag_ttl: {e}")))
         .ok();
+    let keep_recent = parse_duration(&raw.cache.keep_recent)
+        .map_err(|e| problems.push(format!("cache.keep_recent: {e}")))
+        .unwrap_or_default();
     let server = validate_server(&raw.server, &mut problems);
     let tls = raw.tls.as_ref().map(|t| {
         files.tls = vec![("tls.cert", t.cert.clone()), ("tls.key", t.key.clone())];
@@ -162,6 +165,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
                 log_format,
                 max_size,
                 tag_ttl,
+                keep_recent,
                 finish_abandoned: raw.cache.finish_abandoned,
                 tls,
                 auth,

@@ -144,16 +144,5 @@ fn nearest_existing(dir: &Path) -> std::path::PathBuf {
 
 /// Bytes in the largest binary unit that keeps a whole number in front.
 pub(super) fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    crate::units::format_size(bytes)
 }

@@ -115,6 +115,30 @@ pub struct TagRecord {
 pub struct ManifestRecord {
     pub media_type: String,
     pub size: u64,
+    /// What the manifest needs to be pulled whole (config, layers, child
+    /// manifests), so eviction keeps an image's content together. None in
+    /// records written before berth kept them; the cache fills them in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refs: Option<Vec<String>>,
+}
+
+/// Stored content as the metadata indexes it: eviction plans from this
+/// index, never from a walk of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedItem {
+    pub digest: Digest,
+    pub size: u64,
+    /// Last use as far as berth knows, else when it was stored (ms since the epoch).
+    pub last_used_ms: u64,
+}
+
+/// A tag and what it resolved to last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagEntry {
+    pub upstream: String,
+    pub repo: String,
+    pub tag: String,
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,7 +156,16 @@ pub trait MetaStore: Send + Sync + 'static {
     /// restart serves.
     async fn put_tag(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest) -> Result<(), MetaError>;
     async fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError>;
-    async fn put_manifest(&self, digest: &Digest, media_type: &str, size: u64) -> Result<(), MetaError>;
+    /// `refs`: what the manifest needs to be pulled whole (`manifest::references`).
+    async fn put_manifest(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+        size: u64,
+        refs: &[Digest],
+    ) -> Result<(), MetaError>;
+    /// Every manifest record's digest and references (None: not recorded yet).
+    async fn manifest_refs(&self) -> Result<Vec<(Digest, Option<Vec<Digest>>)>, MetaError>;
     async fn tag_list(&self, upstream: &str, repo: &RepoName) -> Result<Option<TagListRecord>, MetaError>;
     async fn put_tag_list(&self, upstream: &str, repo: &RepoName, tags: Vec<String>) -> Result<(), MetaError>;
     async fn converted(&self, version: u32, original: &Digest) -> Result<Option<Digest>, MetaError>;
@@ -151,8 +184,17 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn touch(&self, digest: &Digest) -> Result<(), MetaError>;
     /// When content was last used, in milliseconds since the epoch.
     async fn last_used_ms(&self, digest: &Digest) -> Option<u64>;
-    /// Forget an evicted digest's access time.
+    /// Forget an evicted (or damaged) digest: its access time and its index entry.
     async fn forget(&self, digest: &Digest);
+    /// Index content just committed: `size` bytes, stored now.
+    async fn put_item(&self, digest: &Digest, size: u64) -> Result<(), MetaError>;
+    /// Every indexed item, with its last use.
+    async fn items(&self) -> Result<Vec<IndexedItem>, MetaError>;
+    /// Make the index hold exactly what the store listed (when the cache opens:
+    /// content added or removed while berth was not running).
+    async fn sync_items(&self, listed: &[StoredItem]) -> Result<(), MetaError>;
+    /// Every tag record (to name images in what eviction reports).
+    async fn tags_all(&self) -> Result<Vec<TagEntry>, MetaError>;
     /// Make everything written so far durable (at shutdown).
     async fn flush(&self) -> Result<(), MetaError>;
 }
@@ -166,5 +208,12 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default()
 }

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{ManifestRecord, MetaStore, TagListRecord, TagRecord, now_secs};
+use super::{
+    IndexedItem, ManifestRecord, MetaStore, StoredItem, TagEntry, TagListRecord, TagRecord, now_millis, now_secs,
+};
 use crate::reference::{Digest, RepoName};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,9 @@ pub struct SledMetaStore {
     /// `<upstream>\0<repository>\0<digest>` → nothing: that repository is
     /// known to hold that content.
     links: sled::Tree,
+    /// digest → size and time stored (two big-endian u64: bytes, ms since
+    /// the epoch): the index eviction plans from.
+    items: sled::Tree,
     /// Per digest: when its access time was last written to sled (seconds),
     /// and when it was last used (milliseconds, kept in memory only).
     touched: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
@@ -84,6 +89,7 @@ impl SledMetaStore {
             converted: db.open_tree("converted")?,
             converted_from: db.open_tree("converted_from")?,
             links: db.open_tree("links")?,
+            items: db.open_tree("items")?,
             touched: Default::default(),
         })
     }
@@ -131,12 +137,35 @@ impl MetaStore for SledMetaStore {
         Self::get(&self.manifests, digest.to_string().as_bytes())
     }
 
-    async fn put_manifest(&self, digest: &Digest, media_type: &str, size: u64) -> Result<(), MetaError> {
+    async fn put_manifest(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+        size: u64,
+        refs: &[Digest],
+    ) -> Result<(), MetaError> {
         let rec = ManifestRecord {
             media_type: media_type.to_string(),
             size,
+            refs: Some(refs.iter().map(|d| d.to_string()).collect()),
         };
         Self::put(&self.manifests, digest.to_string().as_bytes(), &rec)
+    }
+
+    async fn manifest_refs(&self) -> Result<Vec<(Digest, Option<Vec<Digest>>)>, MetaError> {
+        let mut all = Vec::new();
+        for entry in self.manifests.iter() {
+            let (k, v) = entry?;
+            let Some(digest) = std::str::from_utf8(&k).ok().and_then(|s| Digest::parse(s).ok()) else {
+                continue;
+            };
+            let rec: Option<ManifestRecord> = serde_json::from_slice(&v).ok();
+            let refs = rec
+                .and_then(|r| r.refs)
+                .map(|refs| refs.iter().filter_map(|d| Digest::parse(d).ok()).collect());
+            all.push((digest, refs));
+        }
+        Ok(all)
     }
 
     async fn tag_list(&self, upstream: &str, repo: &RepoName) -> Result<Option<TagListRecord>, MetaError> {
@@ -280,19 +309,125 @@ impl MetaStore for SledMetaStore {
             touched.remove(&key);
         }
         let _ = self.access.remove(key.as_bytes());
+        let _ = self.items.remove(key.as_bytes());
+    }
+
+    async fn put_item(&self, digest: &Digest, size: u64) -> Result<(), MetaError> {
+        // No flush: the index is made whole again from the store when the
+        // cache opens, so an entry lost to a crash costs nothing.
+        self.items
+            .insert(digest.to_string().as_bytes(), &item_value(size, now_millis()))?;
+        Ok(())
+    }
+
+    async fn items(&self) -> Result<Vec<IndexedItem>, MetaError> {
+        // Access times in the database, then the precise ones in memory.
+        let mut used: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+        for entry in self.access.iter() {
+            let (k, v) = entry?;
+            if let Ok(secs) = <[u8; 8]>::try_from(v.as_ref()) {
+                used.insert(k.to_vec(), u64::from_be_bytes(secs).saturating_mul(1000));
+            }
+        }
+        if let Ok(touched) = self.touched.lock() {
+            for (k, &(_, ms)) in touched.iter() {
+                used.insert(k.as_bytes().to_vec(), ms);
+            }
+        }
+        let mut all = Vec::with_capacity(self.items.len());
+        for entry in self.items.iter() {
+            let (k, v) = entry?;
+            let Some(digest) = std::str::from_utf8(&k).ok().and_then(|s| Digest::parse(s).ok()) else {
+                continue;
+            };
+            let Some((size, stored_ms)) = parse_item_value(&v) else {
+                continue;
+            };
+            let last_used_ms = used.get(k.as_ref()).copied().unwrap_or(0).max(stored_ms);
+            all.push(IndexedItem {
+                digest,
+                size,
+                last_used_ms,
+            });
+        }
+        Ok(all)
+    }
+
+    async fn sync_items(&self, listed: &[StoredItem]) -> Result<(), MetaError> {
+        let present: std::collections::HashMap<String, &StoredItem> =
+            listed.iter().map(|i| (i.digest.to_string(), i)).collect();
+        for entry in self.items.iter() {
+            let (k, v) = entry?;
+            let keep = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|d| present.get(d))
+                .is_some_and(|i| parse_item_value(&v).is_some_and(|(size, _)| size == i.size));
+            if !keep {
+                self.items.remove(k)?;
+            }
+        }
+        for (digest, item) in &present {
+            if !self.items.contains_key(digest.as_bytes())? {
+                self.items
+                    .insert(digest.as_bytes(), &item_value(item.size, item.stored_ms))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn tags_all(&self) -> Result<Vec<TagEntry>, MetaError> {
+        let mut all = Vec::new();
+        for entry in self.tags.iter() {
+            let (k, v) = entry?;
+            let Ok(key) = std::str::from_utf8(&k) else { continue };
+            let mut parts = key.split('\0');
+            let (Some(upstream), Some(repo), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(rec) = serde_json::from_slice::<TagRecord>(&v).ok() else {
+                continue;
+            };
+            all.push(TagEntry {
+                upstream: upstream.to_string(),
+                repo: repo.to_string(),
+                tag: tag.to_string(),
+                digest: rec.digest,
+            });
+        }
+        Ok(all)
     }
 
     async fn flush(&self) -> Result<(), MetaError> {
+        // Last uses kept only in memory (at most a minute newer than the
+        // database's) go in first, so eviction after a restart orders
+        // images as this run saw them.
+        let pending: Vec<(String, u64)> = match self.touched.lock() {
+            Ok(touched) => touched
+                .iter()
+                .filter(|(_, (written, ms))| ms / 1000 > *written)
+                .map(|(k, (_, ms))| (k.clone(), ms / 1000))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for (key, secs) in pending {
+            self.access.insert(key.as_bytes(), &secs.to_be_bytes())?;
+        }
         // The trees share one database: flushing one flushes them all.
         Self::flush(&self.tags).await
     }
 }
 
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
+fn item_value(size: u64, stored_ms: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&size.to_be_bytes());
+    v[8..].copy_from_slice(&stored_ms.to_be_bytes());
+    v
+}
+
+fn parse_item_value(v: &[u8]) -> Option<(u64, u64)> {
+    let size = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let stored_ms = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
+    Some((size, stored_ms))
 }
 
 #[cfg(test)]
@@ -306,7 +441,7 @@ mod tests {
         let repo = RepoName::parse("library/app").unwrap();
         let (kept, lost) = (Digest::sha256_of(b"kept"), Digest::sha256_of(b"lost"));
         for d in [&kept, &lost] {
-            meta.put_manifest(d, "application/vnd.oci.image.manifest.v1+json", 4)
+            meta.put_manifest(d, "application/vnd.oci.image.manifest.v1+json", 4, &[])
                 .await
                 .unwrap();
         }

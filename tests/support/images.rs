@@ -580,3 +580,53 @@ pub fn push_tiny_image(registry: &Registry, repo: &str, tag: &str, oci: bool) ->
     };
     (digest, config.digest, layer.digest)
 }
+
+/// What `push_image_with_layers` pushed: digests of the manifest, the config
+/// and each layer, in order.
+pub struct PushedImage {
+    pub manifest: String,
+    pub config: String,
+    pub layers: Vec<String>,
+}
+
+/// A Docker schema2 image of the given layer contents (opaque bytes: only
+/// their digests matter to a registry and to `skopeo copy … dir:`), pushed
+/// to `repo:tag`. Layers with the same contents in two images are one blob,
+/// as a shared base layer is.
+pub fn push_image_with_layers(registry: &Registry, repo: &str, tag: &str, layers: &[&[u8]]) -> PushedImage {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = Layout::new(dir.path().to_path_buf());
+    let config_type = "application/vnd.docker.container.image.v1+json";
+    let layer_type = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    let manifest_type = "application/vnd.docker.distribution.manifest.v2+json";
+    let config_bytes = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "config": {"Labels": {"image": format!("{repo}:{tag}")}}
+    }))
+    .expect("config json");
+    let config = layout.blob(config_type, &config_bytes);
+    push_blob(registry, repo, &layout, &config);
+    let descs: Vec<Desc> = layers.iter().map(|bytes| layout.blob(layer_type, bytes)).collect();
+    for d in &descs {
+        push_blob(registry, repo, &layout, d);
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "digest": config.digest, "size": config_bytes.len()},
+        "layers": descs.iter().map(|d| serde_json::json!({"mediaType": layer_type, "digest": d.digest, "size": d.size})).collect::<Vec<_>>()
+    }))
+    .expect("manifest json");
+    put_manifest(registry, repo, tag, manifest_type, &manifest);
+    let digest = {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&manifest)))
+    };
+    PushedImage {
+        manifest: digest,
+        config: config.digest,
+        layers: descs.into_iter().map(|d| d.digest).collect(),
+    }
+}
