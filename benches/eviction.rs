@@ -44,7 +44,8 @@ async fn main() {
             .unwrap_or(100_000),
         false => 2_000,
     };
-    let images = total / PER_IMAGE;
+    // Each image adds 19 items of its own and a tenth of a shared base.
+    let images = (total * 10).div_ceil((PER_IMAGE - 1) * 10 + 1);
     let dir = tempfile::tempdir().expect("temp dir");
     let cache_dir = dir.path().join("cache");
 
@@ -117,14 +118,25 @@ async fn main() {
     let dry_again = cache.gc(true).await.expect("dry run");
     let run = cache.gc(false).await.expect("run");
     let after = cache.gc(true).await.expect("dry run after");
-    assert_eq!(run.removed_items, dry.removed_items, "the run removes what the dry run planned");
+    assert_eq!(
+        run.removed_items, dry.removed_items,
+        "the run removes what the dry run planned"
+    );
     assert!(after.removals.is_empty(), "under the target after the run");
     assert_eq!(listed, stored, "every stored item listed");
 
-    println!("eviction at {stored} items ({images} images of {PER_IMAGE}, base layer shared by 10), {ITEM_BYTES} B each");
+    println!(
+        "eviction at {stored} items ({images} images of {PER_IMAGE}, base layer shared by 10), {ITEM_BYTES} B each"
+    );
     println!("{:<58} {:>10}", "measurement", "ms");
-    println!("{:<58} {:>10.0}", "fill (put + index + manifest records; setup)", fill_ms);
-    println!("{:<58} {:>10.0}", "open: one walk of the store, item index synced", open_ms);
+    println!(
+        "{:<58} {:>10.0}",
+        "fill (put + index + manifest records; setup)", fill_ms
+    );
+    println!(
+        "{:<58} {:>10.0}",
+        "open: one walk of the store, item index synced", open_ms
+    );
     println!(
         "{:<58} {:>10} (twice: {} ms)",
         format!("gc --dry-run: plan from the index ({} to remove)", dry.removed_items),
@@ -133,11 +145,17 @@ async fn main() {
     );
     println!(
         "{:<58} {:>10} (plan {} ms)",
-        format!("gc: one run removing {} items, {} B", run.removed_items, run.removed_bytes),
+        format!(
+            "gc: one run removing {} items, {} B",
+            run.removed_items, run.removed_bytes
+        ),
         run.took_ms,
         run.plan_ms
     );
-    println!("{:<58} {:>10.0}", "before: walk + access-time lookup per blob (per run)", walk_ms);
+    println!(
+        "{:<58} {:>10.0}",
+        "before: walk + access-time lookup per blob (per run)", walk_ms
+    );
     println!(
         "ratio plan / walk-per-run: {:.2}x",
         dry_again.plan_ms as f64 / walk_ms.max(0.001)

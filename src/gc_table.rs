@@ -105,12 +105,12 @@ pub fn render(report: &GcReport, now_ms: u64) -> String {
     let images: std::collections::HashSet<&str> = report.removals.iter().filter_map(|r| r.image.as_deref()).collect();
     let _ = writeln!(
         out,
-        "{verb} {} items, {} ({} images); {} shared blobs kept for images still cached; {} images kept as served within keep_recent; planned in {} ms, {} ms in all",
-        report.removed_items,
+        "{verb} {}, {} ({}); {} kept for images still cached; {} kept as served within keep_recent; planned in {} ms, {} ms in all",
+        count(report.removed_items, "item"),
         format_size(report.removed_bytes),
-        images.len(),
-        report.kept_shared,
-        report.kept_recent,
+        count(images.len(), "image"),
+        count(report.kept_shared, "shared blob"),
+        count(report.kept_recent, "image"),
         report.plan_ms,
         report.took_ms,
     );
@@ -121,6 +121,14 @@ pub fn render(report: &GcReport, now_ms: u64) -> String {
         );
     }
     out
+}
+
+/// "1 image", "2 images".
+fn count(n: usize, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    }
 }
 
 /// `sha256:0123456789ab`: enough of a digest to tell images apart.

@@ -287,6 +287,7 @@ async fn eviction_takes_whole_images_and_keeps_a_shared_base_layer() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("image docker.io/evict/a:v1, last served"), "{text}");
     assert!(text.contains("would remove 4 items"), "{text}");
+    println!("$ berth gc --config lower.toml --dry-run\n{text}");
     let (code, done, text) = gc(&["--config", &lower, "--json"]);
     assert_eq!(code, 0, "{text}");
     assert_eq!(removed(&done), removed(&plan), "the run removes what the dry run named");
