@@ -43,10 +43,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 async fn failures(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
     match FailureFilter::from_query(query.as_deref()) {
         Ok(filter) => {
-            let prefixes = state
-                .upstreams
-                .iter()
-                .map(|u| (u.config.prefix.clone(), u.name.clone()));
+            let live = state.live();
+            let prefixes = live.upstreams.iter().map(|u| (u.config.prefix.clone(), u.name.clone()));
             let filter = filter.with_prefixes(prefixes);
             axum::Json(state.events.report(&filter, crate::events::now_ms())).into_response()
         }
@@ -123,7 +121,8 @@ fn status_of(state: &AppState) -> serde_json::Value {
         let total = hits.saturating_add(misses);
         json!({"hits": hits, "misses": misses, "hit_ratio": (total > 0).then(|| hits as f64 / total as f64)})
     };
-    let upstreams: Vec<_> = state
+    let live = state.live();
+    let upstreams: Vec<_> = live
         .upstreams
         .iter()
         .map(|u| {
@@ -143,6 +142,7 @@ fn status_of(state: &AppState) -> serde_json::Value {
             })
         })
         .collect();
+    let (reloads_ok, reloads_failed, last_reload) = metrics.reloads();
     let (used, max) = state.cache.usage();
     let served = metrics.served_bytes.get();
     let fetched = metrics.upstream_bytes.get();
@@ -155,6 +155,7 @@ fn status_of(state: &AppState) -> serde_json::Value {
         "blobs": ratio("blob"),
         "traffic": {"served_bytes": served, "fetched_bytes": fetched, "saved_bytes": served.saturating_sub(fetched)},
         "upstreams": upstreams,
+        "config_reloads": {"ok": reloads_ok, "failed": reloads_failed, "last": last_reload},
         "failures_last_hour": last_hour.iter().map(|(cause, (n, hint))| json!({"cause": cause, "count": n, "hint": hint})).collect::<Vec<_>>(),
     })
 }
