@@ -12,6 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod top_images;
+pub use top_images::{Pulled, TopImages};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabels {
     pub cause: String,
@@ -98,6 +101,8 @@ pub struct Metrics {
     upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     config_reloads: Family<ResultLabel, Counter>,
     last_reload: Mutex<Option<ReloadOutcome>>,
+    /// The most-pulled images since start (the status page).
+    pub top_images: TopImages,
 }
 
 impl Default for Metrics {
@@ -190,6 +195,7 @@ impl Default for Metrics {
             upstream_latency,
             config_reloads,
             last_reload: Mutex::new(None),
+            top_images: TopImages::default(),
         }
     }
 }
