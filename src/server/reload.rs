@@ -18,7 +18,9 @@ use crate::upstream::{Upstream, UpstreamError};
 
 #[derive(Debug, Error)]
 enum ReloadError {
-    #[error("{0}")]
+    /// Shown without the file's lines: a syntax error's excerpt could be a
+    /// password's line.
+    #[error("{}", without_source_lines(&.0.to_string()))]
     Config(#[from] ConfigError),
     #[error("{0}")]
     Auth(#[from] crate::auth::StartError),
@@ -114,30 +116,7 @@ async fn apply(
     .await
     .map_err(|e| ReloadError::Task(e.to_string()))??;
 
-    let mut changes = Changes::default();
-    let mut upstreams = Vec::with_capacity(next.upstreams.len());
-    for cfg in &next.upstreams {
-        match old.upstreams.iter().find(|u| u.name == cfg.name) {
-            Some(u) if u.config == *cfg => upstreams.push(u.clone()),
-            found => {
-                let fresh = Upstream::new(cfg, state.events.clone()).map_err(|source| ReloadError::Upstream {
-                    name: cfg.name.clone(),
-                    source,
-                })?;
-                match found {
-                    Some(_) => changes.changed.push(cfg.name.clone()),
-                    None => changes.added.push(cfg.name.clone()),
-                }
-                upstreams.push(Arc::new(fresh));
-            }
-        }
-    }
-    changes.removed = old
-        .upstreams
-        .iter()
-        .filter(|u| !next.upstreams.iter().any(|c| c.name == u.name))
-        .map(|u| u.name.clone())
-        .collect();
+    let (upstreams, mut changes) = next_upstreams(&old.upstreams, &next.upstreams, &state.events)?;
 
     let mut restart = needs_restart(&state.config, &next);
     let auth = match auth {
@@ -167,6 +146,50 @@ async fn apply(
     }
     state.swap_live(Live { upstreams, auth });
     Ok(changes)
+}
+
+/// The upstream clients for `configs`: an unchanged one is the one in use
+/// (its breaker, tokens and rate-limit window go on), others are new.
+fn next_upstreams(
+    old: &[Arc<Upstream>],
+    configs: &[crate::config::UpstreamConfig],
+    events: &Arc<crate::events::Events>,
+) -> Result<(Vec<Arc<Upstream>>, Changes), ReloadError> {
+    let mut changes = Changes::default();
+    let mut upstreams = Vec::with_capacity(configs.len());
+    for cfg in configs {
+        match old.iter().find(|u| u.name == cfg.name) {
+            Some(u) if u.config == *cfg => upstreams.push(u.clone()),
+            found => {
+                let fresh = Upstream::new(cfg, events.clone()).map_err(|source| ReloadError::Upstream {
+                    name: cfg.name.clone(),
+                    source,
+                })?;
+                match found {
+                    Some(_) => changes.changed.push(cfg.name.clone()),
+                    None => changes.added.push(cfg.name.clone()),
+                }
+                upstreams.push(Arc::new(fresh));
+            }
+        }
+    }
+    changes.removed = old
+        .iter()
+        .filter(|u| !configs.iter().any(|c| c.name == u.name))
+        .map(|u| u.name.clone())
+        .collect();
+    Ok((upstreams, changes))
+}
+
+/// A config error without the excerpt of the file a TOML syntax error
+/// carries (lines like `3 | password = "…`).
+fn without_source_lines(message: &str) -> String {
+    let excerpt = |line: &str| {
+        let t = line.trim_start();
+        let digits = t.chars().take_while(char::is_ascii_digit).count();
+        t.starts_with('|') || (digits > 0 && t[digits..].trim_start().starts_with('|'))
+    };
+    message.lines().filter(|l| !excerpt(l)).collect::<Vec<_>>().join("\n")
 }
 
 /// The keys whose new value only a restart applies, by their dotted names.
@@ -230,6 +253,66 @@ mod tests {
             needs_restart(&old, &moved),
             ["listen", "cache.tag_ttl", "server.max_connections"]
         );
+    }
+
+    fn upstream(name: &str, endpoint: &str, password: &str) -> String {
+        format!(
+            "[[upstream]]\nname = \"{name}\"\nendpoints = [\"{endpoint}\"]\nusername = \"u\"\npassword = \"{password}\"\n"
+        )
+    }
+
+    #[test]
+    fn an_unchanged_upstream_keeps_its_client_and_the_others_are_new() {
+        let events = Arc::new(crate::events::Events::default());
+        let before = config(&format!(
+            "{}{}{}",
+            upstream("docker.io", "https://a", "p"),
+            upstream("ghcr.io", "https://g", "p"),
+            upstream("quay.io", "https://q", "p")
+        ));
+        let old: Vec<Arc<Upstream>> = before
+            .upstreams
+            .iter()
+            .map(|c| Arc::new(Upstream::new(c, events.clone()).unwrap()))
+            .collect();
+        // docker.io's password rotated, ghcr.io as it was, quay.io gone, gcr.io new.
+        let after = config(&format!(
+            "{}{}{}",
+            upstream("ghcr.io", "https://g", "p"),
+            upstream("docker.io", "https://a", "rotated"),
+            upstream("gcr.io", "https://c", "p")
+        ));
+        let (next, changes) = next_upstreams(&old, &after.upstreams, &events).unwrap();
+        let names: Vec<&str> = next.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["ghcr.io", "docker.io", "gcr.io"], "in the new order");
+        assert!(Arc::ptr_eq(&next[0], &old[1]), "ghcr.io keeps its client");
+        assert!(!Arc::ptr_eq(&next[1], &old[0]), "docker.io's credentials changed");
+        assert_eq!(
+            next[1].config.credentials.as_ref().map(|c| c.password.as_str()),
+            Some("rotated")
+        );
+        assert_eq!(
+            (changes.added, changes.removed, changes.changed),
+            (
+                vec!["gcr.io".to_string()],
+                vec!["quay.io".to_string()],
+                vec!["docker.io".to_string()]
+            )
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_shown_without_the_line_it_is_on() {
+        let e = Config::from_toml(
+            "[[upstream]]\npassword = \"hunter2\nname = 1\n",
+            "f.toml",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("hunter2"), "the excerpt is there to strip: {e}");
+        let shown = ReloadError::from(e).to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("f.toml") && shown.contains("line 2"), "{shown}");
     }
 
     #[test]
