@@ -314,6 +314,11 @@ fn sighup_points_an_upstream_at_another_registry() {
     assert!(summary.contains("changed: docker.io"), "{summary}");
     let (code, body) = support::raw_get(berth.addr, path);
     assert_eq!(code, 200, "the image only B has pulls after the reload: {body}");
+    let metrics = support::raw_get(berth.admin_addr, "/metrics").1;
+    assert!(
+        metrics.contains(r#"berth_config_reloads_total{result="ok"} 1"#),
+        "{metrics}"
+    );
     let warning = event(&berth, "SIGHUP: cache.tag_ttl needs a restart").expect("a restart key is named");
     assert_eq!(warning["level"], "WARN", "{warning}");
     assert!(
@@ -350,6 +355,12 @@ fn sighup_with_an_invalid_config_keeps_serving_the_old_one() {
         "{error}"
     );
     assert_eq!(status["config_reloads"]["last"]["ok"], false);
+    let metrics = support::raw_get(berth.admin_addr, "/metrics").1;
+    assert!(
+        metrics.contains(r#"berth_config_reloads_total{result="failed"} 1"#)
+            && metrics.contains(r#"berth_config_reloads_total{result="ok"} 0"#),
+        "{metrics}"
+    );
     assert!(
         event(&berth, "SIGHUP: cache.max_size needs a restart").is_none(),
         "nothing of a refused config is applied"
