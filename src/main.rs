@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use berth::cache::CacheError;
-use berth::config::{Config, LogFormat, Overrides};
+use berth::config::{Config, ConfigSource, LogFormat, Overrides};
 use berth::server::StartError;
 use clap::{Parser, Subcommand};
 
@@ -141,7 +141,12 @@ fn main() -> ExitCode {
         }
         Command::Failures { .. } => return ExitCode::FAILURE,
     };
-    let config = match Config::load(opts.config.as_deref(), env.then(flags)) {
+    // Kept for `serve`: SIGHUP reads the config again the same way.
+    let source = ConfigSource {
+        file: opts.config.clone(),
+        overrides: env.then(flags),
+    };
+    let config = match source.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("berth: {e}");
@@ -156,7 +161,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml_redacted());
             ExitCode::SUCCESS
         }
-        Command::Serve { .. } => serve(config),
+        Command::Serve { .. } => serve(config, source),
         Command::Doctor { opts, json, images } => doctor(&config, opts.config.as_deref(), json, &images),
         Command::Gc { dry_run, json, .. } => gc_local(&config, dry_run, json),
         Command::Failures { .. } => ExitCode::FAILURE,
@@ -317,7 +322,7 @@ fn failures(base: &str, filters: &[(&str, &str)], json: bool) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, source: ConfigSource) -> ExitCode {
     init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -326,7 +331,7 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(berth::server::serve(config)) {
+    match runtime.block_on(berth::server::serve(config, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "berth cannot start");

@@ -2,6 +2,7 @@
 //! Names follow Prometheus conventions: `_total` counters, `_seconds`
 //! histograms, `_bytes` units.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -10,6 +11,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+mod top_images;
+pub use top_images::{Pulled, TopImages};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabels {
@@ -57,6 +61,21 @@ pub struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// "ok" or "failed".
+    pub result: &'static str,
+}
+
+/// The last config reload (SIGHUP), for `/_berth/status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub at_unix_ms: u64,
+    pub ok: bool,
+    /// What changed, or why the reload was refused.
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
     pub upstream: String,
 }
@@ -80,6 +99,10 @@ pub struct Metrics {
     ratelimit_limit: Family<UpstreamLabel, Gauge>,
     ratelimit_remaining: Family<UpstreamLabel, Gauge>,
     upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    config_reloads: Family<ResultLabel, Counter>,
+    last_reload: Mutex<Option<ReloadOutcome>>,
+    /// The most-pulled images since start (the status page).
+    pub top_images: TopImages,
 }
 
 impl Default for Metrics {
@@ -97,7 +120,13 @@ impl Default for Metrics {
         let ratelimit_remaining = Family::<UpstreamLabel, Gauge>::default();
         let upstream_latency =
             Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let config_reloads = Family::<ResultLabel, Counter>::default();
         let mut r = Registry::default();
+        r.register(
+            "berth_config_reloads",
+            "Config reloads on SIGHUP, by result (a failed one keeps the config in use)",
+            config_reloads.clone(),
+        );
         r.register(
             "berth_pull_failures",
             "Requests that ended in an error, by failure cause",
@@ -164,6 +193,9 @@ impl Default for Metrics {
             ratelimit_limit,
             ratelimit_remaining,
             upstream_latency,
+            config_reloads,
+            last_reload: Mutex::new(None),
+            top_images: TopImages::default(),
         }
     }
 }
@@ -246,6 +278,20 @@ impl Metrics {
             self.cache_hits.get_or_create(&labels).get(),
             self.cache_misses.get_or_create(&labels).get(),
         )
+    }
+
+    /// Count a config reload and remember it as the last.
+    pub fn reloaded(&self, outcome: ReloadOutcome) {
+        let result = if outcome.ok { "ok" } else { "failed" };
+        self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+
+    /// (ok, failed) reloads since start, and the last one.
+    pub fn reloads(&self) -> (u64, u64, Option<ReloadOutcome>) {
+        let count = |result| self.config_reloads.get_or_create(&ResultLabel { result }).get();
+        let last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (count("ok"), count("failed"), last)
     }
 
     pub fn encode(&self) -> String {

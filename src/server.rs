@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::api::{self, AppState, RequestContext};
+use crate::api::{self, AppState, Live, RequestContext};
 use crate::cache::{Cache, CacheError};
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::events::{Events, RequestFacts};
 use crate::failure::FailureRecord;
 use crate::upstream::{Upstream, UpstreamError};
@@ -30,6 +30,7 @@ use limits::{AcceptBackoff, PerClient};
 mod access;
 mod io;
 mod limits;
+mod reload;
 mod tls;
 
 pub use tls::ClientCertificate;
@@ -92,8 +93,10 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         .scope_by_repository(config.auth.is_some());
     let state = Arc::new(AppState {
         config,
-        upstreams,
-        auth,
+        live: std::sync::RwLock::new(Arc::new(Live {
+            upstreams,
+            auth: Arc::new(auth),
+        })),
         cache,
         events: events.clone(),
         stopping: std::sync::atomic::AtomicBool::new(false),
@@ -214,13 +217,15 @@ pub fn exposure_warning(config: &Config) -> Option<String> {
     ))
 }
 
-/// Bind, then serve until SIGINT/SIGTERM. The bound address is logged as the
-/// `listening` event (tests bind port 0 and read it from there).
-pub async fn serve(config: Config) -> Result<(), StartError> {
+/// Bind, then serve until SIGINT/SIGTERM; on SIGHUP read the config again
+/// from `source` (where `config` came from) and apply what can change while
+/// serving. The bound address is logged as the `listening` event (tests bind
+/// port 0 and read it from there).
+pub async fn serve(config: Config, source: ConfigSource) -> Result<(), StartError> {
     if let Some(warning) = exposure_warning(&config) {
         tracing::warn!("{warning}");
     }
-    let tls_files = config.tls.clone();
+    let mut tls_files = config.tls.clone();
     let mut tls = tls_files.as_ref().map(tls::acceptor).transpose()?;
     let listen = config.listen;
     let admin_listen = config.admin_listen;
@@ -243,8 +248,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let mut backoff = AcceptBackoff::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    // SIGHUP: read the TLS certificate, key and client CA again (operators
-    // rotate them); connections already open keep theirs.
+    // SIGHUP: read the config again, and with it the TLS certificate, key
+    // and client CA (operators rotate them); connections already open keep
+    // theirs, and requests in flight their routing (see reload.rs).
     let mut hangup = hangup_signal();
     // Every connection is watched, so a signal can let what is in flight finish.
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -259,7 +265,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         };
         let (stream, remote) = tokio::select! {
             _ = hangup.recv() => {
-                reload_tls(tls_files.as_ref(), &mut tls);
+                reload::reload(&app.state, &source, &mut tls_files, &mut tls).await;
                 continue;
             }
             accepted = listener.accept() => match accepted {
@@ -451,18 +457,19 @@ impl http_body::Body for TrackedBody {
 }
 
 /// Swap in a TLS acceptor built from the files again; a bad file keeps the
-/// one in use (and says why), so a botched rotation does not take the mirror down.
-fn reload_tls(files: Option<&crate::config::TlsConfig>, tls: &mut Option<tokio_rustls::TlsAcceptor>) {
-    let Some(files) = files else {
-        tracing::info!("SIGHUP: no [tls] to reload");
-        return;
-    };
+/// one in use (and says why), so a botched rotation does not take the mirror
+/// down. Whether the new one is in use.
+fn reload_tls(files: &crate::config::TlsConfig, tls: &mut Option<tokio_rustls::TlsAcceptor>) -> bool {
     match tls::acceptor(files) {
         Ok(fresh) => {
             *tls = Some(fresh);
             tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS certificate and key reloaded");
+            true
         }
-        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; still serving the previous certificate"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS reload failed; still serving the previous certificate");
+            false
+        }
     }
 }
 
@@ -473,7 +480,7 @@ fn hangup_signal() -> Hangup {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Hangup(Some(s)),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS files are read only at start");
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; the config is read only at start");
                 Hangup(None)
             }
         }

@@ -1,7 +1,10 @@
 //! Graceful lifecycle: on SIGTERM berth stops accepting at once, lets the
 //! responses in flight finish within `server.shutdown_grace`, leaves no
 //! temp files, flushes its metadata and exits 0; past the grace period it
-//! closes what is still open and exits all the same.
+//! closes what is still open and exits all the same. On SIGHUP it reads its
+//! config again: new upstreams, credentials, htpasswd and TLS files are in
+//! force for new requests while those in flight finish; an invalid config
+//! changes nothing.
 
 mod support;
 
@@ -20,9 +23,18 @@ const BLOB: usize = 32 << 20;
 /// on `started`, then read the rest `chunk` bytes at a time with a pause
 /// between (a slow client); the body, or what arrived before the cut.
 fn slow_get(addr: SocketAddr, path: &str, started: mpsc::Sender<()>, pause: Duration) -> Vec<u8> {
+    slow_get_with(addr, path, "", started, pause)
+}
+
+/// `slow_get` with extra header lines (each ending in CRLF).
+fn slow_get_with(addr: SocketAddr, path: &str, headers: &str, started: mpsc::Sender<()>, pause: Duration) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut got = Vec::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut told = false;
@@ -176,4 +188,183 @@ async fn sighup_reloads_the_tls_certificate_without_dropping_connections() {
     assert!(poll(Duration::from_secs(10), failed).is_some(), "{}", berth.log());
     let again = trusting(&new.ca_cert);
     assert_eq!(again.get(&base).send().await.expect("still the new cert").status(), 200);
+}
+
+/// `Authorization: Basic …` for `user:password`, as a header line.
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Authorization: Basic {token}\r\n")
+}
+
+/// The status of a GET of `path` sent with `headers`, on a new connection.
+fn status_with(addr: SocketAddr, path: &str, headers: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// An htpasswd file at `path` with one bcrypt entry.
+fn htpasswd(path: &std::path::Path, user: &str, password: &str) {
+    let hash = bcrypt::hash(password, 5).expect("bcrypt");
+    std::fs::write(path, format!("{user}:{hash}\n")).expect("write htpasswd");
+}
+
+/// Wait (bounded) until `/_berth/status` counts `ok` good and `failed` refused reloads.
+fn wait_reloads(berth: &Berth, ok: u64, failed: u64) -> serde_json::Value {
+    let counted = || {
+        let status = berth.status();
+        let r = &status["config_reloads"];
+        (r["ok"] == ok && r["failed"] == failed).then_some(status)
+    };
+    poll(Duration::from_secs(10), counted)
+        .unwrap_or_else(|| panic!("no reload counted ({ok} ok, {failed} failed): {}", berth.log()))
+}
+
+/// The first log event whose message starts with `message`.
+fn event(berth: &Berth, message: &str) -> Option<serde_json::Value> {
+    berth
+        .events()
+        .into_iter()
+        .find(|e| e["message"].as_str().is_some_and(|m| m.starts_with(message)))
+}
+
+fn auth_toml(htpasswd: &std::path::Path, upstream: &str) -> String {
+    format!(
+        "[auth]\nhtpasswd = \"{}\"\n[[access]]\nidentities = [\"alice\", \"carol\"]\n{upstream}",
+        htpasswd.display()
+    )
+}
+
+/// The config names another htpasswd file (alice out, carol in): after
+/// SIGHUP alice is refused and carol let in, while a download alice began
+/// before the reload goes on to its last byte on its open connection.
+#[test]
+fn sighup_swaps_the_htpasswd_while_a_download_in_flight_finishes() {
+    let registry = Registry::start();
+    let (digest, content) = push_random_blob(&registry, "library/app", BLOB, 11);
+    let dir = tempfile::tempdir().expect("dir");
+    let (old, new) = (dir.path().join("old.htpasswd"), dir.path().join("new.htpasswd"));
+    htpasswd(&old, "alice", "alice-pw");
+    htpasswd(&new, "carol", "carol-pw");
+    let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
+    let berth = Berth::start(&auth_toml(&old, &upstream));
+    let (alice, carol) = (basic("alice", "alice-pw"), basic("carol", "carol-pw"));
+    assert_eq!(status_with(berth.addr, "/v2/", &alice), 200);
+    assert_eq!(status_with(berth.addr, "/v2/", &carol), 401);
+
+    // A cold 32 MiB blob read slowly: about 4 s at 256 KiB per 30 ms.
+    let (tx, rx) = mpsc::channel();
+    let (addr, path, auth) = (berth.addr, format!("/v2/library/app/blobs/{digest}"), alice.clone());
+    let reader = std::thread::spawn(move || slow_get_with(addr, &path, &auth, tx, Duration::from_millis(30)));
+    rx.recv_timeout(Duration::from_secs(30)).expect("the download started");
+
+    berth.rewrite_config(&auth_toml(&new, &upstream));
+    berth.signal("HUP");
+    let status = wait_reloads(&berth, 1, 0);
+    assert!(!reader.is_finished(), "the download was still in flight at the reload");
+    let summary = status["config_reloads"]["last"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("auth reloaded (1 htpasswd users)"), "{summary}");
+    assert_eq!(
+        status_with(berth.addr, "/v2/", &alice),
+        401,
+        "the old credential is refused"
+    );
+    assert_eq!(status_with(berth.addr, "/v2/", &carol), 200, "the new one is accepted");
+
+    let body = reader.join().expect("reader");
+    assert_eq!(
+        body.len(),
+        content.len(),
+        "the download begun before the reload finished"
+    );
+    assert_eq!(sha256_hex(&body), digest, "and verifies");
+    let reloaded = event(&berth, "SIGHUP: config reloaded").expect("the reload is logged");
+    assert_eq!(reloaded["auth_reloaded"], true, "{reloaded}");
+    assert!(
+        !berth.log().contains("alice-pw") && !berth.log().contains("$2b$"),
+        "no credentials logged"
+    );
+}
+
+/// docker.io pointed at a closed port, then at a registry that has the
+/// image: after SIGHUP the pull works, and a key that needs a restart is
+/// named in a warning.
+#[test]
+fn sighup_points_an_upstream_at_another_registry() {
+    let b = Registry::start();
+    push_tiny_image(&b, "library/only-b", "1.0", false);
+    let closed = UpstreamToml::default_docker_io("http://127.0.0.1:9").set("attempts", 1);
+    let berth = Berth::start(&closed.to_toml());
+    let path = "/v2/library/only-b/manifests/1.0";
+    assert_ne!(support::raw_get(berth.addr, path).0, 200, "nothing listens on port 9");
+
+    let to_b = UpstreamToml::default_docker_io(&b.url()).to_toml();
+    berth.rewrite_config(&format!("[cache]\ntag_ttl = \"1m\"\n{to_b}"));
+    berth.signal("HUP");
+    let status = wait_reloads(&berth, 1, 0);
+    let summary = status["config_reloads"]["last"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("changed: docker.io"), "{summary}");
+    let (code, body) = support::raw_get(berth.addr, path);
+    assert_eq!(code, 200, "the image only B has pulls after the reload: {body}");
+    let metrics = support::raw_get(berth.admin_addr, "/metrics").1;
+    assert!(
+        metrics.contains(r#"berth_config_reloads_total{result="ok"} 1"#),
+        "{metrics}"
+    );
+    let warning = event(&berth, "SIGHUP: cache.tag_ttl needs a restart").expect("a restart key is named");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert!(
+        event(&berth, "SIGHUP: listen needs a restart").is_none(),
+        "listen did not change"
+    );
+}
+
+/// A config with bad values changes nothing: berth says which keys are bad
+/// and goes on pulling through the upstream it had.
+#[test]
+fn sighup_with_an_invalid_config_keeps_serving_the_old_one() {
+    let registry = Registry::start();
+    push_tiny_image(&registry, "library/app", "1.0", false);
+    push_tiny_image(&registry, "library/app", "2.0", false);
+    let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
+    let berth = Berth::start(&upstream);
+    assert_eq!(support::raw_get(berth.addr, "/v2/library/app/manifests/1.0").0, 200);
+
+    berth.rewrite_config(
+        "[cache]\nmax_size = \"lots\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"ftp://x\"]\ndefault = true\n",
+    );
+    berth.signal("HUP");
+    let status = wait_reloads(&berth, 0, 1);
+    let failed = event(
+        &berth,
+        "SIGHUP: config reload failed; still serving the previous config",
+    )
+    .expect("the refused reload is logged");
+    assert_eq!(failed["level"], "ERROR", "{failed}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("upstream[0].endpoints") && error.contains("cache.max_size"),
+        "{error}"
+    );
+    assert_eq!(status["config_reloads"]["last"]["ok"], false);
+    let metrics = support::raw_get(berth.admin_addr, "/metrics").1;
+    assert!(
+        metrics.contains(r#"berth_config_reloads_total{result="failed"} 1"#)
+            && metrics.contains(r#"berth_config_reloads_total{result="ok"} 0"#),
+        "{metrics}"
+    );
+    assert!(
+        event(&berth, "SIGHUP: cache.max_size needs a restart").is_none(),
+        "nothing of a refused config is applied"
+    );
+    let (code, body) = support::raw_get(berth.addr, "/v2/library/app/manifests/2.0");
+    assert_eq!(code, 200, "still pulling through the old upstream: {body}");
 }

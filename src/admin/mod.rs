@@ -45,10 +45,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 async fn failures(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
     match FailureFilter::from_query(query.as_deref()) {
         Ok(filter) => {
-            let prefixes = state
-                .upstreams
-                .iter()
-                .map(|u| (u.config.prefix.clone(), u.name.clone()));
+            let live = state.live();
+            let prefixes = live.upstreams.iter().map(|u| (u.config.prefix.clone(), u.name.clone()));
             let filter = filter.with_prefixes(prefixes);
             axum::Json(state.events.report(&filter, crate::events::now_ms())).into_response()
         }
@@ -105,6 +103,23 @@ async fn page(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Images in the status's most-pulled list.
+const TOP_IMAGES: usize = 10;
+/// Fetches listed at most (the oldest first); the rest are only counted by
+/// `berth_cache_misses_total`.
+const MAX_INFLIGHT_SHOWN: usize = 50;
+
+/// `sha256:` and the first 12 hex digits, as `docker images` shows an ID.
+fn short_digest(digest: &str) -> String {
+    let (algorithm, hex) = digest.split_once(':').unwrap_or(("", digest));
+    let hex: String = hex.chars().take(12).collect();
+    if algorithm.is_empty() {
+        hex
+    } else {
+        format!("{algorithm}:{hex}")
+    }
+}
+
 fn status_of(state: &AppState) -> serde_json::Value {
     use serde_json::json;
     let metrics = &state.events.metrics;
@@ -125,7 +140,8 @@ fn status_of(state: &AppState) -> serde_json::Value {
         let total = hits.saturating_add(misses);
         json!({"hits": hits, "misses": misses, "hit_ratio": (total > 0).then(|| hits as f64 / total as f64)})
     };
-    let upstreams: Vec<_> = state
+    let live = state.live();
+    let upstreams: Vec<_> = live
         .upstreams
         .iter()
         .map(|u| {
@@ -145,18 +161,43 @@ fn status_of(state: &AppState) -> serde_json::Value {
             })
         })
         .collect();
+    let inflight: Vec<_> = state
+        .cache
+        .inflight()
+        .into_iter()
+        .take(MAX_INFLIGHT_SHOWN)
+        .map(|f| {
+            let digest = f.digest.to_string();
+            json!({
+                "digest": digest,
+                "short_digest": short_digest(&digest),
+                "upstream": f.upstream,
+                "repository": f.repo.as_str(),
+                "received_bytes": f.received,
+                "expected_bytes": f.expected,
+                "clients": f.clients,
+                "age_secs": f.age.as_secs(),
+            })
+        })
+        .collect();
+    let top_images = metrics.top_images.top(TOP_IMAGES);
+    let (reloads_ok, reloads_failed, last_reload) = metrics.reloads();
     let (used, max) = state.cache.usage();
     let served = metrics.served_bytes.get();
     let fetched = metrics.upstream_bytes.get();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started.elapsed().as_secs(),
+        "now_unix_ms": now_ms,
         "stopping": state.stopping.load(std::sync::atomic::Ordering::SeqCst),
         "cache": {"used_bytes": used, "max_bytes": max},
         "manifests": ratio("manifest"),
         "blobs": ratio("blob"),
         "traffic": {"served_bytes": served, "fetched_bytes": fetched, "saved_bytes": served.saturating_sub(fetched)},
         "upstreams": upstreams,
+        "inflight": inflight,
+        "top_images": top_images,
+        "config_reloads": {"ok": reloads_ok, "failed": reloads_failed, "last": last_reload},
         "failures_last_hour": last_hour.iter().map(|(cause, (n, hint))| json!({"cause": cause, "count": n, "hint": hint})).collect::<Vec<_>>(),
     })
 }

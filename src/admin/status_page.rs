@@ -37,7 +37,8 @@ fn bytes(v: &Value) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
+    // Up a unit also where one decimal would round to 1024.0 of this one.
+    while value >= 1023.95 && unit + 1 < units.len() {
         value /= 1024.0;
         unit += 1;
     }
@@ -69,7 +70,8 @@ section{background:#fff;border-radius:.5rem;padding:.8rem 1rem;box-shadow:0 1px 
 h2{font-size:1rem;margin:.2rem 0 .6rem}table{border-collapse:collapse;width:100%;font-size:.9rem}\
 td,th{text-align:left;padding:.25rem .4rem;border-bottom:1px solid #eee;vertical-align:top}\
 .big{font-size:1.6rem;font-weight:600}.ok{color:#1a7f37}.bad{color:#cf222e}.hint{color:#57606a;font-size:.85rem}\
-#upstreams,#failures{grid-column:1/-1}header .ok{color:#8ee6b0}header .bad{color:#ffb3b3}";
+#upstreams,#failures,#inflight,#top-images{grid-column:1/-1}\
+progress{width:6rem;vertical-align:middle}code{font-size:.85rem}header .ok{color:#8ee6b0}header .bad{color:#ffb3b3}";
 
 pub fn render(s: &Value) -> String {
     let mut html = String::new();
@@ -82,8 +84,23 @@ pub fn render(s: &Value) -> String {
     } else {
         "<span class=\"ok\">serving</span>"
     };
+    let reloads = &s["config_reloads"];
+    let reloaded = match &reloads["last"] {
+        Value::Null => String::new(),
+        last => format!(
+            " · <span id=\"reloads\" class=\"{}\" title=\"{}\">config reloads: {} ok, {} failed</span>",
+            if last["ok"].as_bool() == Some(true) {
+                "ok"
+            } else {
+                "bad"
+            },
+            text(&last["summary"]),
+            text(&reloads["ok"]),
+            text(&reloads["failed"]),
+        ),
+    };
     html.push_str(&format!(
-        "<header><h1>berth {}</h1><p>{state} · up {}</p></header><main>",
+        "<header><h1>berth {}</h1><p>{state} · up {}{reloaded}</p></header><main>",
         text(&s["version"]),
         uptime(s["uptime_secs"].as_u64().unwrap_or(0))
     ));
@@ -148,6 +165,9 @@ pub fn render(s: &Value) -> String {
     }
     html.push_str("</table></section>");
 
+    inflight_section(&mut html, s);
+    top_images_section(&mut html, s);
+
     html.push_str("<section id=\"failures\"><h2>Failures, last hour</h2>");
     let failures: Vec<&Value> = s["failures_last_hour"].as_array().into_iter().flatten().collect();
     if failures.is_empty() {
@@ -171,6 +191,67 @@ pub fn render(s: &Value) -> String {
     html
 }
 
+/// Fetches from upstreams under way: what, how far, who waits.
+fn inflight_section(html: &mut String, s: &Value) {
+    html.push_str("<section id=\"inflight\"><h2>Fetching from upstreams</h2>");
+    let fetches: Vec<&Value> = s["inflight"].as_array().into_iter().flatten().collect();
+    if fetches.is_empty() {
+        html.push_str("<p class=\"hint\">nothing in flight</p></section>");
+        return;
+    }
+    html.push_str("<table><tr><th>blob</th><th>repository</th><th>upstream</th><th>received</th><th>clients</th><th>age</th></tr>");
+    for f in fetches {
+        let received = &f["received_bytes"];
+        let progress = match (received.as_u64(), f["expected_bytes"].as_u64()) {
+            (Some(r), Some(e)) if e > 0 => format!(
+                "{} of {} <progress value=\"{r}\" max=\"{e}\"></progress> {:.0} %",
+                bytes(received),
+                bytes(&f["expected_bytes"]),
+                r as f64 * 100.0 / e as f64
+            ),
+            _ => format!("{} <span class=\"hint\">of an unknown size</span>", bytes(received)),
+        };
+        html.push_str(&format!(
+            "<tr><td><code title=\"{}\">{}</code></td><td>{}</td><td>{}</td><td>{progress}</td><td>{}</td><td>{} s</td></tr>",
+            text(&f["digest"]),
+            text(&f["short_digest"]),
+            text(&f["repository"]),
+            text(&f["upstream"]),
+            text(&f["clients"]),
+            text(&f["age_secs"]),
+        ));
+    }
+    html.push_str("</table></section>");
+}
+
+/// The most-pulled images since start.
+fn top_images_section(html: &mut String, s: &Value) {
+    html.push_str("<section id=\"top-images\"><h2>Top images</h2>");
+    let images: Vec<&Value> = s["top_images"].as_array().into_iter().flatten().collect();
+    if images.is_empty() {
+        html.push_str("<p class=\"hint\">no pulls yet</p></section>");
+        return;
+    }
+    html.push_str("<table><tr><th>image</th><th>upstream</th><th>pulls</th><th>last pulled</th></tr>");
+    let now_ms = s["now_unix_ms"].as_u64();
+    for i in images {
+        let reference = i["reference"].as_str().unwrap_or_default();
+        let sep = if reference.contains(':') { "@" } else { ":" };
+        let ago = match (now_ms, i["last_pulled_unix_ms"].as_u64()) {
+            (Some(now), Some(at)) => format!("{} s ago", now.saturating_sub(at) / 1000),
+            _ => "–".to_string(),
+        };
+        html.push_str(&format!(
+            "<tr><td>{}{sep}{}</td><td>{}</td><td>{}</td><td>{ago}</td></tr>",
+            text(&i["repository"]),
+            esc(reference),
+            text(&i["upstream"]),
+            text(&i["count"]),
+        ));
+    }
+    html.push_str("</table></section>");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +271,31 @@ mod tests {
         assert!(html.contains("a&quot;b") && html.contains("t&#39;1") && html.contains("x &amp; y"));
         assert!(html.contains("down (connection_refused)") && html.contains("5 of 100 left"));
         assert!(html.contains("up 1 d 1 h"), "{html}");
+        assert!(
+            html.contains("nothing in flight") && html.contains("no pulls yet"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn fetches_and_top_images_are_shown_escaped() {
+        let s = serde_json::json!({
+            "version": "1", "uptime_secs": 5, "now_unix_ms": 10_000,
+            "inflight": [{"digest": "sha256:abc", "short_digest": "sha256:abc", "repository": "a<b",
+                "upstream": "docker.io", "received_bytes": 1536, "expected_bytes": 3072, "clients": 2, "age_secs": 3},
+                {"digest": "sha256:def", "short_digest": "sha256:def", "repository": "x", "upstream": "u",
+                "received_bytes": 10, "expected_bytes": null, "clients": 1, "age_secs": 0}],
+            "top_images": [{"upstream": "docker.io", "repository": "library/app", "reference": "1.0<",
+                "count": 3, "last_pulled_unix_ms": 4_000}],
+        });
+        let html = render(&s);
+        assert!(html.contains("a&lt;b") && !html.contains("a<b"), "{html}");
+        assert!(html.contains("1.5 KiB of 3.0 KiB") && html.contains("50 %"), "{html}");
+        assert!(html.contains("10 B <span class=\"hint\">of an unknown size"), "{html}");
+        assert!(
+            html.contains("library/app:1.0&lt;") && html.contains("<td>3</td>") && html.contains("6 s ago"),
+            "{html}"
+        );
     }
 
     #[test]
@@ -197,6 +303,8 @@ mod tests {
         assert_eq!(bytes(&serde_json::json!(512)), "512 B");
         assert_eq!(bytes(&serde_json::json!(1536)), "1.5 KiB");
         assert_eq!(bytes(&serde_json::json!(50u64 << 30)), "50.0 GiB");
+        assert_eq!(bytes(&serde_json::json!((1u64 << 20) - 1)), "1.0 MiB");
+        assert_eq!(bytes(&serde_json::json!(1023)), "1023 B");
         assert_eq!(percent(&serde_json::json!(0.5)), "50 %");
         assert_eq!(percent(&serde_json::Value::Null), "–");
     }

@@ -27,6 +27,13 @@ pub async fn get(req: &Request<'_>, name: &str, reference: &str) -> Result<Respo
         .manifest(&route, &reference)
         .await
         .map_err(|e| ApiError::from_cache(e, Subject::Manifest, &what))?;
+    // Counted once it resolved: a name nobody can pull is never remembered.
+    req.state.events.metrics.top_images.pulled(
+        &route.upstream.name,
+        route.repo.as_str(),
+        &reference.to_string(),
+        crate::events::now_ms(),
+    );
     let accept = Accept::from_headers(&req.headers);
     let by_tag = matches!(reference, Reference::Tag(_));
     let mode = route.upstream.config.convert;

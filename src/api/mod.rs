@@ -33,11 +33,12 @@ use path::Endpoint;
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
 pub struct AppState {
+    /// The config berth started with: what a reload cannot change
+    /// (listeners, cache) is read from here.
     pub config: Config,
-    /// One client per configured upstream, in the configured order.
-    pub upstreams: Vec<Arc<Upstream>>,
-    /// Who may pull what (`[auth]`, `[[access]]`, the per-client rate).
-    pub auth: crate::auth::Authenticator,
+    /// What SIGHUP swaps whole: read once per request (`live()`), so a
+    /// request runs on one routing table and one set of rules to its end.
+    pub live: std::sync::RwLock<Arc<Live>>,
     pub cache: Cache,
     pub events: Arc<Events>,
     /// Set when a shutdown began: the readiness probe says so, so load
@@ -45,6 +46,26 @@ pub struct AppState {
     pub stopping: std::sync::atomic::AtomicBool,
     /// When this berth started (the status page's uptime).
     pub started: std::time::Instant,
+}
+
+/// The part of the state a config reload replaces.
+pub struct Live {
+    /// One client per configured upstream, in the configured order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Who may pull what (`[auth]`, `[[access]]`, the per-client rate).
+    pub auth: Arc<crate::auth::Authenticator>,
+}
+
+impl AppState {
+    /// The routing table and access rules in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Put `next` in force for requests that start from now on.
+    pub fn swap_live(&self, next: Live) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+    }
 }
 
 /// Set by the server on requests of a plain-TCP connection: nothing in berth
@@ -83,6 +104,8 @@ async fn base(method: Method) -> Response {
 /// The request as the handlers see it, already split into its parts.
 pub struct Request<'a> {
     pub state: &'a AppState,
+    /// The routing table this request started on.
+    pub live: Arc<Live>,
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Option<String>,
@@ -103,8 +126,28 @@ impl Request<'_> {
     pub fn route(&self, name: &str) -> Result<(RepoName, Route), ApiError> {
         let name = RepoName::parse(name).map_err(ApiError::reference)?;
         let ns = self.query_param("ns");
-        let r = route(&self.state.upstreams, &name, ns.as_deref()).map_err(ApiError::not_configured)?;
+        let r = route(&self.live.upstreams, &name, ns.as_deref()).map_err(ApiError::not_configured)?;
         Ok((name, r))
+    }
+}
+
+/// What the server's middleware attached to the request.
+struct Attached {
+    ctx: Option<RequestContext>,
+    plain: bool,
+    /// Loaded by the access check; absent on a router without it.
+    live: Option<Arc<Live>>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Attached {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Attached {
+            ctx: parts.extensions.get::<RequestContext>().cloned(),
+            plain: parts.extensions.get::<PlainConnection>().is_some(),
+            live: parts.extensions.remove::<Arc<Live>>(),
+        })
     }
 }
 
@@ -114,8 +157,7 @@ async fn dispatch(
     Path(rest): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    ctx: Option<axum::Extension<RequestContext>>,
-    plain: Option<axum::Extension<PlainConnection>>,
+    attached: Attached,
 ) -> Response {
     let endpoint = path::parse(&rest);
     if method != Method::GET && method != Method::HEAD && endpoint != Endpoint::Unknown {
@@ -124,13 +166,15 @@ async fn dispatch(
             None => unsupported(&method),
         };
     }
+    let Attached { ctx, plain, live } = attached;
     let req = Request {
         state: &state,
+        live: live.unwrap_or_else(|| state.live()),
         method,
         headers,
         query,
-        ctx: ctx.map(|c| c.0),
-        plain: plain.is_some(),
+        ctx,
+        plain,
     };
     let about = endpoint.subject();
     let result = match endpoint {

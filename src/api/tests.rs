@@ -41,8 +41,10 @@ async fn app_scoped(up: &FakeUpstream, scoped: bool) -> App {
     let auth = crate::auth::Authenticator::new(None, &[], 0, 0).expect("no access control");
     let state = Arc::new(AppState {
         config,
-        upstreams,
-        auth,
+        live: std::sync::RwLock::new(Arc::new(super::Live {
+            upstreams,
+            auth: Arc::new(auth),
+        })),
         cache,
         events,
         stopping: Default::default(),

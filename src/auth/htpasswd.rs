@@ -202,6 +202,11 @@ impl Htpasswd {
         })
     }
 
+    /// Users in the file as last read.
+    pub fn users(&self) -> usize {
+        self.state().file.len()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

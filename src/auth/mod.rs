@@ -130,7 +130,8 @@ pub struct StartError(pub Vec<String>);
 pub struct Authenticator {
     /// `None`: `[auth]` absent, everyone is anonymous and allowed.
     policy: Option<Policy>,
-    limiter: Option<RateLimiter>,
+    /// Shared with the authenticator a reload builds, so clients keep their buckets.
+    limiter: Option<std::sync::Arc<RateLimiter>>,
 }
 
 #[derive(Debug)]
@@ -152,6 +153,33 @@ impl Authenticator {
         requests_per_second: u32,
         burst: u32,
     ) -> Result<Authenticator, StartError> {
+        Ok(Authenticator {
+            policy: Policy::new(auth, access)?,
+            limiter: RateLimiter::new(requests_per_second, burst).map(std::sync::Arc::new),
+        })
+    }
+
+    /// A new authenticator from reloaded `[auth]` and `[[access]]` (the
+    /// htpasswd file read now), keeping this one's per-client rate limits
+    /// and their buckets.
+    pub fn reloaded(&self, auth: Option<&AuthConfig>, access: &[AccessRule]) -> Result<Authenticator, StartError> {
+        Ok(Authenticator {
+            policy: Policy::new(auth, access)?,
+            limiter: self.limiter.clone(),
+        })
+    }
+
+    /// Users in the htpasswd file as last read (0 without one).
+    pub fn users(&self) -> usize {
+        self.policy
+            .as_ref()
+            .and_then(|p| p.htpasswd.as_ref())
+            .map_or(0, Htpasswd::users)
+    }
+}
+
+impl Policy {
+    fn new(auth: Option<&AuthConfig>, access: &[AccessRule]) -> Result<Option<Policy>, StartError> {
         let policy = match auth {
             None => None,
             Some(a) => Some(Policy {
@@ -167,12 +195,11 @@ impl Authenticator {
                 rules: access.to_vec(),
             }),
         };
-        Ok(Authenticator {
-            policy,
-            limiter: RateLimiter::new(requests_per_second, burst),
-        })
+        Ok(policy)
     }
+}
 
+impl Authenticator {
     /// Whether `[auth]` is configured (else every request is anonymous).
     pub fn is_on(&self) -> bool {
         self.policy.is_some()

@@ -39,6 +39,23 @@ pub struct Fetch {
     state: watch::Sender<FetchState>,
     partial: Arc<dyn PartialRead>,
     origin: Origin,
+    /// When it was registered (the status page shows its age).
+    started: std::time::Instant,
+}
+
+/// One fetch under way, as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct InflightFetch {
+    pub digest: Digest,
+    pub upstream: String,
+    pub repo: RepoName,
+    /// Bytes received (written to the upload) so far.
+    pub received: u64,
+    /// The size the upstream announced, once known.
+    pub expected: Option<u64>,
+    /// Requests reading it now.
+    pub clients: usize,
+    pub age: std::time::Duration,
 }
 
 /// The upstream and repository a fetch asks under. With repository scoping,
@@ -137,6 +154,7 @@ impl Inflight {
                 upstream: fallback.upstream.name.clone(),
                 repo: fallback.repo.clone(),
             },
+            started: std::time::Instant::now(),
         });
         map.insert(fallback.digest.clone(), fetch.clone());
         let joined = Self::joined(&fetch, fallback);
@@ -159,6 +177,36 @@ impl Inflight {
         let _ = self
             .abandoned
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// The fetches under way, oldest first. The map's lock is held only to
+    /// copy out the handles; each state is read after it is released.
+    pub fn snapshot(&self) -> Vec<InflightFetch> {
+        let fetches: Vec<(Digest, Arc<Fetch>)> = match self.lock() {
+            Ok(map) => map.iter().map(|(d, f)| (d.clone(), f.clone())).collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut out: Vec<InflightFetch> = fetches
+            .into_iter()
+            .map(|(digest, f)| {
+                let (received, expected) = match &*f.state.borrow() {
+                    FetchState::Starting | FetchState::Failed(_) => (0, None),
+                    FetchState::Running { written, total } => (*written, *total),
+                    FetchState::Verified { size } | FetchState::Done { size } => (*size, Some(*size)),
+                };
+                InflightFetch {
+                    digest,
+                    upstream: f.origin.upstream.clone(),
+                    repo: f.origin.repo.clone(),
+                    received,
+                    expected,
+                    clients: f.waiters(),
+                    age: f.started.elapsed(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|f| std::cmp::Reverse(f.age));
+        out
     }
 
     /// Forget a finished fetch; called after the state is final.

@@ -37,6 +37,7 @@ pub use crate::store::ReadMode;
 pub use blob::{Blob, BlobBody};
 pub use convert::ConvertError;
 pub use error::CacheError;
+pub use inflight::InflightFetch;
 pub use lock::{CacheLock, LockError, LockState, lock_state};
 pub use unknown::UnknownReference;
 
@@ -401,6 +402,11 @@ impl Cache {
     /// Bytes the cache holds now (temp files included) and may hold.
     pub fn usage(&self) -> (u64, u64) {
         (self.evictor.used(), self.max_size)
+    }
+
+    /// The blob fetches under way now (for the status page).
+    pub fn inflight(&self) -> Vec<InflightFetch> {
+        self.inflight.snapshot()
     }
 
     /// Whether the cache can store content now (for the readiness probe).

@@ -45,6 +45,22 @@ impl Overrides {
     }
 }
 
+/// Where a running berth's config came from: the file (or the embedded
+/// default) and the overrides of its start, so SIGHUP reads it again the
+/// same way (the environment as it was at start, not as it is now).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<std::path::PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// Load and validate again, every problem at once.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.file.as_deref(), self.overrides.clone())
+    }
+}
+
 impl Config {
     /// Load from `file`, or the embedded default when `None`, then apply overrides.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {

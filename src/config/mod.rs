@@ -17,7 +17,7 @@ mod raw;
 mod validate;
 
 pub use crate::auth::{AccessRule, AuthConfig};
-pub use load::{EMBEDDED_DEFAULT, Overrides};
+pub use load::{ConfigSource, EMBEDDED_DEFAULT, Overrides};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -42,7 +42,7 @@ pub enum ConvertMode {
     Never,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -52,7 +52,7 @@ pub struct TlsConfig {
 }
 
 /// Credentials for an upstream. `Debug` is hand-written so they never reach a log.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -64,7 +64,8 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Equal when a reload would build the same client (so it keeps its breaker and tokens).
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     pub endpoints: Vec<Url>,
@@ -111,7 +112,7 @@ impl AuthHost {
 }
 
 /// How hard berth tries one upstream request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryConfig {
     pub attempts: u32,
     pub base_delay: Duration,
@@ -120,7 +121,7 @@ pub struct RetryConfig {
 }
 
 /// Limits against slow and greedy clients (`[server]`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::ClientCertificate;
 use crate::api::errors::{ApiError, Code};
-use crate::api::{API_VERSION_HEADER, AppState, path};
+use crate::api::{API_VERSION_HEADER, AppState, Live, path};
 use crate::auth::{CHALLENGE, Decision, Identity, Target};
 use crate::reference::RepoName;
 use crate::routing::route;
@@ -41,9 +41,12 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
         .extensions()
         .get::<ClientCertificate>()
         .map(|c| c.common_name.clone());
+    // The one load of the reloadable state for this request; the handler
+    // gets the same one, so a reload never splits a request across two.
+    let live = state.live();
     // Without [auth] the target decides nothing: no routing on that path.
-    let routed = match state.auth.is_on() {
-        true => repository_of(&state, req.uri()),
+    let routed = match live.auth.is_on() {
+        true => repository_of(&live, req.uri()),
         false => None,
     };
     let target = match (&routed, req.uri().path()) {
@@ -51,20 +54,21 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
         (None, p) if p == "/" || p == "/metrics" || p.starts_with("/_berth/") => Target::Admin,
         _ => Target::Base,
     };
-    let decision = state
+    let decision = live
         .auth
         .authorize(client, authorization.as_deref(), cert.as_deref(), target)
         .await;
     match decision {
         Decision::Allowed(identity) => {
             req.extensions_mut().insert(Allowed(identity.clone()));
+            req.extensions_mut().insert(live);
             let mut resp = next.run(req).await;
             resp.extensions_mut().insert(Allowed(identity));
             resp
         }
         refused => {
             // The failure record names what was asked for, [auth] or not.
-            let routed = routed.or_else(|| repository_of(&state, req.uri()));
+            let routed = routed.or_else(|| repository_of(&live, req.uri()));
             let (upstream, repo) = match &routed {
                 Some((u, r)) => (Some(u.as_str()), Some(r.as_str())),
                 None => (None, None),
@@ -77,7 +81,7 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
 /// The upstream and repository a `/v2/<name>/…` request names, routed as the
 /// handlers will route it; None for the base, other paths, and names that
 /// do not route (the handler answers those; the client still needs an identity).
-fn repository_of(state: &AppState, uri: &axum::http::Uri) -> Option<(String, String)> {
+fn repository_of(live: &Live, uri: &axum::http::Uri) -> Option<(String, String)> {
     let rest = uri.path().strip_prefix("/v2/")?;
     let (name, _) = path::parse(rest).subject()?;
     let name = RepoName::parse(name).ok()?;
@@ -86,7 +90,7 @@ fn repository_of(state: &AppState, uri: &axum::http::Uri) -> Option<(String, Str
             .find(|(k, _)| k == "ns")
             .map(|(_, v)| v.into_owned())
     });
-    let r = route(&state.upstreams, &name, ns.as_deref()).ok()?;
+    let r = route(&live.upstreams, &name, ns.as_deref()).ok()?;
     Some((r.upstream.name.clone(), r.repo.to_string()))
 }
 

@@ -14,6 +14,10 @@ pub struct Berth {
     child: Child,
     pub cache_dir: PathBuf,
     pub log_path: PathBuf,
+    /// The config file berth was started with (SIGHUP reads it again).
+    pub config_path: PathBuf,
+    /// Its first lines (listen, admin_listen, cache_dir, log_format).
+    config_head: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -86,11 +90,11 @@ impl Berth {
             Launch::NetnsOn(_, listen) => listen,
             _ => "127.0.0.1:0",
         };
-        let text = format!(
-            "listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\nlog_format = \"json\"\n{extra_toml}\n",
+        let head = format!(
+            "listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\nlog_format = \"json\"\n",
             cache_dir.display()
         );
-        std::fs::write(&config, text).expect("write berth config");
+        std::fs::write(&config, format!("{head}{extra_toml}\n")).expect("write berth config");
         let log_path = work.join(format!("berth-{}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).expect("create berth log");
         // `ip netns exec` execs berth in place: the child's pid is berth's.
@@ -127,6 +131,8 @@ impl Berth {
             child,
             cache_dir: cache_dir.to_path_buf(),
             log_path,
+            config_path: config.clone(),
+            config_head: head,
             _dir: None,
         };
         b.addr = b.wait_listening();
@@ -188,6 +194,27 @@ impl Berth {
     /// The process id (the load benchmark reads its memory use).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Replace the config file's sections after its first lines (the same
+    /// listen, admin_listen, cache_dir and log_format) with `extra_toml`, by
+    /// rename, as config management does; berth reads it at the next SIGHUP.
+    pub fn rewrite_config(&self, extra_toml: &str) {
+        self.rewrite_config_raw(&format!("{}{extra_toml}\n", self.config_head));
+    }
+
+    /// Replace the whole config file with `text`, by rename.
+    pub fn rewrite_config_raw(&self, text: &str) {
+        let next = self.config_path.with_extension("toml.new");
+        std::fs::write(&next, text).expect("write the new config");
+        std::fs::rename(&next, &self.config_path).expect("replace the config");
+    }
+
+    /// `/_berth/status` as JSON (blocking; from an async test use a client).
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = super::raw_get(self.admin_addr, "/_berth/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
     }
 
     /// Send `SIGTERM` (or another signal by name, as `kill -s` takes it).
