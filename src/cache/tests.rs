@@ -251,8 +251,9 @@ async fn eviction_leaves_a_blob_being_read_until_its_reader_is_done() {
     let (got, _) = pull(&f, &digest).await;
     assert_eq!(got.len(), bytes.len());
     // Readers finish at verification; the commit follows.
-    eventually("the blob is stored", || async {
-        f.cache.store.stat(&digest).await.ok().flatten().is_some()
+    // Stored, and indexed (the index entry follows the commit).
+    eventually("the blob is stored and indexed", || async {
+        f.cache.store.stat(&digest).await.ok().flatten().is_some() && f.cache.usage().0 > 0
     })
     .await;
     let blob = f.cache.blob(&f.route, &digest).await.expect("stored");
