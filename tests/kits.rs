@@ -397,3 +397,102 @@ fn url_encode(text: &str) -> String {
         })
         .collect()
 }
+
+/// `systemd-analyze` on a copy of the unit whose `ExecStart` names the
+/// built berth (verify checks that the binary exists); (status, output).
+fn systemd_analyze(args: &[&str], unit_text: &str) -> (bool, String, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let unit = dir.path().join("berth.service");
+    let text = unit_text.replace(
+        "ExecStart=/usr/local/bin/berth ",
+        &format!("ExecStart={} ", env!("CARGO_BIN_EXE_berth")),
+    );
+    std::fs::write(&unit, text).expect("unit copy");
+    let out = Command::new("systemd-analyze")
+        .args(args)
+        .arg(&unit)
+        .output()
+        .expect("run systemd-analyze (apt-get install systemd)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text, unit, dir)
+}
+
+/// A `Duration` from a systemd or berth time span such as `40s` or `2min`.
+fn seconds(span: &str) -> u64 {
+    let digits: String = span.chars().take_while(char::is_ascii_digit).collect();
+    let n: u64 = digits.parse().unwrap_or_else(|_| panic!("a time span: {span}"));
+    match &span[digits.len()..] {
+        "s" | "" => n,
+        "min" | "m" => n * 60,
+        unit => panic!("unit {unit} in {span}"),
+    }
+}
+
+/// The highest exposure `systemd-analyze security` may give the unit (0 is
+/// fully sandboxed, 10 not at all; berth needs the host's network).
+const MAX_EXPOSURE: f64 = 2.0;
+
+#[test]
+fn the_systemd_unit_verifies_and_its_sandbox_exposure_is_low() {
+    let unit = std::fs::read_to_string(kit("berth.service")).expect("docker/berth.service");
+    let key = |name: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name}= in berth.service"))
+    };
+    assert_eq!(
+        key("ExecStart"),
+        "/usr/local/bin/berth serve --config /etc/berth/berth.toml"
+    );
+    assert_eq!(key("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(key("KillSignal"), "SIGTERM");
+    // systemd waits longer than berth drains: the default grace, as
+    // `berth check-config` prints it for the embedded config.
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("check-config")
+        .output()
+        .expect("berth check-config");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let effective = String::from_utf8_lossy(&out.stdout).to_string();
+    let grace = effective
+        .lines()
+        .find_map(|l| l.strip_prefix("shutdown_grace = "))
+        .map(|v| seconds(v.trim_matches('"')))
+        .unwrap_or_else(|| panic!("shutdown_grace in check-config's output:\n{effective}"));
+    let stop = seconds(key("TimeoutStopSec"));
+    assert!(
+        stop > grace,
+        "TimeoutStopSec={stop}s must exceed shutdown_grace {grace}s"
+    );
+
+    let (ok, verified, copy, _dir) = systemd_analyze(&["verify"], &unit);
+    eprintln!(
+        "systemd-analyze verify {}: {}",
+        copy.display(),
+        if verified.is_empty() { "(no output)" } else { &verified }
+    );
+    assert!(ok, "systemd-analyze verify:\n{verified}");
+    let about_the_unit: Vec<_> = verified.lines().filter(|l| l.contains("berth")).collect();
+    assert!(about_the_unit.is_empty(), "systemd-analyze verify warns:\n{verified}");
+
+    let (ok, security, _, _dir) = systemd_analyze(&["security", "--offline=yes"], &unit);
+    assert!(ok, "systemd-analyze security:\n{security}");
+    let exposure: f64 = security
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for berth.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("an exposure level in:\n{security}"));
+    let open: Vec<_> = security.lines().filter(|l| l.starts_with('✗')).collect();
+    eprintln!(
+        "systemd-analyze security --offline=yes: exposure {exposure}; not sandboxed:\n{}",
+        open.join("\n")
+    );
+    assert!(
+        exposure <= MAX_EXPOSURE,
+        "exposure {exposure} > {MAX_EXPOSURE}:\n{security}"
+    );
+}

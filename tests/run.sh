@@ -18,6 +18,7 @@ ensure_packages tests/run.sh \
   /usr/bin/podman=podman                   `# a real podman: login to berth, registries.conf mirror` \
   /usr/bin/promtool=prometheus             `# alert rules checked by promtool; a real Prometheus scrapes berth` \
   /usr/bin/chromium=chromium               `# the status page rendered by a real browser` \
+  /usr/bin/systemd-analyze=systemd         `# docker/berth.service checked by systemd-analyze verify and security` \
   /usr/bin/curl=curl \
   /usr/bin/tar=tar \
   /usr/bin/gzip=gzip \
