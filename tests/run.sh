@@ -18,6 +18,8 @@ ensure_packages tests/run.sh \
   /usr/bin/podman=podman                   `# a real podman: login to berth, registries.conf mirror` \
   /usr/bin/promtool=prometheus             `# alert rules checked by promtool; a real Prometheus scrapes berth` \
   /usr/bin/chromium=chromium               `# the status page rendered by a real browser` \
+  /usr/bin/systemd-analyze=systemd         `# docker/berth.service checked by systemd-analyze verify and security` \
+  /usr/bin/mmdebstrap=mmdebstrap           `# the container image's runtime base, made from Debian's packages` \
   /usr/bin/curl=curl \
   /usr/bin/tar=tar \
   /usr/bin/gzip=gzip \
@@ -33,6 +35,12 @@ if [ ! -x "$validate_venv/bin/kubernetes-validate" ]; then
   "$validate_venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate
 fi
 export BERTH_KUBERNETES_VALIDATE="$validate_venv/bin/kubernetes-validate"
+
+# The container image's runtime base (docker/Dockerfile cannot pull
+# debian:bookworm-slim here): a Debian 12 root file system made by mmdebstrap
+# from this machine's mirror, once per machine, for tests/container_image.rs.
+BERTH_RUNTIME_BASE_TAR="$(bash tests/runtime_base.sh)"
+export BERTH_RUNTIME_BASE_TAR
 
 # Crates are fetched before the dead proxy below is set (cargo honours it too).
 cargo fetch --locked

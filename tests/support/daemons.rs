@@ -65,10 +65,19 @@ impl Dockerd {
     }
 
     fn launch(daemon_snippet: &str, berth_host: &str, netns: Option<(&str, &Path)>) -> Dockerd {
+        Dockerd::launch_on("vfs", daemon_snippet, berth_host, netns)
+    }
+
+    fn launch_on(
+        storage_driver: &str,
+        daemon_snippet: &str,
+        berth_host: &str,
+        netns: Option<(&str, &Path)>,
+    ) -> Dockerd {
         let dir = tempfile::tempdir().expect("dockerd temp dir");
         let mut config: serde_json::Value =
             serde_json::from_str(&snippet(daemon_snippet, berth_host)).expect("daemon snippet is JSON");
-        config["storage-driver"] = "vfs".into();
+        config["storage-driver"] = storage_driver.into();
         config["iptables"] = false.into();
         config["ip-masq"] = false.into();
         config["ip-forward"] = false.into();
@@ -325,5 +334,37 @@ impl Podman {
                 String::from_utf8_lossy(&out.stderr)
             ),
         )
+    }
+}
+
+impl Dockerd {
+    /// dockerd for building and running images rather than pulling through
+    /// berth (its mirror is a dead loopback port): on overlay2, as vfs copies
+    /// the whole root file system at every build step (minutes, not
+    /// seconds), unless the temp dir is itself on overlayfs, which overlay2
+    /// cannot stack on.
+    pub fn start_for_images() -> Dockerd {
+        let tmp = std::env::temp_dir();
+        let fs = Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(&tmp)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let driver = if fs == "overlayfs" { "vfs" } else { "overlay2" };
+        Dockerd::launch_on(driver, "daemon.json", "127.0.0.1:9", None)
+    }
+}
+
+impl Dockerd {
+    /// Unmounts the host's network namespace that dockerd bind-mounts under
+    /// its exec root once a container ran with `--network host`, and leaves
+    /// mounted when it stops (its temp dir could not be removed then). Call
+    /// after the last such container is gone.
+    pub fn release_host_netns(&self) {
+        let netns = self.dir.path().join("exec/netns/default");
+        if netns.exists() {
+            let _ = Command::new("umount").arg(&netns).status();
+        }
     }
 }
