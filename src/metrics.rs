@@ -96,6 +96,11 @@ pub struct Metrics {
     pub served_bytes: Counter,
     pub upstream_bytes: Counter,
     pub connections_refused: Counter,
+    /// Set at each scrape from the cache's accounting.
+    pub cache_used_bytes: Gauge,
+    pub cache_max_bytes: Gauge,
+    pub evicted_items: Counter,
+    pub evicted_bytes: Counter,
     ratelimit_limit: Family<UpstreamLabel, Gauge>,
     ratelimit_remaining: Family<UpstreamLabel, Gauge>,
     upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
@@ -116,6 +121,10 @@ impl Default for Metrics {
         let served_bytes = Counter::default();
         let upstream_bytes = Counter::default();
         let connections_refused = Counter::default();
+        let cache_used_bytes = Gauge::default();
+        let cache_max_bytes = Gauge::default();
+        let evicted_items = Counter::default();
+        let evicted_bytes = Counter::default();
         let ratelimit_limit = Family::<UpstreamLabel, Gauge>::default();
         let ratelimit_remaining = Family::<UpstreamLabel, Gauge>::default();
         let upstream_latency =
@@ -165,6 +174,22 @@ impl Default for Metrics {
             connections_refused.clone(),
         );
         r.register(
+            "berth_cache_used_bytes",
+            "Bytes the cache holds, downloads under way included",
+            cache_used_bytes.clone(),
+        );
+        r.register("berth_cache_max_bytes", "cache.max_size", cache_max_bytes.clone());
+        r.register(
+            "berth_cache_evicted_items",
+            "Manifests and blobs removed by eviction (whole images, least recently served first)",
+            evicted_items.clone(),
+        );
+        r.register(
+            "berth_cache_evicted_bytes",
+            "Bytes removed by eviction",
+            evicted_bytes.clone(),
+        );
+        r.register(
             "berth_upstream_ratelimit_limit",
             "The upstream's pull limit, from the ratelimit-limit header of its last answer that had one",
             ratelimit_limit.clone(),
@@ -190,6 +215,10 @@ impl Default for Metrics {
             served_bytes,
             upstream_bytes,
             connections_refused,
+            cache_used_bytes,
+            cache_max_bytes,
+            evicted_items,
+            evicted_bytes,
             ratelimit_limit,
             ratelimit_remaining,
             upstream_latency,

@@ -30,6 +30,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let (used, max) = state.cache.usage();
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    state.events.metrics.cache_used_bytes.set(gauge(used));
+    state.events.metrics.cache_max_bytes.set(gauge(max));
     (
         [(
             header::CONTENT_TYPE,

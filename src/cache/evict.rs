@@ -30,6 +30,7 @@ pub struct Evictor {
     meta: Arc<dyn MetaStore>,
     memo: Arc<ManifestMemo>,
     pins: Arc<Pins>,
+    events: Arc<crate::events::Events>,
 }
 
 /// What one eviction run did.
@@ -88,6 +89,7 @@ impl Evictor {
         store: Arc<dyn BlobStore>,
         meta: Arc<dyn MetaStore>,
         memo: Arc<ManifestMemo>,
+        events: Arc<crate::events::Events>,
     ) -> Self {
         Self {
             max,
@@ -99,6 +101,7 @@ impl Evictor {
             meta,
             memo,
             pins: Arc::default(),
+            events,
         }
     }
 
@@ -258,6 +261,9 @@ impl Evictor {
         }
         self.used
             .store(plan.stored.saturating_sub(done.bytes), Ordering::Relaxed);
+        let metrics = &self.events.metrics;
+        metrics.evicted_items.inc_by(done.items as u64);
+        metrics.evicted_bytes.inc_by(done.bytes);
         Ok((plan, done))
     }
 
@@ -307,6 +313,7 @@ mod tests {
             store.clone(),
             meta.clone(),
             Arc::new(ManifestMemo::new(1 << 20)),
+            Arc::default(),
         )
     }
 

@@ -281,6 +281,7 @@ mod tests {
             store.clone(),
             meta,
             Arc::new(crate::cache::memo::ManifestMemo::new(1 << 20)),
+            Arc::default(),
         ));
         let inflight = Arc::new(Inflight::default());
         let digest = Digest::sha256_of(b"never arrives");

@@ -169,6 +169,7 @@ impl Cache {
             store.clone(),
             meta.clone(),
             memo.clone(),
+            events.clone(),
         ));
         Ok(Self {
             store,
