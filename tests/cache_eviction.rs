@@ -240,6 +240,30 @@ async fn eviction_takes_whole_images_and_keeps_a_shared_base_layer() {
         berth.log()
     );
 
+    let metrics = client()
+        .get(format!("http://{}/metrics", berth.admin_addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert_eq!(
+        value("berth_cache_evicted_items_total"),
+        3.0,
+        "B's manifest, config and layer"
+    );
+    assert_eq!(value("berth_cache_max_bytes"), 3600.0 * 1024.0);
+    // A commit during a plan's read of the index may count twice until the
+    // next plan (over, never under); gc's plan below re-accounts exactly.
+    assert!(value("berth_cache_used_bytes") >= stored_bytes(&berth) as f64);
+
     // The upstream goes away: A pulls whole from the cache, B does not.
     registry.stop();
     let offline_a = tokio::task::block_in_place(|| pull(&berth, "evict/a:v1")).expect("A pulls offline");

@@ -21,6 +21,9 @@ pub struct Evictor {
     max: u64,
     keep_recent_ms: u64,
     used: AtomicU64,
+    /// Bytes ever committed (only grows): lets a plan re-account `used`
+    /// from the index without losing commits made while it read it.
+    committed_total: AtomicU64,
     /// Bytes in temp files of downloads under way: they take disk space now
     /// and become content soon, so they count against the limit.
     temp: AtomicU64,
@@ -95,6 +98,7 @@ impl Evictor {
             max,
             keep_recent_ms: u64::try_from(keep_recent.as_millis()).unwrap_or(u64::MAX),
             used: AtomicU64::new(used),
+            committed_total: AtomicU64::new(0),
             temp: AtomicU64::new(0),
             running: Arc::default(),
             store,
@@ -149,7 +153,9 @@ impl Evictor {
             // Found again when the cache next opens (the index is synced then).
             tracing::warn!(error = %e, digest = %digest, "cache index not updated");
         }
-        self.used.fetch_add(size, Ordering::Relaxed);
+        // In this order: a plan re-accounting meanwhile sees the total first.
+        self.committed_total.fetch_add(size, Ordering::SeqCst);
+        self.used.fetch_add(size, Ordering::SeqCst);
         self.evict_if_over(Some(digest.clone()));
     }
 
@@ -198,6 +204,7 @@ impl Evictor {
     /// bring the store and the downloads under way under 90 % of the limit.
     pub async fn plan(&self, keep: Option<&Digest>) -> std::io::Result<Plan> {
         let started = std::time::Instant::now();
+        let committed_before = self.committed_total.load(Ordering::SeqCst);
         let items = self.meta.items().await.map_err(std::io::Error::other)?;
         let refs: HashMap<Digest, Vec<Digest>> = self
             .meta
@@ -218,8 +225,16 @@ impl Evictor {
             target: self.target(),
         });
         plan.plan_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        // Re-account from the index (crashes, content found damaged).
-        self.used.store(plan.stored, Ordering::Relaxed);
+        // Re-account from the index (content found damaged and removed),
+        // keeping what was committed while the index was read. Those may
+        // be counted twice until the next plan: over, never under.
+        let _ = self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |_| {
+            let since = self
+                .committed_total
+                .load(Ordering::SeqCst)
+                .saturating_sub(committed_before);
+            Some(plan.stored.saturating_add(since))
+        });
         Ok(plan)
     }
 
@@ -259,8 +274,9 @@ impl Evictor {
                 self.memo.remove(&digest);
             }
         }
-        self.used
-            .store(plan.stored.saturating_sub(done.bytes), Ordering::Relaxed);
+        let _ = self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+            Some(u.saturating_sub(done.bytes))
+        });
         let metrics = &self.events.metrics;
         metrics.evicted_items.inc_by(done.items as u64);
         metrics.evicted_bytes.inc_by(done.bytes);
