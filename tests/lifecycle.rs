@@ -65,11 +65,17 @@ fn logged(berth: &Berth, message: &str) -> bool {
         .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with(message)))
 }
 
+/// Downloads in flight when SIGTERM comes, each of its own cold blob.
+const TRANSFERS: usize = 10;
+const TRANSFER_BLOB: usize = 8 << 20;
+
 #[test]
-fn sigterm_lets_a_download_in_flight_finish_then_exits_clean() {
+fn sigterm_lets_ten_downloads_in_flight_finish_then_exits_clean() {
     let mut registry = Registry::start();
     push_tiny_image(&registry, "library/app", "1.0", false);
-    let (digest, content) = push_random_blob(&registry, "library/app", BLOB, 7);
+    let blobs: Vec<(String, Vec<u8>)> = (0..TRANSFERS)
+        .map(|i| push_random_blob(&registry, "library/app", TRANSFER_BLOB, 70 + i as u64))
+        .collect();
     let work = tempfile::tempdir().expect("work");
     let cache = work.path().join("cache");
     let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
@@ -77,12 +83,21 @@ fn sigterm_lets_a_download_in_flight_finish_then_exits_clean() {
     let tag = support::raw_get(berth.addr, "/v2/library/app/manifests/1.0");
     assert_eq!(tag.0, 200, "{}", tag.1);
 
-    // A cold blob, read slowly: about 2 s for 32 MiB at 256 KiB per 15 ms.
+    // Ten cold blobs, each read slowly: about 1.5 s for 8 MiB at 256 KiB
+    // per 50 ms once the first MiB arrived; SIGTERM once all ten are going.
     let (tx, rx) = mpsc::channel();
     let addr = berth.addr;
-    let path = format!("/v2/library/app/blobs/{digest}");
-    let reader = std::thread::spawn(move || slow_get(addr, &path, tx, Duration::from_millis(15)));
-    rx.recv_timeout(Duration::from_secs(30)).expect("the download started");
+    let readers: Vec<_> = blobs
+        .iter()
+        .map(|(digest, _)| {
+            let (tx, path) = (tx.clone(), format!("/v2/library/app/blobs/{digest}"));
+            std::thread::spawn(move || slow_get(addr, &path, tx, Duration::from_millis(50)))
+        })
+        .collect();
+    for n in 0..TRANSFERS {
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("only {n} of {TRANSFERS} downloads started"));
+    }
     berth.signal("TERM");
     assert!(
         poll(Duration::from_secs(10), || logged(&berth, "shutting down")
@@ -91,7 +106,7 @@ fn sigterm_lets_a_download_in_flight_finish_then_exits_clean() {
         "{}",
         berth.log()
     );
-    // The readiness probe says so while the download drains.
+    // The readiness probe says so while the downloads drain.
     let (status, body) = support::raw_get(berth.admin_addr, "/_berth/health");
     assert_eq!((status, body.contains("stopping")), (503, true), "{body}");
     // No new connections from now on.
@@ -99,9 +114,11 @@ fn sigterm_lets_a_download_in_flight_finish_then_exits_clean() {
         TcpStream::connect_timeout(&berth.addr, Duration::from_secs(2)).is_err(),
         "a new client is refused once shutdown began"
     );
-    let body = reader.join().expect("reader");
-    assert_eq!(body.len(), content.len(), "the download in flight finished");
-    assert_eq!(sha256_hex(&body), digest, "the body verifies");
+    for (reader, (digest, content)) in readers.into_iter().zip(&blobs) {
+        let body = reader.join().expect("reader");
+        assert_eq!(body.len(), content.len(), "the download of {digest} in flight finished");
+        assert_eq!(sha256_hex(&body), *digest, "the body verifies");
+    }
     let status = berth
         .wait_exit(Duration::from_secs(30))
         .expect("berth exits after draining");
@@ -112,13 +129,15 @@ fn sigterm_lets_a_download_in_flight_finish_then_exits_clean() {
         .unwrap_or_default();
     assert!(tmp.is_empty(), "temp files left: {tmp:?}");
 
-    // Metadata and the blob are durable: with the upstream gone, a restart
-    // serves the tag and the blob.
+    // Metadata and the blobs are durable: with the upstream gone, a restart
+    // serves the tag and every blob.
     registry.stop();
     let again = Berth::start_in(work.path(), &cache, &upstream);
     assert_eq!(support::raw_get(again.addr, "/v2/library/app/manifests/1.0").0, 200);
-    let (status, _) = support::raw_get(again.addr, &format!("/v2/library/app/blobs/{digest}"));
-    assert_eq!(status, 200);
+    for (digest, _) in &blobs {
+        let (status, _) = support::raw_get(again.addr, &format!("/v2/library/app/blobs/{digest}"));
+        assert_eq!(status, 200, "{digest} after the restart");
+    }
 }
 
 #[test]
