@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check-config`, `failures`, `doctor` and `gc`.
+//! The command line: `serve`, `check-config`, `failures`, `doctor`, `gc`
+//! and `prefetch`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +72,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Warm images from their upstreams into the cache (every manifest and
+    /// blob), so an outage finds them whole. On a running berth with --url;
+    /// on a stopped one's cache with --config. Exit 1 if any image failed.
+    Prefetch {
+        #[command(flatten)]
+        opts: ConfigOpts,
+        /// Base URL of a running berth's admin surface, e.g. http://127.0.0.1:5001.
+        #[arg(long, conflicts_with = "config")]
+        url: Option<String>,
+        /// Only this platform of multi-platform images: os/arch[/variant].
+        #[arg(long)]
+        platform: Option<String>,
+        /// A file of images, one per line (# comments).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Print the report as JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+        /// Images as given to docker: [registry/]repo[:tag|@digest].
+        images: Vec<String>,
+    },
     /// Run cache eviction now (what berth does over cache.max_size), or with
     /// --dry-run list what it would remove and why. On a running berth with
     /// --url; on a stopped one's cache with --config.
@@ -111,6 +133,26 @@ fn main() -> ExitCode {
             .map(|(name, value)| (name, value.as_deref().unwrap_or_default()));
         return failures(url, &filters, *json);
     }
+    if let Command::Prefetch {
+        url,
+        platform,
+        file,
+        json,
+        images,
+        ..
+    } = &cli.command
+    {
+        let request = match prefetch_request(images, file.as_deref(), platform.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("berth: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Some(url) = url {
+            return prefetch_remote(url, &request, *json);
+        }
+    }
     if let Command::Gc {
         url: Some(url),
         dry_run,
@@ -136,9 +178,10 @@ fn main() -> ExitCode {
                 log_format: None,
             },
         ),
-        Command::CheckConfig { opts } | Command::Doctor { opts, .. } | Command::Gc { opts, .. } => {
-            (opts, Overrides::default())
-        }
+        Command::CheckConfig { opts }
+        | Command::Doctor { opts, .. }
+        | Command::Gc { opts, .. }
+        | Command::Prefetch { opts, .. } => (opts, Overrides::default()),
         Command::Failures { .. } => return ExitCode::FAILURE,
     };
     // Kept for `serve`: SIGHUP reads the config again the same way.
@@ -164,6 +207,19 @@ fn main() -> ExitCode {
         Command::Serve { .. } => serve(config, source),
         Command::Doctor { opts, json, images } => doctor(&config, opts.config.as_deref(), json, &images),
         Command::Gc { dry_run, json, .. } => gc_local(&config, dry_run, json),
+        Command::Prefetch {
+            platform,
+            file,
+            json,
+            images,
+            ..
+        } => match prefetch_request(&images, file.as_deref(), platform.as_deref()) {
+            Ok(request) => prefetch_local(&config, &request, json),
+            Err(e) => {
+                eprintln!("berth: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Failures { .. } => ExitCode::FAILURE,
     }
 }
@@ -355,5 +411,146 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// The images of the command line and of `--file`, checked before any work.
+fn prefetch_request(
+    images: &[String],
+    file: Option<&std::path::Path>,
+    platform: Option<&str>,
+) -> Result<berth::prefetch::PrefetchRequest, String> {
+    let mut all = images.to_vec();
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("--file {}: {e}", file.display()))?;
+        all.extend(berth::prefetch::read_list(&text));
+    }
+    if all.is_empty() {
+        return Err("prefetch: name at least one IMAGE, or --file LIST".into());
+    }
+    if let Some(p) = platform {
+        berth::image_ref::Platform::parse(p).map_err(|e| format!("--platform: {e}"))?;
+    }
+    Ok(berth::prefetch::PrefetchRequest {
+        images: all,
+        platform: platform.map(str::to_string),
+    })
+}
+
+fn print_prefetch(report: &berth::prefetch::PrefetchReport, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("berth: {e}"),
+        }
+    } else {
+        print!("{}", berth::prefetch::render(report));
+    }
+    if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `prefetch --url`: the running berth warms them (it owns the cache).
+fn prefetch_remote(base: &str, request: &berth::prefetch::PrefetchRequest, json: bool) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let url = format!("{}/_berth/prefetch", base.trim_end_matches('/'));
+    let answer = runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}: {text}"));
+        }
+        serde_json::from_str::<berth::prefetch::PrefetchReport>(&text)
+            .map_err(|e| format!("{url}: not a prefetch report: {e}"))
+    });
+    match answer {
+        Ok(report) => print_prefetch(&report, json),
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `prefetch --config`: on the cache directly (refused, naming --url, while
+/// a berth serves it), with a progress bar on a terminal, plain lines otherwise.
+fn prefetch_local(config: &Config, request: &berth::prefetch::PrefetchRequest, json: bool) -> ExitCode {
+    use berth::cache::WarmStep;
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let events = std::sync::Arc::new(berth::events::Events::default());
+    let upstreams: Result<Vec<_>, _> = config
+        .upstreams
+        .iter()
+        .map(|u| berth::upstream::Upstream::new(u, events.clone()).map(std::sync::Arc::new))
+        .collect();
+    let upstreams = match upstreams {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .map(|s| s.progress_chars("=> "));
+        if let Ok(style) = style {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let images = request.images.clone();
+    let finish = bar.clone();
+    let progress = move |n: usize, step: WarmStep<'_>| {
+        let image = images.get(n).map(String::as_str).unwrap_or_default();
+        match (&bar, step) {
+            (Some(bar), WarmStep::Manifest { .. }) => bar.set_message(image.to_string()),
+            (Some(bar), WarmStep::Fetching { size, .. }) => bar.inc_length(size),
+            (Some(bar), WarmStep::Bytes(n)) => bar.inc(n),
+            (Some(_), WarmStep::Cached { .. }) => {}
+            (None, WarmStep::Fetching { digest, size }) => {
+                eprintln!("{image}: fetching {digest} ({})", berth::units::format_size(size));
+            }
+            (None, WarmStep::Cached { digest, .. }) => eprintln!("{image}: {digest} already cached"),
+            (None, _) => {}
+        }
+    };
+    let report = runtime.block_on(async {
+        let cache = berth::cache::Cache::open(config, events).await.map_err(|e| match &e {
+            CacheError::Lock(l) if l.is_held() => format!(
+                "{e}; a running berth owns this cache: ask it with `berth prefetch --url http://<its admin_listen>`"
+            ),
+            _ => e.to_string(),
+        })?;
+        let report = berth::prefetch::run(&cache, &upstreams, request, &progress).await;
+        if let Some(bar) = &finish {
+            bar.finish_and_clear();
+        }
+        let report = report?;
+        cache.flush().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(report)
+    });
+    match report {
+        Ok(report) => print_prefetch(&report, json),
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::from(2)
+        }
     }
 }

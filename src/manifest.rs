@@ -40,6 +40,72 @@ pub fn media_type(bytes: &[u8], content_type: Option<&str>) -> Result<String, St
 #[serde(rename_all = "camelCase")]
 struct Descriptor {
     digest: String,
+    #[serde(default)]
+    size: u64,
+    platform: Option<DescriptorPlatform>,
+}
+
+#[derive(Deserialize)]
+struct DescriptorPlatform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    variant: Option<String>,
+}
+
+/// What pulling a manifest whole needs next: child manifests (an index) or
+/// blobs (config and layers), with what the manifest says of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    pub digest: crate::reference::Digest,
+    pub size: u64,
+    pub kind: ContentKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentKind {
+    Blob,
+    /// A child of an index, with its platform if it names one.
+    Manifest {
+        platform: Option<(String, String, Option<String>)>,
+    },
+}
+
+/// The content a manifest names: its children for an index or a list, its
+/// config and layers (schema1: `fsLayers`) otherwise. Unparseable digests
+/// are an error: a manifest naming content that cannot exist cannot be
+/// pulled whole.
+pub fn content(bytes: &[u8]) -> Result<Vec<Content>, String> {
+    let parts: Parts = serde_json::from_slice(bytes).map_err(|e| format!("not a JSON manifest: {e}"))?;
+    let digest = |d: &str| crate::reference::Digest::parse(d).map_err(|e| format!("{d:?}: {e}"));
+    let mut out = Vec::new();
+    for m in parts.manifests {
+        out.push(Content {
+            digest: digest(&m.digest)?,
+            size: m.size,
+            kind: ContentKind::Manifest {
+                platform: m.platform.map(|p| (p.os, p.architecture, p.variant)),
+            },
+        });
+    }
+    for b in parts.config.into_iter().chain(parts.layers) {
+        out.push(Content {
+            digest: digest(&b.digest)?,
+            size: b.size,
+            kind: ContentKind::Blob,
+        });
+    }
+    for l in parts.fs_layers {
+        out.push(Content {
+            digest: digest(&l.blob_sum)?,
+            size: 0,
+            kind: ContentKind::Blob,
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|c| seen.insert(c.digest.clone()));
+    Ok(out)
 }
 
 #[derive(Deserialize)]

@@ -25,6 +25,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_berth/health", axum::routing::get(health))
         .route("/_berth/status", axum::routing::get(status))
         .route("/_berth/gc", axum::routing::post(gc))
+        .route("/_berth/prefetch", axum::routing::post(prefetch))
         .route("/", axum::routing::get(page))
         .with_state(state)
 }
@@ -223,5 +224,26 @@ async fn gc(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Re
             let body = serde_json::json!({ "error": e.to_string(), "cause": e.cause().name() });
             (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
         }
+    }
+}
+
+/// `berth prefetch --url`: warm the images of the JSON body
+/// (`{"images": [...], "platform": "linux/amd64"}`), then report.
+async fn prefetch(
+    State(state): State<Arc<AppState>>,
+    body: Result<axum::Json<crate::prefetch::PrefetchRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let bad = |message: String| {
+        let body = serde_json::json!({ "error": message });
+        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    };
+    let request = match body {
+        Ok(axum::Json(r)) => r,
+        Err(e) => return bad(format!("not a prefetch request: {e}")),
+    };
+    let live = state.live();
+    match crate::prefetch::run(&state.cache, &live.upstreams, &request, &|_, _| {}).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => bad(e),
     }
 }

@@ -76,6 +76,24 @@ impl StoredRead {
 }
 
 impl Blob {
+    /// Whether it is served from the cache (not fetched, not passed through).
+    pub fn is_stored(&self) -> bool {
+        matches!(self.source, Source::Stored { .. })
+    }
+
+    /// For a blob being fetched: a wait for its commit.
+    pub fn commit_wait(&self) -> Option<super::inflight::CommitWait> {
+        match &self.source {
+            Source::Fetching { joined, .. } => Some(joined.commit_wait()),
+            _ => None,
+        }
+    }
+
+    /// Whether the cache cannot store it: it is streamed through unstored.
+    pub fn is_passing_through(&self) -> bool {
+        matches!(self.source, Source::PassThrough { .. })
+    }
+
     /// The blob's size, where known: stored, or announced by the upstream.
     pub fn size(&self) -> Option<u64> {
         match &self.source {

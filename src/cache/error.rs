@@ -64,6 +64,9 @@ pub enum CacheError {
     /// A by-tag "unknown" explained by the tag list (see `unknown.rs`).
     #[error("{0}")]
     Unknown(Box<super::unknown::UnknownReference>),
+    /// A manifest names content in a way nothing can be pulled from.
+    #[error("manifest {digest} cannot be walked: {reason}")]
+    Invalid { digest: String, reason: String },
     #[error("cache storage: {0}")]
     Io(#[source] Arc<std::io::Error>),
     #[error("{0}")]
@@ -99,6 +102,7 @@ impl CacheError {
                 Content::Manifest => FailureCause::ManifestUnknown,
             },
             CacheError::Unknown(u) => u.cause(),
+            CacheError::Invalid { .. } => FailureCause::ManifestInvalid,
             CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => FailureCause::DiskFull,
             CacheError::Io(_) | CacheError::Meta(_) | CacheError::Lock(_) => FailureCause::StorageError,
         }

@@ -253,6 +253,32 @@ impl Joined {
     }
 }
 
+/// Waits for a fetch's commit: readers finish at verification, but whoever
+/// warms the cache (and exits after) must know the blob is durable.
+pub struct CommitWait(watch::Receiver<FetchState>);
+
+impl CommitWait {
+    /// Whether the blob was committed (false: the fetch ended without it).
+    pub async fn wait(mut self) -> bool {
+        loop {
+            match &*self.0.borrow_and_update() {
+                FetchState::Done { .. } => return true,
+                FetchState::Failed(_) => return false,
+                _ => {}
+            }
+            if self.0.changed().await.is_err() {
+                return matches!(&*self.0.borrow(), FetchState::Done { .. });
+            }
+        }
+    }
+}
+
+impl Joined {
+    pub fn commit_wait(&self) -> CommitWait {
+        CommitWait(self.state.clone())
+    }
+}
+
 pub fn abandoned() -> CacheError {
     CacheError::Io(Arc::new(std::io::Error::other(
         "blob fetch task ended without a result",

@@ -22,6 +22,7 @@ mod reader;
 mod scope;
 mod unknown;
 mod verify;
+mod warm;
 
 #[cfg(test)]
 mod scope_tests;
@@ -51,6 +52,7 @@ use evict::Evictor;
 pub use gc::{GcRemoval, GcReport};
 use inflight::Inflight;
 use memo::ManifestMemo;
+pub use warm::{Walked, WarmStep, Warmed};
 
 #[derive(Debug, Clone)]
 pub struct CachedManifest {

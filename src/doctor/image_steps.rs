@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::image_ref::ImageRef;
 use super::local_steps::size;
 use super::{Step, Steps};
 use crate::failure::FailureCause;
+use crate::image_ref::ImageRef;
 use crate::reference::{Digest, Reference, RepoName};
 use crate::upstream::{ProbeError, Upstream};
 

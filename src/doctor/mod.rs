@@ -7,7 +7,6 @@
 //! `failure`; it never uses `api` or `server`, and never takes the cache
 //! lock. After a step fails, the steps that depend on it are shown skipped.
 
-mod image_ref;
 mod image_steps;
 mod local_steps;
 mod render;
@@ -22,8 +21,8 @@ use thiserror::Error;
 use crate::config::Config;
 use crate::events::Events;
 use crate::failure::{Category, FailureCause};
+pub use crate::image_ref::{ImageRef, ImageRefError};
 use crate::upstream::Upstream;
-pub use image_ref::{ImageRef, ImageRefError};
 pub use render::{json, table};
 
 #[derive(Debug, Error)]

@@ -10,9 +10,9 @@
 
 use std::time::Instant;
 
-use super::image_ref::ImageRef;
 use super::{Outcome, Step, Steps};
 use crate::failure::FailureCause;
+use crate::image_ref::ImageRef;
 use crate::reference::{Reference, RepoName, Tag};
 use crate::routing::DOCKER_HUB;
 use crate::upstream::{Challenge, Ping, ProbeError, Upstream, UpstreamError};

@@ -85,6 +85,52 @@ impl ImageRef {
     }
 }
 
+/// `--platform os/arch[/variant]`, as docker takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    pub fn parse(text: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let ok = |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        match parts.as_slice() {
+            [os, arch] if ok(os) && ok(arch) => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, variant] if ok(os) && ok(arch) && ok(variant) => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: Some(variant.to_string()),
+            }),
+            _ => Err(format!(
+                "platform {text:?} is not os/arch or os/arch/variant (e.g. linux/amd64)"
+            )),
+        }
+    }
+
+    /// Whether an index entry's platform is this one (a variant asked for
+    /// must match; none asked for takes any).
+    pub fn matches(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
+        self.os == os && self.architecture == architecture && self.variant.as_deref().is_none_or(|v| Some(v) == variant)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +170,19 @@ mod tests {
             ("ghcr.io".into(), "org/img".into(), "2".into())
         );
         assert_eq!(parse("local/app"), ("local".into(), "app".into(), "latest".into()));
+    }
+
+    #[test]
+    fn platforms() {
+        let p = Platform::parse("linux/arm64/v8").expect("platform");
+        assert!(p.matches("linux", "arm64", Some("v8")));
+        assert!(!p.matches("linux", "arm64", None));
+        let p = Platform::parse("linux/amd64").expect("platform");
+        assert!(p.matches("linux", "amd64", None) && p.matches("linux", "amd64", Some("v2")));
+        assert_eq!(p.to_string(), "linux/amd64");
+        for bad in ["linux", "linux/", "/amd64", "a/b/c/d", "linux/am d64"] {
+            assert!(Platform::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
