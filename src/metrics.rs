@@ -66,6 +66,28 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// The last run of one `[[prefetch]]` schedule, for `/_berth/status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PrefetchOutcome {
+    /// Its place among the `[[prefetch]]` tables.
+    pub schedule: usize,
+    pub at_unix_ms: u64,
+    pub every_secs: u64,
+    pub images: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub bytes_fetched: u64,
+    /// Each failed image with its cause and hint.
+    pub failures: Vec<PrefetchFailure>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PrefetchFailure {
+    pub image: String,
+    pub cause: String,
+    pub hint: String,
+}
+
 /// The last config reload (SIGHUP), for `/_berth/status`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ReloadOutcome {
@@ -106,6 +128,10 @@ pub struct Metrics {
     upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     config_reloads: Family<ResultLabel, Counter>,
     last_reload: Mutex<Option<ReloadOutcome>>,
+    prefetch_runs: Family<ResultLabel, Counter>,
+    prefetch_failed_images: Gauge,
+    prefetch_last_run: Gauge,
+    last_prefetch: Mutex<std::collections::BTreeMap<usize, PrefetchOutcome>>,
     /// The most-pulled images since start (the status page).
     pub top_images: TopImages,
 }
@@ -130,7 +156,25 @@ impl Default for Metrics {
         let upstream_latency =
             Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let config_reloads = Family::<ResultLabel, Counter>::default();
+        let prefetch_runs = Family::<ResultLabel, Counter>::default();
+        let prefetch_failed_images = Gauge::default();
+        let prefetch_last_run = Gauge::default();
         let mut r = Registry::default();
+        r.register(
+            "berth_prefetch_runs",
+            "Runs of [[prefetch]] schedules, by result (failed: an image of it could not be warmed)",
+            prefetch_runs.clone(),
+        );
+        r.register(
+            "berth_prefetch_failed_images",
+            "Images of [[prefetch]] that failed to warm in their schedule's last run",
+            prefetch_failed_images.clone(),
+        );
+        r.register(
+            "berth_prefetch_last_run_timestamp_seconds",
+            "When a [[prefetch]] schedule last finished a run (Unix time)",
+            prefetch_last_run.clone(),
+        );
         r.register(
             "berth_config_reloads",
             "Config reloads on SIGHUP, by result (a failed one keeps the config in use)",
@@ -224,6 +268,10 @@ impl Default for Metrics {
             upstream_latency,
             config_reloads,
             last_reload: Mutex::new(None),
+            prefetch_runs,
+            prefetch_failed_images,
+            prefetch_last_run,
+            last_prefetch: Mutex::default(),
             top_images: TopImages::default(),
         }
     }
@@ -314,6 +362,25 @@ impl Metrics {
         let result = if outcome.ok { "ok" } else { "failed" };
         self.config_reloads.get_or_create(&ResultLabel { result }).inc();
         *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+
+    /// A `[[prefetch]]` schedule finished a run.
+    pub fn prefetched(&self, outcome: PrefetchOutcome) {
+        let result = if outcome.failed == 0 { "ok" } else { "failed" };
+        self.prefetch_runs.get_or_create(&ResultLabel { result }).inc();
+        let secs = i64::try_from(outcome.at_unix_ms / 1000).unwrap_or(i64::MAX);
+        self.prefetch_last_run.set(secs);
+        let mut last = self.last_prefetch.lock().unwrap_or_else(|e| e.into_inner());
+        last.insert(outcome.schedule, outcome);
+        let failed: usize = last.values().map(|o| o.failed).sum();
+        self.prefetch_failed_images
+            .set(i64::try_from(failed).unwrap_or(i64::MAX));
+    }
+
+    /// The last run of each `[[prefetch]]` schedule that ran.
+    pub fn prefetches(&self) -> Vec<PrefetchOutcome> {
+        let last = self.last_prefetch.lock().unwrap_or_else(|e| e.into_inner());
+        last.values().cloned().collect()
     }
 
     /// (ok, failed) reloads since start, and the last one.

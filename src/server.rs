@@ -30,6 +30,7 @@ use limits::{AcceptBackoff, PerClient};
 mod access;
 mod io;
 mod limits;
+mod prefetch_schedule;
 mod reload;
 mod tls;
 
@@ -243,6 +244,7 @@ pub async fn serve(config: Config, source: ConfigSource) -> Result<(), StartErro
         _ => None,
     };
     tracing::info!(addr = %addr, tls = tls.is_some(), "listening");
+    prefetch_schedule::start(&app.state);
     let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
     let per_client = PerClient::new(limits.max_connections_per_client);
     let mut backoff = AcceptBackoff::default();

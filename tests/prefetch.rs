@@ -192,3 +192,77 @@ async fn on_a_terminal_prefetch_draws_a_progress_bar() {
     );
     assert!(drawn.contains("prefetch: 1 of 1 images warm"), "{drawn:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_tables_keep_images_warm_and_report_their_last_run() {
+    let mut registry = Registry::start();
+    let layer = random_bytes(300 * KIB, 95);
+    tokio::task::block_in_place(|| push_image_with_layers(&registry, "warm/sched", "v1", &[&layer]));
+    let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
+    let berth = Berth::start(&format!(
+        "[[prefetch]]\nimages = [\"warm/sched:v1\", \"warm/sched:nope\"]\nevery = \"1h\"\n{upstream}"
+    ));
+    let status = || {
+        let (code, body) = support::raw_get(berth.admin_addr, "/_berth/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("status json")
+    };
+    let ran = support::poll(std::time::Duration::from_secs(20), || {
+        let s = status();
+        (s["prefetch"].as_array().is_some_and(|a| !a.is_empty())).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no prefetch run: {}", berth.log()));
+    let run = &ran["prefetch"][0];
+    assert_eq!(
+        (run["images"].clone(), run["ok"].clone(), run["failed"].clone()),
+        (2.into(), 1.into(), 1.into()),
+        "{run}"
+    );
+    assert_eq!(run["failures"][0]["image"], "warm/sched:nope", "{run}");
+    assert_eq!(run["failures"][0]["cause"], "manifest_unknown", "{run}");
+    assert_eq!(run["every_secs"], 3600);
+    let (_, metrics) = support::raw_get(berth.admin_addr, "/metrics");
+    assert!(
+        metrics.contains("berth_prefetch_runs_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("berth_prefetch_failed_images 1"), "{metrics}");
+    // Never pulled by a client, yet whole with the upstream gone.
+    registry.stop();
+    let dest = tempfile::tempdir().expect("dest");
+    let out = tokio::task::block_in_place(|| {
+        skopeo_try(&[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}/warm/sched:v1", berth.host()),
+            &format!("dir:{}", dest.path().display()),
+        ])
+    });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_bad_prefetch_table_is_named_at_startup() {
+    let work = tempfile::tempdir().expect("work");
+    let config = work.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[[prefetch]]\nimages = [\"quay.io/a/b:1\", \"Bad:Name\"]\nevery = \"10s\"\nplatforms = [\"linux\"]\n\
+         [[upstream]]\nname = \"docker.io\"\nendpoints = [\"http://127.0.0.1:9\"]\ndefault = true\n",
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["check-config", "--config", &config.display().to_string()])
+        .output()
+        .expect("check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for key in [
+        "prefetch[0].images[0]",
+        "prefetch[0].images[1]",
+        "prefetch[0].every",
+        "prefetch[0].platforms[0]",
+    ] {
+        assert!(err.contains(key), "{key} in {err}");
+    }
+}

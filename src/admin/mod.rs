@@ -203,6 +203,7 @@ fn status_of(state: &AppState) -> serde_json::Value {
         "inflight": inflight,
         "top_images": top_images,
         "config_reloads": {"ok": reloads_ok, "failed": reloads_failed, "last": last_reload},
+        "prefetch": state.events.metrics.prefetches(),
         "failures_last_hour": last_hour.iter().map(|(cause, (n, hint))| json!({"cause": cause, "count": n, "hint": hint})).collect::<Vec<_>>(),
     })
 }

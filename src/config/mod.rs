@@ -158,7 +158,19 @@ pub struct Config {
     /// `[[access]]` in order (empty without `[auth]`).
     pub access: Vec<AccessRule>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[[prefetch]]` in order.
+    pub prefetch: Vec<PrefetchSchedule>,
     raw: raw::RawConfig,
+}
+
+/// `[[prefetch]]`: these images are warmed at start and every `every`
+/// (tags revalidated, new digests fetched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchSchedule {
+    pub images: Vec<String>,
+    pub every: Duration,
+    /// `os/arch[/variant]`; empty: every platform.
+    pub platforms: Vec<String>,
 }
 
 impl Config {

@@ -99,6 +99,24 @@ pub(super) struct RawConfig {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<RawAccess>,
     pub upstream: Vec<RawUpstream>,
+    /// Images kept warm on a schedule.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prefetch: Vec<RawPrefetch>,
+}
+
+/// `[[prefetch]]`: images to keep warm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrefetch {
+    pub images: Vec<String>,
+    #[serde(default = "d_prefetch_every")]
+    pub every: String,
+    #[serde(default)]
+    pub platforms: Vec<String>,
+}
+
+fn d_prefetch_every() -> String {
+    "6h".into()
 }
 
 impl Default for RawConfig {
@@ -115,6 +133,7 @@ impl Default for RawConfig {
             auth: None,
             access: Vec::new(),
             upstream: Vec::new(),
+            prefetch: Vec::new(),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::PrefetchSchedule;
 use super::raw::{RawAccess, RawAuth, RawConfig, RawServer, RawUpstream};
 use super::{
     AccessRule, AuthConfig, AuthHost, Config, ConvertMode, Credentials, LogFormat, RetryConfig, ServerLimits,
@@ -153,6 +154,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
         }
     }
     let access = validate_access(&raw, &mut problems);
+    let prefetch = validate_prefetch(&raw, &upstreams, &mut problems);
     // The raw copy is kept only to print the effective config; secrets leave it here.
     let raw = raw.redacted();
     let config = match (listen, admin_listen, log_format, max_size, tag_ttl) {
@@ -171,6 +173,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
                 auth,
                 access,
                 upstreams,
+                prefetch,
                 raw,
             })
         }
@@ -444,6 +447,50 @@ fn validate_upstream(
         auth_hosts,
         max_concurrent_requests: u.max_concurrent_requests,
     })
+}
+
+/// `[[prefetch]]`: every image must name a configured upstream, `every` a
+/// duration of at least a minute, each platform `os/arch[/variant]`.
+fn validate_prefetch(
+    raw: &RawConfig,
+    upstreams: &[UpstreamConfig],
+    problems: &mut Vec<String>,
+) -> Vec<PrefetchSchedule> {
+    let mut schedules = Vec::new();
+    for (i, p) in raw.prefetch.iter().enumerate() {
+        if p.images.is_empty() {
+            problems.push(format!("prefetch[{i}].images: name at least one image"));
+        }
+        for (j, image) in p.images.iter().enumerate() {
+            if let Err(e) = crate::image_ref::ImageRef::parse(image, upstreams) {
+                problems.push(format!("prefetch[{i}].images[{j}]: {e}"));
+            }
+        }
+        let every = match parse_duration(&p.every) {
+            Ok(d) if d >= std::time::Duration::from_secs(60) => Some(d),
+            Ok(_) => {
+                problems.push(format!("prefetch[{i}].every: {:?} is under a minute", p.every));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("prefetch[{i}].every: {e}"));
+                None
+            }
+        };
+        for (j, platform) in p.platforms.iter().enumerate() {
+            if let Err(e) = crate::image_ref::Platform::parse(platform) {
+                problems.push(format!("prefetch[{i}].platforms[{j}]: {e}"));
+            }
+        }
+        if let Some(every) = every {
+            schedules.push(PrefetchSchedule {
+                images: p.images.clone(),
+                every,
+                platforms: p.platforms.clone(),
+            });
+        }
+    }
+    schedules
 }
 
 #[cfg(test)]

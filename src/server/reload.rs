@@ -221,6 +221,8 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             s.0.client_requests_per_second != s.1.client_requests_per_second,
         ),
         ("server.client_burst", s.0.client_burst != s.1.client_burst),
+        ("prefetch", old.prefetch != new.prefetch),
+        ("cache.keep_recent", old.keep_recent != new.keep_recent),
     ];
     checks
         .into_iter()
