@@ -287,3 +287,43 @@ async fn an_upstream_referrers_index_is_passed_through_cached_and_filtered_by_be
     assert_eq!(broken.status, StatusCode::BAD_GATEWAY, "{}", broken.text());
     assert!(broken.text().contains("manifest_invalid"), "{}", broken.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_pass_the_same_access_check_as_the_repository() {
+    let fake = FakeUpstream::start();
+    let subject = sha256_hex(b"a private image");
+    let empty = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
+    fake.route(&format!("/v2/team/app/referrers/{subject}"), move |_, _| {
+        Answer::json(200, empty.clone()).header("content-type", OCI_INDEX)
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let htpasswd = dir.path().join("htpasswd");
+    let entry = |user: &str, password: &str| format!("{user}:{}\n", bcrypt::hash(password, 5).expect("bcrypt"));
+    std::fs::write(&htpasswd, entry("alice", "alice-pw") + &entry("bob", "bob-pw")).expect("htpasswd");
+    let berth = Berth::start(&format!(
+        "[auth]\nhtpasswd = \"{}\"\n[[access]]\nidentities = [\"alice\"]\nrepositories = [\"team/*\"]\n\
+         [[access]]\nidentities = [\"bob\"]\nrepositories = [\"other/*\"]\n{}",
+        htpasswd.display(),
+        UpstreamToml::default_docker_io(&fake.url())
+    ));
+    let url = format!("{}/v2/team/app/referrers/{subject}", berth.url());
+    let as_user = |who: Option<(&str, &str)>| {
+        let req = client().get(&url);
+        match who {
+            Some((u, p)) => req.basic_auth(u, Some(p)),
+            None => req,
+        }
+    };
+    let anonymous = as_user(None).send().await.expect("anonymous");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let bob = as_user(Some(("bob", "bob-pw"))).send().await.expect("bob");
+    assert_eq!(bob.status(), StatusCode::FORBIDDEN, "bob may not read team/*");
+    assert_eq!(
+        fake.count(|r| r.contains("/referrers/")),
+        0,
+        "refused before the upstream: {:?}",
+        fake.requests()
+    );
+    let alice = as_user(Some(("alice", "alice-pw"))).send().await.expect("alice");
+    assert_eq!(alice.status(), StatusCode::OK);
+}
