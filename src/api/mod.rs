@@ -7,6 +7,7 @@ pub mod errors;
 mod manifests;
 pub mod path;
 mod range;
+mod referrers;
 mod tags;
 
 #[cfg(test)]
@@ -182,12 +183,13 @@ async fn dispatch(
         Endpoint::Manifest { name, reference } => manifests::get(&req, name, reference).await,
         Endpoint::Blob { name, digest } => blobs::get(&req, name, digest).await,
         Endpoint::Tags { name } => tags::list(&req, name).await,
+        Endpoint::Referrers { name, digest } => referrers::list(&req, name, digest).await,
         Endpoint::Upload { .. } => Err(ApiError::new(
             Code::Unsupported,
             FailureCause::UnsupportedOperation,
             "berth is a read-only mirror; push is not supported",
         )),
-        Endpoint::Referrers { .. } | Endpoint::Unknown => Err(ApiError::new(
+        Endpoint::Unknown => Err(ApiError::new(
             Code::Unsupported,
             FailureCause::InvalidRequest,
             format!("no such registry API endpoint: /v2/{rest}"),

@@ -4,7 +4,7 @@
 //! stale-if-error) and never deals with HTTP requests or responses, files or
 //! wire formats: below it are the `store` seams and the `upstream` client.
 //!
-//! Manifests and tags are here; blobs in `blob.rs`.
+//! Manifests and tags are here; blobs in `blob.rs`, referrers in `referrers.rs`.
 
 mod blob;
 mod coalesce;
@@ -19,6 +19,7 @@ mod lock;
 mod memo;
 mod passthrough;
 mod reader;
+mod referrers;
 mod scope;
 mod unknown;
 mod verify;
@@ -40,6 +41,7 @@ pub use convert::ConvertError;
 pub use error::CacheError;
 pub use inflight::InflightFetch;
 pub use lock::{CacheLock, LockError, LockState, lock_state};
+pub use referrers::ReferrersIndex;
 pub use unknown::UnknownReference;
 
 use crate::failure::FailureCause;
@@ -88,6 +90,7 @@ struct Flights {
     heads: Coalesce<Key, Result<ManifestHead, CacheError>>,
     blob_sizes: Coalesce<Key, Result<Option<u64>, CacheError>>,
     tag_lists: Coalesce<Key, Result<Arc<Vec<String>>, CacheError>>,
+    referrers: Coalesce<Key, Result<ReferrersIndex, CacheError>>,
 }
 
 /// How long an answer is kept: successes `ok`, an upstream's definite

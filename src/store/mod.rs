@@ -147,6 +147,15 @@ pub struct TagListRecord {
     pub fetched_at: u64,
 }
 
+/// The referrers of a subject digest as last computed (an OCI image index,
+/// unfiltered), and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReferrersRecord {
+    /// The index JSON, exactly as served.
+    pub index: String,
+    pub fetched_at: u64,
+}
+
 /// Records about content. Nothing in it is the only copy of content: a
 /// record pointing at missing content is treated as absent.
 #[async_trait]
@@ -168,6 +177,22 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn manifest_refs(&self) -> Result<Vec<(Digest, Option<Vec<Digest>>)>, MetaError>;
     async fn tag_list(&self, upstream: &str, repo: &RepoName) -> Result<Option<TagListRecord>, MetaError>;
     async fn put_tag_list(&self, upstream: &str, repo: &RepoName, tags: Vec<String>) -> Result<(), MetaError>;
+    /// The referrers index last computed for `subject` under `repo`.
+    async fn referrers(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Option<ReferrersRecord>, MetaError>;
+    /// Not durable before it returns: like a tag list, it is a fallback for
+    /// outages and learned again from the upstream.
+    async fn put_referrers(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        index: &str,
+    ) -> Result<(), MetaError>;
     async fn converted(&self, version: u32, original: &Digest) -> Result<Option<Digest>, MetaError>;
     /// Durable before it returns: clients are handed the converted digest.
     async fn put_converted(&self, version: u32, original: &Digest, converted: &Digest) -> Result<(), MetaError>;

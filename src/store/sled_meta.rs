@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    IndexedItem, ManifestRecord, MetaStore, StoredItem, TagEntry, TagListRecord, TagRecord, now_millis, now_secs,
+    IndexedItem, ManifestRecord, MetaStore, ReferrersRecord, StoredItem, TagEntry, TagListRecord, TagRecord,
+    now_millis, now_secs,
 };
 use crate::reference::{Digest, RepoName};
 
@@ -23,6 +24,8 @@ pub struct SledMetaStore {
     tags: sled::Tree,
     manifests: sled::Tree,
     tag_lists: sled::Tree,
+    /// `<upstream>\0<repository>\0<subject digest>` → `ReferrersRecord`.
+    referrers: sled::Tree,
     access: sled::Tree,
     /// `v<version>\0<original digest>` → converted digest.
     converted: sled::Tree,
@@ -85,6 +88,7 @@ impl SledMetaStore {
             tags: db.open_tree("tags")?,
             manifests: db.open_tree("manifests")?,
             tag_lists: db.open_tree("tag_lists")?,
+            referrers: db.open_tree("referrers")?,
             access: db.open_tree("access")?,
             converted: db.open_tree("converted")?,
             converted_from: db.open_tree("converted_from")?,
@@ -178,6 +182,33 @@ impl MetaStore for SledMetaStore {
             fetched_at: now_secs(),
         };
         Self::put(&self.tag_lists, &key(&[upstream, repo.as_str()]), &rec)
+    }
+
+    async fn referrers(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Option<ReferrersRecord>, MetaError> {
+        Self::get(&self.referrers, &key(&[upstream, repo.as_str(), &subject.to_string()]))
+    }
+
+    async fn put_referrers(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        index: &str,
+    ) -> Result<(), MetaError> {
+        let rec = ReferrersRecord {
+            index: index.to_string(),
+            fetched_at: now_secs(),
+        };
+        Self::put(
+            &self.referrers,
+            &key(&[upstream, repo.as_str(), &subject.to_string()]),
+            &rec,
+        )
     }
 
     async fn converted(&self, version: u32, original: &Digest) -> Result<Option<Digest>, MetaError> {
@@ -499,6 +530,26 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn referrers_are_kept_per_upstream_repository_and_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SledMetaStore::open(dir.path()).unwrap();
+        let repo = RepoName::parse("library/app").unwrap();
+        let subject = Digest::sha256_of(b"image");
+        let index = r#"{"schemaVersion":2,"manifests":[]}"#;
+        meta.put_referrers("docker.io", &repo, &subject, index).await.unwrap();
+        let rec = meta
+            .referrers("docker.io", &repo, &subject)
+            .await
+            .unwrap()
+            .expect("recorded");
+        assert_eq!(rec.index, index);
+        assert!(rec.fetched_at > 0);
+        assert!(meta.referrers("ghcr.io", &repo, &subject).await.unwrap().is_none());
+        let other = Digest::sha256_of(b"other");
+        assert!(meta.referrers("docker.io", &repo, &other).await.unwrap().is_none());
     }
 
     fn moved_aside(dir: &Path) -> bool {

@@ -3,6 +3,7 @@
 //! blob HEADs, the start of a blob download, tag lists walked page by page
 //! within bounds. Sending is `send.rs`'s job; blob bodies are `blob_stream.rs`'s.
 
+use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE};
 use serde::Deserialize;
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use super::limit::BlobResponse;
 use super::response::{announced_length, check_status, header_digest, header_str, next_page, read_limited};
 use super::{MAX_MANIFEST_SIZE, MAX_TAG_LIST_BYTES, MAX_TAGS, ManifestHead, Upstream, UpstreamError, UpstreamManifest};
-use crate::media::ALL_MANIFEST_TYPES;
+use crate::media::{ALL_MANIFEST_TYPES, OCI_INDEX};
 use crate::reference::{Digest, Reference, RepoName};
 
 /// Page size asked of the upstream when listing tags.
@@ -74,6 +75,30 @@ impl Upstream {
             .await?;
         let resp = check_status(resp).await?;
         Ok(announced_length(resp.headers()))
+    }
+
+    /// The OCI 1.1 referrers of `subject`, unfiltered: the index the
+    /// upstream answered (bounded like a manifest, and only an OCI image
+    /// index), or None when the upstream has no referrers API: a 404 that is
+    /// not NAME_UNKNOWN (Distribution 2.x has no such route), 405 or 400.
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Option<Bytes>, UpstreamError> {
+        let mut accept = HeaderMap::new();
+        accept.insert(ACCEPT, HeaderValue::from_static(OCI_INDEX));
+        let (resp, _slot) = self
+            .send(Method::GET, repo, &format!("referrers/{subject}"), accept)
+            .await?;
+        let resp = match check_status(resp).await {
+            Ok(resp) => resp,
+            Err(UpstreamError::Status { status: 404, code, .. }) if code.as_deref() != Some("NAME_UNKNOWN") => {
+                return Ok(None);
+            }
+            Err(UpstreamError::Status { status: 400 | 405, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
+        let bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+        referrers_index(&bytes, content_type.as_deref()).map_err(UpstreamError::ManifestInvalid)?;
+        Ok(Some(bytes))
     }
 
     /// Every tag of a repository, following the upstream's pagination, within
@@ -151,6 +176,29 @@ pub(super) async fn verified_manifest(
     })
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEnvelope {
+    media_type: Option<String>,
+    manifests: Vec<serde_json::Value>,
+}
+
+/// Whether a referrers answer is an OCI image index: its `mediaType` (or,
+/// without one, the Content-Type) says so and it lists `manifests`.
+fn referrers_index(bytes: &[u8], content_type: Option<&str>) -> Result<(), String> {
+    let index: IndexEnvelope =
+        serde_json::from_slice(bytes).map_err(|e| format!("referrers answer is not an image index: {e}"))?;
+    let content_type = content_type.map(|c| c.split(';').next().unwrap_or_default().trim());
+    match index.media_type.as_deref().or(content_type) {
+        Some(OCI_INDEX) => Ok(()),
+        other => Err(format!(
+            "referrers answer is {}, not {OCI_INDEX} ({} descriptors)",
+            other.unwrap_or("untyped"),
+            index.manifests.len()
+        )),
+    }
+}
+
 fn too_many_tags(repo: &RepoName) -> UpstreamError {
     UpstreamError::ManifestInvalid(format!(
         "the tag list of {repo} is larger than berth accepts ({MAX_TAGS} tags, {} MiB)",
@@ -169,6 +217,19 @@ pub(super) fn manifest_accept() -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_oci_index_is_a_referrers_answer() {
+        let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+        assert!(referrers_index(index, None).is_ok());
+        let untyped = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(referrers_index(untyped, Some("application/vnd.oci.image.index.v1+json; charset=utf-8")).is_ok());
+        assert!(referrers_index(untyped, Some("application/json")).is_err());
+        let list = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
+        assert!(referrers_index(list, None).is_err());
+        assert!(referrers_index(b"not json", None).is_err());
+        assert!(referrers_index(br#"{"mediaType":"application/vnd.oci.image.index.v1+json"}"#, None).is_err());
+    }
 
     mod fuzz {
         use super::*;

@@ -630,3 +630,66 @@ pub fn push_image_with_layers(registry: &Registry, repo: &str, tag: &str, layers
         layers: descs.into_iter().map(|d| d.digest).collect(),
     }
 }
+
+/// What `push_manifest_with_subject` pushed.
+pub struct PushedManifest {
+    pub digest: String,
+    pub size: usize,
+    pub media_type: &'static str,
+}
+
+/// A manifest of `media_type` pushed to `repo:reference` with its blobs:
+/// a config of `config_type` holding `config`, one layer per
+/// `(media type, content)`, and, when given, `artifactType`, a `subject`
+/// descriptor (`{"mediaType","digest","size"}`) and manifest annotations.
+/// What oras and cosign push for a signature or an SBOM.
+#[allow(clippy::too_many_arguments)]
+pub fn push_manifest_with_subject(
+    registry: &Registry,
+    repo: &str,
+    reference: &str,
+    media_type: &'static str,
+    artifact_type: Option<&str>,
+    (config_type, config): (&'static str, &[u8]),
+    layers: &[(&'static str, &[u8])],
+    subject: Option<Value>,
+    annotations: Option<Value>,
+) -> PushedManifest {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = Layout::new(dir.path().to_path_buf());
+    let config = layout.blob(config_type, config);
+    push_blob(registry, repo, &layout, &config);
+    let layers: Vec<Desc> = layers.iter().map(|(t, bytes)| layout.blob(t, bytes)).collect();
+    for d in &layers {
+        push_blob(registry, repo, &layout, d);
+    }
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+        "layers": layers.iter().map(|d| json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size})).collect::<Vec<_>>(),
+    });
+    if let Some(t) = artifact_type {
+        manifest["artifactType"] = json!(t);
+    }
+    if let Some(s) = subject {
+        manifest["subject"] = s;
+    }
+    if let Some(a) = annotations {
+        manifest["annotations"] = a;
+    }
+    let bytes = serde_json::to_vec(&manifest).expect("manifest json");
+    put_manifest(registry, repo, reference, media_type, &bytes);
+    PushedManifest {
+        digest: sha256_hex(&bytes),
+        size: bytes.len(),
+        media_type,
+    }
+}
+
+/// Push `bytes` as a manifest of `media_type` to `repo:reference` (an index
+/// whose children are pushed already); returns its digest.
+pub fn push_raw_manifest(registry: &Registry, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> String {
+    put_manifest(registry, repo, reference, media_type, bytes);
+    sha256_hex(bytes)
+}
