@@ -31,21 +31,9 @@ fn text(v: &Value) -> String {
 
 /// 1536 → "1.5 KiB".
 fn bytes(v: &Value) -> String {
-    let Some(n) = v.as_u64() else {
-        return "–".to_string();
-    };
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    // Up a unit also where one decimal would round to 1024.0 of this one.
-    while value >= 1023.95 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
+    match v.as_u64() {
+        Some(n) => crate::units::format_size(n),
+        None => "–".to_string(),
     }
 }
 
