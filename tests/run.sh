@@ -42,6 +42,12 @@ export BERTH_KUBERNETES_VALIDATE="$validate_venv/bin/kubernetes-validate"
 BERTH_RUNTIME_BASE_TAR="$(bash tests/runtime_base.sh)"
 export BERTH_RUNTIME_BASE_TAR
 
+# Garage (S3 storage for replicas, tests/s3_store.rs): crates.io's `garage`,
+# built once per machine when missing (about 18 minutes on 2 cores).
+if [ ! -x "$HOME/.cargo/bin/garage" ] && ! command -v garage >/dev/null; then
+  cargo install garage --version 2.5.0 --locked
+fi
+
 # Crates are fetched before the dead proxy below is set (cargo honours it too).
 cargo fetch --locked
 

@@ -11,6 +11,7 @@
 
 mod fs;
 mod fs_read;
+mod s3;
 mod sled_meta;
 
 use std::io;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::reference::{Digest, RepoName, Verified};
 
 pub use fs::FsBlobStore;
+pub use s3::{S3BlobStore, S3Config};
 pub use sled_meta::{MetaError, SledMetaStore};
 
 /// The bytes of stored content, in order.

@@ -5,6 +5,7 @@
 pub mod berth;
 pub mod daemons;
 pub mod fake_upstream;
+pub mod garage;
 pub mod images;
 pub mod netns;
 pub mod pki;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // not every test file starts a berth
 pub use berth::Berth;
 #[allow(unused_imports)] // the load bench, which shares this module, writes its own config
 pub use upstream_toml::UpstreamToml;
