@@ -142,8 +142,22 @@ impl Cache {
     pub async fn open(config: &crate::config::Config, events: Arc<crate::events::Events>) -> Result<Self, CacheError> {
         // First: the blob store empties tmp/ and sled may be repaired.
         let lock = CacheLock::acquire(&config.cache_dir).map_err(|e| CacheError::Lock(Arc::new(e)))?;
-        let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::open(&config.cache_dir)?);
-        let meta: Arc<dyn MetaStore> = Arc::new(SledMetaStore::open(&config.cache_dir)?);
+        let (store, meta): (Arc<dyn BlobStore>, Arc<dyn MetaStore>) = match &config.s3 {
+            None => (
+                Arc::new(FsBlobStore::open(&config.cache_dir)?),
+                Arc::new(SledMetaStore::open(&config.cache_dir)?),
+            ),
+            Some(s3) => {
+                let bucket = crate::store::S3Config {
+                    endpoint: s3.endpoint.clone(),
+                    bucket: s3.bucket.clone(),
+                    region: s3.region.clone(),
+                    access_key_id: s3.access_key_id.clone(),
+                    secret_access_key: s3.secret_access_key.clone(),
+                };
+                crate::store::open_s3(&bucket, &config.cache_dir)?
+            }
+        };
         Self::with_stores(config, store, meta, lock, events).await
     }
 

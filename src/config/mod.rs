@@ -160,7 +160,31 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[[prefetch]]` in order.
     pub prefetch: Vec<PrefetchSchedule>,
+    /// `[storage] kind = "s3"`; None: content in the cache directory.
+    pub s3: Option<S3Storage>,
     raw: raw::RawConfig,
+}
+
+/// `[storage] kind = "s3"`: the bucket replicas share.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Storage {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `[[prefetch]]`: these images are warmed at start and every `every`

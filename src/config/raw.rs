@@ -102,6 +102,35 @@ pub(super) struct RawConfig {
     /// Images kept warm on a schedule.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub prefetch: Vec<RawPrefetch>,
+    /// Where content lives: the cache directory, or a bucket shared by replicas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<RawStorage>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStorage {
+    #[serde(default = "d_storage_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub bucket: String,
+    #[serde(default = "d_storage_region")]
+    pub region: String,
+    #[serde(default)]
+    pub access_key_id: String,
+    #[serde(default)]
+    pub secret_access_key: String,
+}
+
+fn d_storage_kind() -> String {
+    "fs".into()
+}
+
+fn d_storage_region() -> String {
+    "us-east-1".into()
 }
 
 /// `[[prefetch]]`: images to keep warm.
@@ -134,6 +163,7 @@ impl Default for RawConfig {
             access: Vec::new(),
             upstream: Vec::new(),
             prefetch: Vec::new(),
+            storage: None,
         }
     }
 }
@@ -142,6 +172,11 @@ impl RawConfig {
     /// This copy with its secrets out: inline passwords and the userinfo of
     /// endpoint URLs. Only the redacted copy is kept, to print.
     pub fn redacted(mut self) -> RawConfig {
+        if let Some(s) = &mut self.storage
+            && !s.secret_access_key.is_empty()
+        {
+            s.secret_access_key = "<redacted>".into();
+        }
         for u in &mut self.upstream {
             if u.password.is_some() {
                 u.password = Some("<redacted>".into());

@@ -155,6 +155,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
     }
     let access = validate_access(&raw, &mut problems);
     let prefetch = validate_prefetch(&raw, &upstreams, &mut problems);
+    let s3 = validate_storage(&raw, &mut problems);
     // The raw copy is kept only to print the effective config; secrets leave it here.
     let raw = raw.redacted();
     let config = match (listen, admin_listen, log_format, max_size, tag_ttl) {
@@ -174,6 +175,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
                 access,
                 upstreams,
                 prefetch,
+                s3,
                 raw,
             })
         }
@@ -491,6 +493,46 @@ fn validate_prefetch(
         }
     }
     schedules
+}
+
+/// `[storage]`: "fs" (the cache directory) or "s3" with its endpoint,
+/// bucket and key, each named when missing.
+fn validate_storage(raw: &RawConfig, problems: &mut Vec<String>) -> Option<super::S3Storage> {
+    let storage = raw.storage.as_ref()?;
+    match storage.kind.as_str() {
+        "fs" => None,
+        "s3" => {
+            let mut missing = |key: &str, value: &str| {
+                if value.trim().is_empty() {
+                    problems.push(format!("storage.{key}: required with kind = \"s3\""));
+                }
+            };
+            missing("endpoint", &storage.endpoint);
+            missing("bucket", &storage.bucket);
+            missing("access_key_id", &storage.access_key_id);
+            missing("secret_access_key", &storage.secret_access_key);
+            match Url::parse(&storage.endpoint) {
+                Ok(u)
+                    if matches!(u.scheme(), "http" | "https") && u.username().is_empty() && u.password().is_none() => {}
+                _ if storage.endpoint.trim().is_empty() => {}
+                _ => problems.push(format!(
+                    "storage.endpoint: {:?} is not an http(s) URL without credentials",
+                    crate::redact::userinfo(&storage.endpoint)
+                )),
+            }
+            Some(super::S3Storage {
+                endpoint: storage.endpoint.clone(),
+                bucket: storage.bucket.clone(),
+                region: storage.region.clone(),
+                access_key_id: storage.access_key_id.clone(),
+                secret_access_key: storage.secret_access_key.clone(),
+            })
+        }
+        other => {
+            problems.push(format!("storage.kind: {other:?} must be \"fs\" or \"s3\""));
+            None
+        }
+    }
 }
 
 #[cfg(test)]

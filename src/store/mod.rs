@@ -12,6 +12,7 @@
 mod fs;
 mod fs_read;
 mod s3;
+mod s3_meta;
 mod sled_meta;
 
 use std::io;
@@ -26,6 +27,7 @@ use crate::reference::{Digest, RepoName, Verified};
 
 pub use fs::FsBlobStore;
 pub use s3::{S3BlobStore, S3Config};
+pub use s3_meta::S3MetaStore;
 pub use sled_meta::{MetaError, SledMetaStore};
 
 /// The bytes of stored content, in order.
@@ -243,4 +245,14 @@ pub fn now_millis() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default()
+}
+
+/// The stores of `[storage] kind = "s3"`: blobs and shared records in the
+/// bucket, this replica's own records (and copies) in sled under
+/// `cache_dir`, uploads under way spooled to `cache_dir/tmp`.
+pub fn open_s3(config: &S3Config, cache_dir: &std::path::Path) -> io::Result<(Arc<dyn BlobStore>, Arc<dyn MetaStore>)> {
+    let bucket = s3::bucket(config)?;
+    let blobs = S3BlobStore::with_bucket(bucket.clone(), cache_dir)?;
+    let local = SledMetaStore::open(cache_dir).map_err(io::Error::other)?;
+    Ok((Arc::new(blobs), Arc::new(S3MetaStore::new(bucket, local))))
 }

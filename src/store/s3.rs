@@ -25,7 +25,7 @@ use crate::reference::{Digest, Verified};
 const PART_BYTES: usize = 8 << 20;
 
 /// Where and as whom: from `[storage]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Config {
     pub endpoint: String,
     pub bucket: String,
@@ -34,13 +34,24 @@ pub struct S3Config {
     pub secret_access_key: String,
 }
 
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
 pub struct S3BlobStore {
     bucket: Arc<AmazonS3>,
     /// Temp files of uploads under way (what joined readers read).
     spool: FsBlobStore,
 }
 
-fn to_io(e: object_store::Error) -> io::Error {
+pub(super) fn to_io(e: object_store::Error) -> io::Error {
     match e {
         object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
         other => io::Error::other(other.to_string()),
@@ -51,21 +62,30 @@ fn key(digest: &Digest) -> Key {
     Key::from(format!("blobs/{}/{}", digest.algorithm().as_str(), digest.hex()))
 }
 
+/// The bucket client, shared by the blob store and the shared metadata.
+pub(super) fn bucket(config: &S3Config) -> io::Result<Arc<AmazonS3>> {
+    AmazonS3Builder::new()
+        .with_endpoint(&config.endpoint)
+        .with_bucket_name(&config.bucket)
+        .with_region(&config.region)
+        .with_access_key_id(&config.access_key_id)
+        .with_secret_access_key(&config.secret_access_key)
+        .with_allow_http(config.endpoint.starts_with("http://"))
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .map(Arc::new)
+        .map_err(to_io)
+}
+
 impl S3BlobStore {
     /// `spool_dir`: a local directory for uploads under way (emptied here).
     pub fn open(config: &S3Config, spool_dir: &Path) -> io::Result<Self> {
-        let bucket = AmazonS3Builder::new()
-            .with_endpoint(&config.endpoint)
-            .with_bucket_name(&config.bucket)
-            .with_region(&config.region)
-            .with_access_key_id(&config.access_key_id)
-            .with_secret_access_key(&config.secret_access_key)
-            .with_allow_http(config.endpoint.starts_with("http://"))
-            .with_virtual_hosted_style_request(false)
-            .build()
-            .map_err(to_io)?;
+        Self::with_bucket(bucket(config)?, spool_dir)
+    }
+
+    pub(super) fn with_bucket(bucket: Arc<AmazonS3>, spool_dir: &Path) -> io::Result<Self> {
         Ok(Self {
-            bucket: Arc::new(bucket),
+            bucket,
             spool: FsBlobStore::open(spool_dir)?,
         })
     }

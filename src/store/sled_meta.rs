@@ -17,8 +17,13 @@ use super::{
 use crate::reference::{Digest, RepoName};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cache metadata: {0}")]
-pub struct MetaError(#[from] sled::Error);
+pub enum MetaError {
+    #[error("cache metadata: {0}")]
+    Local(#[from] sled::Error),
+    /// The records shared by replicas, in the bucket (`s3_meta.rs`).
+    #[error("shared metadata in the bucket: {0}")]
+    Shared(String),
+}
 
 pub struct SledMetaStore {
     tags: sled::Tree,
@@ -114,7 +119,7 @@ impl SledMetaStore {
         let tree = tree.clone();
         tokio::task::spawn_blocking(move || tree.flush().map(|_| ()))
             .await
-            .map_err(|e| MetaError(sled::Error::Io(std::io::Error::other(e))))??;
+            .map_err(|e| MetaError::Local(sled::Error::Io(std::io::Error::other(e))))??;
         Ok(())
     }
 }
