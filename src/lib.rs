@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod doctor;

@@ -83,6 +83,15 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         config.server.client_burst,
     )
     .map_err(|e| StartError::Auth(e.to_string()))?;
+    let cluster = match (&config.cluster, config.upstreams.first()) {
+        (Some(c), Some(base)) => Some(Arc::new(crate::cluster::Cluster::new(c, base, &events).map_err(
+            |source| StartError::Upstream {
+                name: "cluster peer".into(),
+                source,
+            },
+        )?)),
+        _ => None,
+    };
     // With access control, a cached digest is served under a repository
     // only when that repository is known to hold it.
     let cache = Cache::open(&config, events.clone())
@@ -91,7 +100,8 @@ pub async fn build(config: Config) -> Result<App, StartError> {
             dir: config.cache_dir.display().to_string(),
             source,
         })?
-        .scope_by_repository(config.auth.is_some());
+        .scope_by_repository(config.auth.is_some())
+        .in_cluster(cluster);
     let state = Arc::new(AppState {
         config,
         live: std::sync::RwLock::new(Arc::new(Live {

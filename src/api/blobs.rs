@@ -37,10 +37,13 @@ pub async fn get(req: &Request<'_>, name: &str, digest: &str) -> Result<Response
             .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
         return Ok(head_response(&digest, size));
     }
-    let mut blob = cache
-        .blob(&route, &digest)
-        .await
-        .map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
+    // Another berth asking (a replica whose owner this is): answered here.
+    let user_agent = req.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let found = match crate::cluster::from_a_berth(user_agent) {
+        true => cache.blob_here(&route, &digest).await,
+        false => cache.blob(&route, &digest).await,
+    };
+    let mut blob = found.map_err(|e| ApiError::from_cache(e, Subject::Blob, &what))?;
     let size = match range {
         Some(_) => blob.size_for_range().await,
         None => Ok(blob.size()),

@@ -139,6 +139,54 @@ impl Cache {
     /// With repository scoping, a stored blob, or a fetch under another
     /// name, is served only once the route's repository is known to hold it.
     pub async fn blob(&self, route: &Route, digest: &Digest) -> Result<Blob, CacheError> {
+        if let Some(cluster) = &self.cluster
+            && let Some(owner) = cluster.owner(digest)
+            && self.store.stat(digest).await?.is_none()
+        {
+            match self.blob_of_owner(owner, route, digest).await {
+                Ok(blob) => return Ok(blob),
+                Err(e) => self.events.upstream_degraded(
+                    e.cause(),
+                    &route.upstream.name,
+                    route.repo.as_str(),
+                    &digest.to_string(),
+                    "the replica owning this blob did not serve it; fetching it here",
+                    &e.to_string(),
+                ),
+            }
+        }
+        self.blob_here(route, digest).await
+    }
+
+    /// A cold blob from the replica that owns it: streamed and verified as
+    /// from an upstream, not stored again (the owner stores it in the
+    /// shared bucket), joining the owner's one upstream fetch.
+    async fn blob_of_owner(
+        &self,
+        owner: &crate::cluster::Peer,
+        route: &Route,
+        digest: &Digest,
+    ) -> Result<Blob, CacheError> {
+        let repo = owner
+            .repo_for(&route.upstream.config, &route.repo)
+            .ok_or_else(|| CacheError::Invalid {
+                digest: digest.to_string(),
+                reason: format!("{} has no name on the owner", route.repo),
+            })?;
+        let pass = PassThrough::open(owner.client(), &repo, digest, 0, Hasher::new(digest.algorithm())).await?;
+        let size = pass.total();
+        tracing::debug!(owner = %owner.url, digest = %digest, "blob streamed from its owner replica");
+        Ok(Blob {
+            source: Source::PassThrough {
+                pass: Box::new(pass),
+                size,
+            },
+        })
+    }
+
+    /// The blob from this replica's store, or fetched by this replica (a
+    /// request from another berth is answered here, never forwarded).
+    pub async fn blob_here(&self, route: &Route, digest: &Digest) -> Result<Blob, CacheError> {
         if let Some(size) = self.store.stat(digest).await? {
             self.admit_blob(route, digest).await?;
             let _ = self.meta.touch(digest).await;

@@ -131,6 +131,8 @@ pub struct Cache {
     /// hold it (see `scope.rs`).
     scoped: bool,
     events: Arc<crate::events::Events>,
+    /// Replicas sharing the storage: who owns which digest.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Held while the cache is open: one process per cache directory.
     _lock: CacheLock,
 }
@@ -202,6 +204,7 @@ impl Cache {
             max_size: config.max_size,
             scoped: false,
             events,
+            cluster: None,
             _lock: lock,
         })
     }
@@ -417,6 +420,12 @@ impl Cache {
                 },
             )
             .await
+    }
+
+    /// Ask the owner replica for cold blobs this one does not own.
+    pub fn in_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Bytes the cache holds now (temp files included) and may hold.

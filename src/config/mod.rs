@@ -162,7 +162,17 @@ pub struct Config {
     pub prefetch: Vec<PrefetchSchedule>,
     /// `[storage] kind = "s3"`; None: content in the cache directory.
     pub s3: Option<S3Storage>,
+    /// `[cluster]`; None: a single berth.
+    pub cluster: Option<ClusterConfig>,
     raw: raw::RawConfig,
+}
+
+/// `[cluster]`: this replica and all of them (itself included), as
+/// registry URLs the replicas reach each other at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub self_url: Url,
+    pub peers: Vec<Url>,
 }
 
 /// `[storage] kind = "s3"`: the bucket replicas share.

@@ -105,6 +105,19 @@ pub(super) struct RawConfig {
     /// Where content lives: the cache directory, or a bucket shared by replicas.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage: Option<RawStorage>,
+    /// Replicas sharing `[storage]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    /// This replica's registry URL, as the others reach it.
+    #[serde(rename = "self")]
+    pub self_url: String,
+    pub peers: Vec<String>,
 }
 
 /// `[storage]`.
@@ -164,6 +177,7 @@ impl Default for RawConfig {
             upstream: Vec::new(),
             prefetch: Vec::new(),
             storage: None,
+            cluster: None,
         }
     }
 }

@@ -156,6 +156,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
     let access = validate_access(&raw, &mut problems);
     let prefetch = validate_prefetch(&raw, &upstreams, &mut problems);
     let s3 = validate_storage(&raw, &mut problems);
+    let cluster = validate_cluster(&raw, &mut problems);
     // The raw copy is kept only to print the effective config; secrets leave it here.
     let raw = raw.redacted();
     let config = match (listen, admin_listen, log_format, max_size, tag_ttl) {
@@ -176,6 +177,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
                 upstreams,
                 prefetch,
                 s3,
+                cluster,
                 raw,
             })
         }
@@ -533,6 +535,50 @@ fn validate_storage(raw: &RawConfig, problems: &mut Vec<String>) -> Option<super
             None
         }
     }
+}
+
+/// `[cluster]`: http(s) URLs of the replicas' registry listeners, `self`
+/// among them.
+fn validate_cluster(raw: &RawConfig, problems: &mut Vec<String>) -> Option<super::ClusterConfig> {
+    let cluster = raw.cluster.as_ref()?;
+    let parse = |key: String, text: &str, problems: &mut Vec<String>| match Url::parse(text) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.path() == "/"
+                && u.username().is_empty() =>
+        {
+            Some(u)
+        }
+        _ => {
+            problems.push(format!(
+                "{key}: {:?} is not a replica's base URL (http://host:port)",
+                crate::redact::userinfo(text)
+            ));
+            None
+        }
+    };
+    let self_url = parse("cluster.self".into(), &cluster.self_url, problems);
+    let peers: Vec<Url> = cluster
+        .peers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| parse(format!("cluster.peers[{i}]"), p, problems))
+        .collect();
+    if let Some(me) = &self_url
+        && !peers.contains(me)
+    {
+        problems.push("cluster.self: must be one of cluster.peers (every replica lists them all)".into());
+    }
+    if raw.auth.is_some() {
+        problems.push(
+            "cluster: not yet supported together with [auth] (replicas would need credentials for each other)".into(),
+        );
+    }
+    Some(super::ClusterConfig {
+        self_url: self_url?,
+        peers,
+    })
 }
 
 #[cfg(test)]

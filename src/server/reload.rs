@@ -223,6 +223,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.client_burst", s.0.client_burst != s.1.client_burst),
         ("prefetch", old.prefetch != new.prefetch),
         ("storage", old.s3 != new.s3),
+        ("cluster", old.cluster != new.cluster),
         ("cache.keep_recent", old.keep_recent != new.keep_recent),
     ];
     checks

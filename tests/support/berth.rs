@@ -57,6 +57,16 @@ impl Berth {
         b
     }
 
+    /// Start listening on `listen` (e.g. a port picked for a replica whose
+    /// peers must know it beforehand).
+    pub fn start_on(listen: &str, extra_toml: &str) -> Berth {
+        let dir = tempfile::tempdir().expect("temp dir for berth");
+        let cache = dir.path().join("cache");
+        let mut b = Berth::launch_as(dir.path(), &cache, extra_toml, Launch::On(listen), &[]);
+        b._dir = Some(dir);
+        b
+    }
+
     /// Start with extra environment variables (they override the dead proxy).
     pub fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> Berth {
         let dir = tempfile::tempdir().expect("temp dir for berth");
@@ -87,7 +97,7 @@ impl Berth {
     fn launch_as(work: &Path, cache_dir: &Path, extra_toml: &str, how: Launch<'_>, env: &[(&str, &str)]) -> Berth {
         let config = work.join("berth.toml");
         let listen = match how {
-            Launch::NetnsOn(_, listen) => listen,
+            Launch::NetnsOn(_, listen) | Launch::On(listen) => listen,
             _ => "127.0.0.1:0",
         };
         let head = format!(
@@ -113,7 +123,7 @@ impl Berth {
                 ]);
                 c
             }
-            Launch::Plain => Command::new(env!("CARGO_BIN_EXE_berth")),
+            Launch::Plain | Launch::On(_) => Command::new(env!("CARGO_BIN_EXE_berth")),
         };
         cmd.args(["serve", "--config"])
             .arg(&config)
@@ -260,6 +270,8 @@ enum Launch<'a> {
     /// In a namespace, listening on an address of it.
     NetnsOn(&'a str, &'a str),
     FdLimit(u32),
+    /// Listening on a given address (replicas must know each other's).
+    On(&'a str),
 }
 
 impl Drop for Berth {
