@@ -205,3 +205,67 @@ async fn a_corrupted_upstream_blob_leaves_nothing_in_the_bucket() {
     let listed = bucket.list().await.expect("list");
     assert!(listed.is_empty(), "no object at all in the bucket: {listed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_garage_node_lost_during_pulls_fails_none_of_them() {
+    use futures_util::StreamExt;
+    let mut garage = tokio::task::block_in_place(Garage::start);
+    let registry = Registry::start();
+    let blobs: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            tokio::task::block_in_place(|| support::images::push_random_blob(&registry, "fleet/many", 16 << 20, 70 + i))
+        })
+        .collect();
+    let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
+    let berth = Berth::start(&format!("{}{upstream}", garage.storage_toml(0)));
+    // Four cold pulls, read in small steps; node 1 goes once they all began.
+    let (began_tx, mut began_rx) = tokio::sync::mpsc::channel(4);
+    let mut pulls = Vec::new();
+    for (digest, _) in &blobs {
+        let url = format!("{}/v2/fleet/many/blobs/{digest}", berth.url());
+        let began = began_tx.clone();
+        pulls.push(tokio::spawn(async move {
+            let resp = support::client().get(&url).send().await.map_err(|e| e.to_string())?;
+            let mut stream = resp.bytes_stream();
+            let mut body = Vec::new();
+            let mut told = false;
+            while let Some(piece) = stream.next().await {
+                body.extend_from_slice(&piece.map_err(|e| e.to_string())?);
+                if !told && body.len() > 1 << 20 {
+                    told = true;
+                    let _ = began.send(()).await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Ok::<_, String>(support::sha256_hex(&body))
+        }));
+    }
+    for _ in 0..blobs.len() {
+        began_rx.recv().await.expect("a pull began");
+    }
+    garage.nodes[1].kill();
+    for (pull, (digest, _)) in pulls.into_iter().zip(&blobs) {
+        let got = pull
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("pull of {digest}: {e}"));
+        assert_eq!(&got, digest, "verified with a node down");
+    }
+    // Stored with two of three nodes: served from the bucket, then again
+    // once the node is back.
+    for (digest, _) in &blobs {
+        let path = format!("/v2/fleet/many/blobs/{digest}");
+        support::eventually_async(support::COMMIT_WAIT, format!("{digest} in the bucket"), || {
+            berth
+                .events()
+                .iter()
+                .any(|e| e["message"] == "blob cached" && e["digest"] == digest.as_str())
+        })
+        .await;
+        let (status, _) = support::raw_get(berth.addr, &path);
+        assert_eq!(status, 200);
+    }
+    garage.nodes[1].restart();
+    let (status, _) = support::raw_get(berth.addr, &format!("/v2/fleet/many/blobs/{}", blobs[0].0));
+    assert_eq!(status, 200, "after the node came back");
+}
