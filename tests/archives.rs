@@ -583,3 +583,91 @@ async fn docker_save_archives_need_the_flag_warn_first_and_pull_by_tag_with_bert
     );
     assert_eq!(m["layers"][0]["digest"], sha256_hex(&layer), "the layer tar as it was");
 }
+
+/// The real clients at the site: dockerd (registry mirror) and containerd
+/// (`ctr --hosts-dir`) pull exported images from an offline berth by tag
+/// and by the origin's digest. Exported here with `--config` from A's
+/// stopped cache (A warms it from the upstream on the way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_clients_dockerd_and_containerd_pull_imported_images_by_tag_and_origin_digest() {
+    let registry = Registry::start();
+    let fixtures = tokio::task::block_in_place(|| support::images::seed(&registry));
+    let images = [&fixtures.v2s2, &fixtures.oci, &fixtures.index];
+    let work = tempfile::tempdir().expect("work");
+    let a_config = work.path().join("a.toml");
+    std::fs::write(
+        &a_config,
+        format!(
+            "cache_dir = \"{}\"\n{}",
+            work.path().join("a-cache").display(),
+            UpstreamToml::default_docker_io(&registry.url())
+        ),
+    )
+    .expect("config");
+    let bundle = work.path().join("bundle.tar");
+    let names: Vec<String> = images.iter().map(|i| format!("{}:{}", i.repo, i.tag)).collect();
+    let mut args = vec![
+        "export".to_string(),
+        "--config".into(),
+        a_config.display().to_string(),
+        "-o".into(),
+        bundle.display().to_string(),
+    ];
+    args.extend(names.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = tokio::task::block_in_place(|| berth(&args));
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!(
+        "$ berth export --config a.toml -o bundle.tar {}\n{out}",
+        names.join(" ")
+    );
+
+    let site = Site::new();
+    let (code, out, err) = tokio::task::block_in_place(|| site.import(&bundle, &[]));
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("$ berth import --config site.toml bundle.tar   # upstream: a closed port\n{out}");
+    let b = site.serve();
+
+    let dockerd = tokio::task::block_in_place(|| support::daemons::Dockerd::start(&b.host()));
+    for image in images {
+        let name = support::client_name(&image.repo);
+        // By the origin's digest first, while dockerd has nothing of it.
+        for reference in [format!("{name}@{}", image.digest), format!("{name}:{}", image.tag)] {
+            let pulled = tokio::task::block_in_place(|| dockerd.docker(&["pull", &reference]));
+            eprintln!("$ docker pull {reference}\n{pulled}");
+            let digests = tokio::task::block_in_place(|| dockerd.repo_digests(&reference));
+            let want = format!("{name}@{}", image.digest);
+            assert!(
+                digests.contains(&want),
+                "{reference}: RepoDigests {digests:?} lack {want}"
+            );
+        }
+    }
+    drop(dockerd);
+
+    let containerd = tokio::task::block_in_place(support::daemons::Containerd::start);
+    let hosts = containerd.hosts_dir("containerd", &b.host());
+    let hosts = hosts.to_str().expect("utf-8");
+    for image in images {
+        for reference in [
+            format!("docker.io/{}@{}", image.repo, image.digest),
+            format!("docker.io/{}:{}", image.repo, image.tag),
+        ] {
+            tokio::task::block_in_place(|| {
+                containerd.ctr(&[
+                    "images",
+                    "pull",
+                    "--hosts-dir",
+                    hosts,
+                    "--snapshotter",
+                    "native",
+                    "--platform",
+                    "linux/amd64",
+                    &reference,
+                ])
+            });
+            let got = tokio::task::block_in_place(|| containerd.image_digest(&reference));
+            assert_eq!(got, image.digest, "ctr pull {reference}");
+        }
+    }
+}
