@@ -247,6 +247,42 @@ async fn exported_images_import_offline_with_the_origins_digests_tags_and_referr
         "no temp file left"
     );
 
+    // A failed export leaves nothing under the name, nor a temp file.
+    let failed = out.path().join("failed.tar");
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        let failed = failed.display().to_string();
+        berth(&[
+            "export",
+            "--url",
+            &a.admin_url(),
+            "-o",
+            &failed,
+            "site/app:2.0",
+            "signed:no-such-tag",
+        ])
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no-such-tag"), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(out.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec![std::ffi::OsString::from("bundle.tar")],
+        "nothing from the failed export"
+    );
+    let cache_files = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .expect("ls cache")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().contains("export-"))
+            })
+            .count()
+    };
+    assert_eq!(cache_files(&a.cache_dir), 0, "no export left in A's cache directory");
+
     // skopeo reads the archive by the ref name berth gives each image
     // (skopeo 1.9 looks only at OCI-typed descriptors: the OCI image here).
     let src = format!("oci-archive:{bundle_s}:docker.io/library/signed:v1");
@@ -277,6 +313,9 @@ async fn exported_images_import_offline_with_the_origins_digests_tags_and_referr
     );
 
     let b = site.serve();
+    let (code, _, err) = tokio::task::block_in_place(|| site.import(&bundle, &[]));
+    assert_eq!(code, 2, "a running berth owns B's cache: {err}");
+    assert!(err.contains("berth import --url"), "{err}");
     for (name, tag, digest) in [("signed", "v1", &signed), ("site/app", "2.0", &layered.manifest)] {
         assert_eq!(
             manifest_digest(&b.url(), name, tag).await,
