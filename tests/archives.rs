@@ -542,7 +542,15 @@ async fn bad_archives_are_refused_whole_and_write_nothing() {
     // The same archive whole imports: each case failed for its defect alone.
     let path = dir.path().join("good.tar");
     std::fs::write(&path, &whole).expect("write archive");
-    let (code, out, err) = tokio::task::block_in_place(|| site.import(&path, &[]));
+    // --upstream must name a configured upstream.
+    let (code, out, err) = tokio::task::block_in_place(|| site.import(&path, &["--upstream", "quay.io"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("\"quay.io\" is not configured (configured: docker.io)"),
+        "{err}"
+    );
+    assert_eq!(stored_blobs(&site.cache), Vec::<PathBuf>::new());
+    let (code, out, err) = tokio::task::block_in_place(|| site.import(&path, &["--upstream", "docker.io"]));
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(stored_blobs(&site.cache).len(), 3, "config, layer, manifest");
 }
