@@ -360,6 +360,68 @@ async fn exported_images_import_offline_with_the_origins_digests_tags_and_referr
         (200, layered.manifest.clone())
     );
     assert_eq!(digests_of(&referrers(&running.url(), "signed", &signed).await), want);
+
+    // --platform: the index travels as served, only that platform's manifest with it.
+    let (amd, arm) = tokio::task::block_in_place(|| {
+        (
+            push_tiny_image(&registry, "site/multi", "amd", true).0,
+            push_tiny_image(&registry, "site/multi", "arm", true).0,
+        )
+    });
+    // Sizes from the registry below.
+    let child = |digest: &str, arch: &str| json!({"mediaType": OCI_MANIFEST, "digest": digest, "platform": {"os": "linux", "architecture": arch}});
+    let mut children = vec![child(&amd, "amd64"), child(&arm, "arm64")];
+    for c in &mut children {
+        let digest = c["digest"].as_str().expect("digest").to_string();
+        let bytes = reqwest::Client::new()
+            .get(format!("{}/v2/site/multi/manifests/{digest}", registry.url()))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("child")
+            .bytes()
+            .await
+            .expect("bytes");
+        c["size"] = json!(bytes.len());
+    }
+    let index =
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})).expect("json");
+    let index_digest =
+        tokio::task::block_in_place(|| push_raw_manifest(&registry, "site/multi", "1", OCI_INDEX, &index));
+    let arm_bundle = out.path().join("arm.tar").display().to_string();
+    let (code, summary, err) = tokio::task::block_in_place(|| {
+        berth(&[
+            "export",
+            "--url",
+            &a.admin_url(),
+            "--platform",
+            "linux/arm64",
+            "-o",
+            &arm_bundle,
+            "site/multi:1",
+        ])
+    });
+    assert_eq!(code, 0, "{summary}{err}");
+    assert!(
+        summary.contains("export: 1 images, 2 manifests"),
+        "the index and arm64's: {summary}"
+    );
+    let (code, summary, err) =
+        tokio::task::block_in_place(|| berth(&["import", "--url", &running.admin_url(), &arm_bundle]));
+    assert_eq!(code, 0, "{summary}{err}");
+    assert_eq!(
+        manifest_digest(&running.url(), "site/multi", "1").await,
+        (200, index_digest)
+    );
+    assert_eq!(
+        manifest_digest(&running.url(), "site/multi", &arm).await,
+        (200, arm.clone())
+    );
+    assert_ne!(
+        manifest_digest(&running.url(), "site/multi", &amd).await.0,
+        200,
+        "amd64 was not exported"
+    );
 }
 
 /// One raw tar entry: the name is written as given (`..`, `/` and all),

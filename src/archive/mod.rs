@@ -34,7 +34,7 @@ pub enum ArchiveError {
     Entry { entry: String, problem: String },
     #[error("the archive cannot be read after entry {after:?}: {reason}")]
     Unreadable { after: String, reason: String },
-    #[error("the archive is not an image archive: {0}")]
+    #[error("archive refused: {0}")]
     Invalid(String),
     #[error(
         "this is a classic `docker save` archive: it has no registry manifests, so berth would have to \
