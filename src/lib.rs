@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod cache;
 pub mod cluster;

@@ -1,5 +1,5 @@
-//! The command line: `serve`, `check-config`, `failures`, `doctor`, `gc`
-//! and `prefetch`.
+//! The command line: `serve`, `check-config`, `failures`, `doctor`, `gc`,
+//! `prefetch`, `export` and `import`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,8 @@ use berth::cache::CacheError;
 use berth::config::{Config, ConfigSource, LogFormat, Overrides};
 use berth::server::StartError;
 use clap::{Parser, Subcommand};
+
+mod archive_cli;
 
 #[derive(Parser)]
 #[command(name = "berth", version, about = "A pull-through caching container registry mirror")]
@@ -93,6 +95,45 @@ enum Command {
         /// Images as given to docker: [registry/]repo[:tag|@digest].
         images: Vec<String>,
     },
+    /// Write images (every manifest, config and layer, as the registry
+    /// served them, and their referrers) into an OCI image-layout tar,
+    /// fetching what the cache lacks. On a running berth with --url; on a
+    /// stopped one's cache with --config.
+    Export {
+        #[command(flatten)]
+        opts: ConfigOpts,
+        /// Base URL of a running berth's admin surface, e.g. http://127.0.0.1:5001.
+        #[arg(long, conflicts_with = "config")]
+        url: Option<String>,
+        /// The archive to write (replaced only once it is complete).
+        #[arg(short, long = "output", value_name = "ARCHIVE")]
+        output: PathBuf,
+        /// Only this platform of multi-platform images: os/arch[/variant].
+        #[arg(long)]
+        platform: Option<String>,
+        /// Images as given to docker: [registry/]repo[:tag|@digest].
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Import archives written by `berth export` (or, with --docker-save,
+    /// by `docker save`): every digest is verified and each image made
+    /// visible only once it is whole. Exit 1 if an archive is refused.
+    Import {
+        #[command(flatten)]
+        opts: ConfigOpts,
+        /// Base URL of a running berth's admin surface, e.g. http://127.0.0.1:5001.
+        #[arg(long, conflicts_with = "config")]
+        url: Option<String>,
+        /// File the images under this configured upstream instead of the archive's.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Accept a classic `docker save` archive: berth writes manifests for it,
+        /// so its digests differ from the origin's (pulls by tag only).
+        #[arg(long)]
+        docker_save: bool,
+        #[arg(required = true, value_name = "ARCHIVE")]
+        archives: Vec<PathBuf>,
+    },
     /// Run cache eviction now (what berth does over cache.max_size), or with
     /// --dry-run list what it would remove and why. On a running berth with
     /// --url; on a stopped one's cache with --config.
@@ -153,6 +194,34 @@ fn main() -> ExitCode {
             return prefetch_remote(url, &request, *json);
         }
     }
+    if let Command::Export {
+        url: Some(url),
+        output,
+        platform,
+        images,
+        ..
+    } = &cli.command
+    {
+        return archive_cli::export_remote(url, output, platform.as_deref(), images);
+    }
+    if let Command::Import { docker_save: true, .. } = &cli.command {
+        // Before anything is read or written: the trap, said first.
+        eprintln!("berth: {}", berth::archive::DOCKER_SAVE_WARNING);
+    }
+    if let Command::Import {
+        url: Some(url),
+        upstream,
+        docker_save,
+        archives,
+        ..
+    } = &cli.command
+    {
+        let options = berth::archive::ImportOptions {
+            upstream: upstream.clone(),
+            docker_save: *docker_save,
+        };
+        return archive_cli::import_remote(url, &options, archives);
+    }
     if let Command::Gc {
         url: Some(url),
         dry_run,
@@ -181,6 +250,8 @@ fn main() -> ExitCode {
         Command::CheckConfig { opts }
         | Command::Doctor { opts, .. }
         | Command::Gc { opts, .. }
+        | Command::Export { opts, .. }
+        | Command::Import { opts, .. }
         | Command::Prefetch { opts, .. } => (opts, Overrides::default()),
         Command::Failures { .. } => return ExitCode::FAILURE,
     };
@@ -220,6 +291,24 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Export {
+            output,
+            platform,
+            images,
+            ..
+        } => {
+            let request = berth::archive::ExportRequest { images, platform };
+            archive_cli::export_local(&config, &output, &request)
+        }
+        Command::Import {
+            upstream,
+            docker_save,
+            archives,
+            ..
+        } => {
+            let options = berth::archive::ImportOptions { upstream, docker_save };
+            archive_cli::import_local(&config, &options, &archives)
+        }
         Command::Failures { .. } => ExitCode::FAILURE,
     }
 }

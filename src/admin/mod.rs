@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
 
+mod archive;
 mod status_page;
 use crate::failure_filter::{FailureFilter, FilterError};
 
@@ -26,6 +27,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_berth/status", axum::routing::get(status))
         .route("/_berth/gc", axum::routing::post(gc))
         .route("/_berth/prefetch", axum::routing::post(prefetch))
+        .route("/_berth/export", axum::routing::get(archive::export))
+        .route("/_berth/import", axum::routing::post(archive::import))
         .route("/", axum::routing::get(page))
         .with_state(state)
 }
