@@ -18,16 +18,6 @@ use tokio::io::AsyncWriteExt;
 /// The header carrying an export's summary (the body is the archive).
 const SUMMARY_HEADER: &str = "x-berth-export-summary";
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("berth: cannot start the runtime: {e}");
-            None
-        }
-    }
-}
-
 fn exit(e: &ArchiveError) -> ExitCode {
     eprintln!("berth: {e}");
     if e.is_usage() {
@@ -56,24 +46,11 @@ async fn open(config: &Config, command: &str) -> Result<(Cache, Vec<Arc<berth::u
 }
 
 /// A progress bar on a terminal; None: plain lines.
-fn bar() -> Option<indicatif::ProgressBar> {
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    Some(bar)
-}
-
 pub fn export_local(config: &Config, output: &Path, request: &ExportRequest) -> ExitCode {
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = super::runtime() else {
         return ExitCode::FAILURE;
     };
-    let bar = bar();
+    let bar = super::progress_bar();
     let images = request.images.clone();
     let shown = bar.clone();
     let progress = move |n: usize, step: WarmStep<'_>| {
@@ -116,7 +93,7 @@ fn temp_next_to(archive: &Path) -> PathBuf {
 }
 
 pub fn export_remote(base: &str, output: &Path, platform: Option<&str>, images: &[String]) -> ExitCode {
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = super::runtime() else {
         return ExitCode::FAILURE;
     };
     let mut query: Vec<(&str, &str)> = images.iter().map(|i| ("image", i.as_str())).collect();
@@ -172,7 +149,7 @@ pub fn export_remote(base: &str, output: &Path, platform: Option<&str>, images: 
 }
 
 pub fn import_local(config: &Config, options: &ImportOptions, archives: &[PathBuf]) -> ExitCode {
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = super::runtime() else {
         return ExitCode::FAILURE;
     };
     let progress = |line: &str| eprintln!("{line}");
@@ -203,7 +180,7 @@ pub fn import_local(config: &Config, options: &ImportOptions, archives: &[PathBu
 }
 
 pub fn import_remote(base: &str, options: &ImportOptions, archives: &[PathBuf]) -> ExitCode {
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = super::runtime() else {
         return ExitCode::FAILURE;
     };
     let url = format!("{}/_berth/import", base.trim_end_matches('/'));

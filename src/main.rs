@@ -313,6 +313,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// A bar for long work (prefetch, export) when a person watches stderr;
+/// None otherwise, and the work prints plain lines instead.
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    Some(bar)
+}
+
 fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => Some(rt),
@@ -592,18 +607,7 @@ fn prefetch_local(config: &Config, request: &berth::prefetch::PrefetchRequest, j
             return ExitCode::from(2);
         }
     };
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = terminal.then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        let style = indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .map(|s| s.progress_chars("=> "));
-        if let Ok(style) = style {
-            bar.set_style(style);
-        }
-        bar
-    });
+    let bar = progress_bar();
     let images = request.images.clone();
     let finish = bar.clone();
     let progress = move |n: usize, step: WarmStep<'_>| {

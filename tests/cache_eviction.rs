@@ -12,9 +12,7 @@ use std::time::Duration;
 use support::images::{push_image_with_layers, push_random_blob, random_bytes};
 use support::registry::Registry;
 use support::relay::{Relay, RelayOptions};
-use support::{
-    Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, eventually_async, lazy, sha256_hex, skopeo_try, stored_blobs,
-};
+use support::{Berth, COMMIT_WAIT, UpstreamToml, blob_path, client, eventually_async, lazy, sha256_hex, stored_blobs};
 
 const MIB: usize = 1 << 20;
 
@@ -94,35 +92,8 @@ async fn least_recently_used_content_is_evicted_over_max_size() {
     .await;
 }
 
-/// `skopeo copy` of `repo:tag` through berth into a fresh dir; the digests
-/// of what it wrote, or skopeo's error.
 fn pull(berth: &Berth, reference: &str) -> Result<Vec<String>, String> {
-    let dest = tempfile::tempdir().expect("pull dir");
-    let out = skopeo_try(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{}/{reference}", berth.host()),
-        &format!("dir:{}", dest.path().display()),
-    ]);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let mut digests = Vec::new();
-    for entry in std::fs::read_dir(dest.path()).expect("read pull dir") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        if name.len() == 64 {
-            let bytes = std::fs::read(&path).expect("read blob");
-            assert_eq!(sha256_hex(&bytes), format!("sha256:{name}"), "skopeo's {name} is whole");
-            digests.push(format!("sha256:{name}"));
-        }
-    }
-    digests.sort();
-    Ok(digests)
+    support::skopeo_pull(&berth.host(), reference)
 }
 
 fn gc(args: &[&str]) -> (i32, serde_json::Value, String) {

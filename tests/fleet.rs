@@ -7,27 +7,10 @@ mod support;
 use support::garage::Garage;
 use support::images::{push_image_with_layers, random_bytes};
 use support::registry::Registry;
-use support::{Berth, UpstreamToml, skopeo_try};
+use support::{Berth, UpstreamToml};
 
 fn pull(berth: &Berth, reference: &str) -> Result<Vec<String>, String> {
-    let dest = tempfile::tempdir().expect("pull dir");
-    let out = skopeo_try(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{}/{reference}", berth.host()),
-        &format!("dir:{}", dest.path().display()),
-    ]);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let mut names: Vec<String> = std::fs::read_dir(dest.path())
-        .expect("pull dir")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.len() == 64)
-        .map(|n| format!("sha256:{n}"))
-        .collect();
-    names.sort();
-    Ok(names)
+    support::skopeo_pull(&berth.host(), reference)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

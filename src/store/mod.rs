@@ -126,6 +126,16 @@ pub struct ManifestRecord {
     pub refs: Option<Vec<String>>,
 }
 
+impl ManifestRecord {
+    pub fn new(media_type: &str, size: u64, refs: &[Digest]) -> Self {
+        Self {
+            media_type: media_type.to_string(),
+            size,
+            refs: Some(refs.iter().map(|d| d.to_string()).collect()),
+        }
+    }
+}
+
 /// Stored content as the metadata indexes it: eviction plans from this
 /// index, never from a walk of the store.
 #[derive(Debug, Clone, PartialEq, Eq)]

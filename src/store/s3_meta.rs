@@ -149,11 +149,7 @@ impl MetaStore for S3MetaStore {
         size: u64,
         refs: &[Digest],
     ) -> Result<(), MetaError> {
-        let rec = ManifestRecord {
-            media_type: media_type.to_string(),
-            size,
-            refs: Some(refs.iter().map(|d| d.to_string()).collect()),
-        };
+        let rec = ManifestRecord::new(media_type, size, refs);
         self.put_json(&manifest_key(digest), &rec).await?;
         self.local.put_manifest(digest, media_type, size, refs).await
     }

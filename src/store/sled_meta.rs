@@ -153,11 +153,7 @@ impl MetaStore for SledMetaStore {
         size: u64,
         refs: &[Digest],
     ) -> Result<(), MetaError> {
-        let rec = ManifestRecord {
-            media_type: media_type.to_string(),
-            size,
-            refs: Some(refs.iter().map(|d| d.to_string()).collect()),
-        };
+        let rec = ManifestRecord::new(media_type, size, refs);
         Self::put(&self.manifests, digest.to_string().as_bytes(), &rec)
     }
 

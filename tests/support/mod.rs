@@ -172,6 +172,38 @@ pub fn skopeo(args: &[&str]) -> Output {
     out
 }
 
+/// `skopeo copy` of `reference` from the registry at `host` (berth) into a
+/// fresh dir, each blob checked against its name; the digests
+/// of what it wrote, or skopeo's error.
+pub fn skopeo_pull(host: &str, reference: &str) -> Result<Vec<String>, String> {
+    let dest = tempfile::tempdir().expect("pull dir");
+    let out = skopeo_try(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{host}/{reference}"),
+        &format!("dir:{}", dest.path().display()),
+    ]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let mut digests = Vec::new();
+    for entry in std::fs::read_dir(dest.path()).expect("read pull dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if name.len() == 64 {
+            let bytes = std::fs::read(&path).expect("read blob");
+            assert_eq!(sha256_hex(&bytes), format!("sha256:{name}"), "skopeo's {name} is whole");
+            digests.push(format!("sha256:{name}"));
+        }
+    }
+    digests.sort();
+    Ok(digests)
+}
+
 /// Check every blob of an OCI layout hashes to its name; return the digests.
 pub fn verify_oci_dir(dir: &Path) -> HashSet<String> {
     let mut seen = HashSet::new();
