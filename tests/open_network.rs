@@ -269,10 +269,12 @@ fn a_blob_truncated_under_a_reader_fails_that_reader_only() {
     assert!(got < 256 << 20, "the reader must not get a complete-looking body");
     // The process lives and serves; the damaged blob is gone from the cache.
     assert_eq!(raw_get(berth.addr, "/v2/").0, 200, "berth survives: {}", berth.log());
-    eventually(Duration::from_secs(5), "the unreadable blob is removed", || {
-        !path.exists()
-    });
-    assert!(berth.log().contains("stored blob unreadable"), "{}", berth.log());
+    // The file goes first, then berth logs why: wait for both.
+    eventually(
+        Duration::from_secs(5),
+        lazy(|| format!("the unreadable blob removed and logged: {}", berth.log())),
+        || !path.exists() && berth.log().contains("stored blob unreadable"),
+    );
 }
 
 #[test]
