@@ -82,7 +82,8 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         config.server.client_requests_per_second,
         config.server.client_burst,
     )
-    .map_err(|e| StartError::Auth(e.to_string()))?;
+    .map_err(|e| StartError::Auth(e.to_string()))?
+    .with_replica_secret(config.cluster.as_ref().and_then(|c| c.secret.as_deref()));
     let cluster = match (&config.cluster, config.upstreams.first()) {
         (Some(c), Some(base)) => Some(Arc::new(crate::cluster::Cluster::new(c, base, &events).map_err(
             |source| StartError::Upstream {

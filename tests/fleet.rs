@@ -1,11 +1,11 @@
 //! Replicas on shared S3 storage (a real 3-node Garage cluster): what one
-//! replica pulled, the others serve by tag and by digest when the upstream
+//! replica pulled, the others serve by tag and by digest (skopeo, dockerd) when the upstream
 //! is gone, and a replica that lost its disk rebuilds nothing.
 
 mod support;
 
 use support::garage::Garage;
-use support::images::{push_image_with_layers, random_bytes};
+use support::images::random_bytes;
 use support::registry::Registry;
 use support::{Berth, UpstreamToml};
 
@@ -17,15 +17,17 @@ fn pull(berth: &Berth, reference: &str) -> Result<Vec<String>, String> {
 async fn what_one_replica_pulled_the_others_serve_with_the_upstream_gone() {
     let garage = tokio::task::block_in_place(Garage::start);
     let mut registry = Registry::start();
-    let (l1, l2) = (random_bytes(3 << 20, 61), random_bytes(1 << 20, 62));
-    let image = tokio::task::block_in_place(|| push_image_with_layers(&registry, "fleet/app", "v1", &[&l1, &l2]));
+    // Real gzip tar layers (of random files), so dockerd can unpack them.
+    let image = tokio::task::block_in_place(|| {
+        support::images::push_layered_image(&registry, "fleet/app", "v1", 2, 2 << 20, 61)
+    });
     let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
     let replicas: Vec<Berth> = (0..3)
         .map(|i| Berth::start(&format!("{}{upstream}", garage.storage_toml(i))))
         .collect();
 
     let through_a = tokio::task::block_in_place(|| pull(&replicas[0], "fleet/app:v1")).expect("pull through A");
-    assert!(through_a.contains(&image.layers[0]), "{through_a:?}");
+    assert!(image.blobs.iter().all(|b| through_a.contains(b)), "{through_a:?}");
     // Nothing of it on B's or C's own disk: the bucket holds it.
     for b in &replicas[1..] {
         assert!(
@@ -39,9 +41,20 @@ async fn what_one_replica_pulled_the_others_serve_with_the_upstream_gone() {
         let by_tag = tokio::task::block_in_place(|| pull(b, "fleet/app:v1"))
             .unwrap_or_else(|e| panic!("{name} by tag: {e}\n{}", b.log()));
         assert_eq!(by_tag, through_a, "{name} serves the same content by tag");
-        let by_digest = tokio::task::block_in_place(|| pull(b, &format!("fleet/app@{}", image.manifest)))
+        let by_digest = tokio::task::block_in_place(|| pull(b, &format!("fleet/app@{}", image.digest)))
             .unwrap_or_else(|e| panic!("{name} by digest: {e}"));
         assert_eq!(by_digest, through_a, "{name} by digest");
+        // And a real Docker daemon with B (or C) as its registry mirror.
+        let dockerd = tokio::task::block_in_place(|| support::daemons::Dockerd::start(&b.host()));
+        let want = format!("fleet/app@{}", image.digest);
+        for reference in [want.clone(), "fleet/app:v1".to_string()] {
+            tokio::task::block_in_place(|| dockerd.docker(&["pull", &reference]));
+            let digests = tokio::task::block_in_place(|| dockerd.repo_digests(&reference));
+            assert!(
+                digests.contains(&want),
+                "{name}, docker pull {reference}: RepoDigests {digests:?}"
+            );
+        }
     }
 
     // A replica that lost its disk: a fresh cache directory, same bucket.
@@ -52,6 +65,11 @@ async fn what_one_replica_pulled_the_others_serve_with_the_upstream_gone() {
 
 /// Three replicas that know each other (`[cluster]`), on one bucket.
 fn fleet(garage: &Garage, upstream: &str) -> Vec<Berth> {
+    fleet_with(garage, "", upstream)
+}
+
+/// The same with `cluster_extra` in `[cluster]` and `extra` (e.g. `[auth]`).
+fn fleet_with(garage: &Garage, cluster_extra: &str, extra: &str) -> Vec<Berth> {
     let listens: Vec<String> = (0..3)
         .map(|_| {
             std::net::TcpListener::bind("127.0.0.1:0")
@@ -64,15 +82,36 @@ fn fleet(garage: &Garage, upstream: &str) -> Vec<Berth> {
     (0..3)
         .map(|i| {
             let cluster = format!(
-                "[cluster]\nself = \"http://{}\"\npeers = [{}]\n",
+                "[cluster]\nself = \"http://{}\"\npeers = [{}]\n{cluster_extra}\n",
                 listens[i],
                 peers.join(", ")
             );
-            Berth::start_on(&listens[i], &format!("{}{cluster}{upstream}", garage.storage_toml(i)))
+            Berth::start_on(&listens[i], &format!("{}{cluster}{extra}", garage.storage_toml(i)))
         })
         .collect()
 }
 
+const ALICE: (&str, &str) = ("alice", "correct horse battery staple");
+
+/// `[auth]` letting only alice pull `fleet/*`, and the cluster secret the
+/// replicas ask each other with, both as files in `dir`.
+fn auth_and_secret(dir: &std::path::Path) -> (String, String) {
+    let htpasswd = dir.join("htpasswd");
+    let hash = bcrypt::hash(ALICE.1, 5).expect("bcrypt");
+    std::fs::write(&htpasswd, format!("{}:{hash}\n", ALICE.0)).expect("htpasswd");
+    let secret = dir.join("cluster-secret");
+    std::fs::write(&secret, "5b1d0c3e9f2a4b6c8d7e0f1a2b3c4d5e\n").expect("secret");
+    (
+        format!("secret_file = {:?}\n", secret),
+        format!(
+            "[auth]\nhtpasswd = {:?}\n[[access]]\nidentities = [\"alice\"]\nrepositories = [\"fleet/*\"]\n",
+            htpasswd
+        ),
+    )
+}
+
+/// With `[auth]` on: the replicas reach each other by the cluster secret,
+/// clients by their own credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_cold_pulls_over_three_replicas_cost_one_upstream_fetch() {
     let garage = tokio::task::block_in_place(Garage::start);
@@ -81,14 +120,23 @@ async fn thirty_cold_pulls_over_three_replicas_cost_one_upstream_fetch() {
         tokio::task::block_in_place(|| support::images::push_random_blob(&registry, "fleet/big", 64 << 20, 63));
     let relay = support::relay::Relay::start(&registry.url(), support::relay::RelayOptions::default()).await;
     let upstream = UpstreamToml::default_docker_io(&relay.url()).to_toml();
-    let replicas = fleet(&garage, &upstream);
+    let files = tempfile::tempdir().expect("temp dir");
+    let (secret, auth) = auth_and_secret(files.path());
+    let replicas = fleet_with(&garage, &secret, &format!("{auth}{upstream}"));
     let urls: Vec<String> = replicas.iter().map(|b| b.url()).collect();
+    let anonymous = support::client()
+        .get(format!("{}/v2/fleet/big/blobs/{digest}", urls[0]))
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(anonymous.status(), 401, "[auth] is on");
     let mut pulls = Vec::new();
     for n in 0..30 {
         let url = format!("{}/v2/fleet/big/blobs/{digest}", urls[n % 3]);
         pulls.push(tokio::spawn(async move {
             let body = support::client()
                 .get(&url)
+                .basic_auth(ALICE.0, Some(ALICE.1))
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
@@ -109,6 +157,7 @@ async fn thirty_cold_pulls_over_three_replicas_cost_one_upstream_fetch() {
     // And the blob is in the bucket for every replica.
     let again = support::client()
         .get(format!("{}/v2/fleet/big/blobs/{digest}", urls[1]))
+        .basic_auth(ALICE.0, Some(ALICE.1))
         .send()
         .await
         .expect("warm pull");
@@ -251,4 +300,80 @@ async fn a_garage_node_lost_during_pulls_fails_none_of_them() {
     garage.nodes[1].restart();
     let (status, _) = support::raw_get(berth.addr, &format!("/v2/fleet/many/blobs/{}", blobs[0].0));
     assert_eq!(status, 200, "after the node came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pulls_joined_to_an_owner_that_dies_mid_transfer_still_complete_verified() {
+    use futures_util::StreamExt;
+    let garage = tokio::task::block_in_place(Garage::start);
+    let registry = Registry::start();
+    let (digest, _) =
+        tokio::task::block_in_place(|| support::images::push_random_blob(&registry, "fleet/slow", 8 << 20, 80));
+    let relay = support::relay::Relay::start(&registry.url(), support::relay::RelayOptions::default()).await;
+    // Slow enough that the owner is killed well inside its fetch: 8 MiB in
+    // 64 KiB steps 10 ms apart, about 1.3 s.
+    relay.fault(
+        &digest,
+        support::relay::Fault::Drip {
+            chunk: 64 << 10,
+            delay: std::time::Duration::from_millis(10),
+        },
+    );
+    let upstream = UpstreamToml::default_docker_io(&relay.url()).to_toml();
+    let mut replicas = fleet(&garage, &upstream);
+    let d = berth::reference::Digest::parse(&digest).expect("digest");
+    let owner = (0..3)
+        .max_by_key(|&i| berth::cluster::score(&format!("{}/", replicas[i].url()), &d))
+        .unwrap_or_default();
+    let others: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
+
+    // Three pulls through each of the two others: all joined to the owner's fetch.
+    let (began_tx, mut began_rx) = tokio::sync::mpsc::channel(6);
+    let mut pulls = Vec::new();
+    for n in 0..6 {
+        let url = format!("{}/v2/fleet/slow/blobs/{digest}", replicas[others[n % 2]].url());
+        let began = began_tx.clone();
+        pulls.push(tokio::spawn(async move {
+            let resp = support::client().get(&url).send().await.map_err(|e| e.to_string())?;
+            let mut stream = resp.error_for_status().map_err(|e| e.to_string())?.bytes_stream();
+            let mut body = Vec::new();
+            let mut told = false;
+            while let Some(piece) = stream.next().await {
+                body.extend_from_slice(&piece.map_err(|e| e.to_string())?);
+                if !told && !body.is_empty() {
+                    told = true;
+                    let _ = began.send(()).await;
+                }
+            }
+            Ok::<_, String>(support::sha256_hex(&body))
+        }));
+    }
+    for _ in 0..6 {
+        began_rx.recv().await.expect("a pull began");
+    }
+    let relayed_before = relay.count(|r| r.starts_with("GET ") && r.ends_with(&digest));
+    assert_eq!(
+        relayed_before,
+        1,
+        "joined to the owner's one fetch: {:?}",
+        relay.requests()
+    );
+    replicas[owner].kill();
+    for (n, pull) in pulls.into_iter().enumerate() {
+        let got = pull
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("pull {n} after the owner died: {e}\n{}", replicas[others[n % 2]].log()));
+        assert_eq!(got, digest, "pull {n} verified");
+    }
+    for &i in &others {
+        assert!(
+            replicas[i].log().contains("broke off its transfer"),
+            "the switch to the upstream is logged: {}",
+            replicas[i].log()
+        );
+    }
+    // The rest came from the upstream as ranges, not from byte 0 again.
+    let ranges = relay.ranges();
+    assert!(!ranges.is_empty(), "{:?}", relay.requests());
 }

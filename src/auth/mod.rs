@@ -8,7 +8,10 @@
 //! values from the types here.
 //!
 //! The order, first "no" wins: `allow_networks`, then identity, then the
-//! per-client rate limit, then the `[[access]]` rules (or `admins`).
+//! per-client rate limit, then the `[[access]]` rules (or `admins`). A
+//! replica of the same fleet (`REPLICA_USER` with the cluster secret) is
+//! let through after `allow_networks`: the replica its client asked already
+//! made that client's decision.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -33,6 +36,11 @@ pub use rules::{AccessRule, IdentityPattern, RepoPattern};
 /// The `WWW-Authenticate` value of every 401 berth answers itself.
 pub const CHALLENGE: &str = "Basic realm=\"berth\"";
 
+/// The user name replicas present to each other, with the cluster secret as
+/// its password. With a cluster secret configured, no htpasswd user can
+/// sign in under it.
+pub const REPLICA_USER: &str = "berth-replica";
+
 /// Who a request comes from. `Display` is the form logs and rules use:
 /// `alice`, `cn:node-1`, `anonymous`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -42,6 +50,8 @@ pub enum Identity {
     /// The common name of a client certificate rustls verified.
     Cert(String),
     Anonymous,
+    /// Another replica of this fleet, by the cluster secret.
+    Replica,
 }
 
 impl fmt::Display for Identity {
@@ -50,6 +60,7 @@ impl fmt::Display for Identity {
             Identity::User(u) => f.write_str(u),
             Identity::Cert(cn) => write!(f, "cn:{cn}"),
             Identity::Anonymous => f.write_str("anonymous"),
+            Identity::Replica => f.write_str(REPLICA_USER),
         }
     }
 }
@@ -132,6 +143,8 @@ pub struct Authenticator {
     policy: Option<Policy>,
     /// Shared with the authenticator a reload builds, so clients keep their buckets.
     limiter: Option<std::sync::Arc<RateLimiter>>,
+    /// `[cluster] secret_file`'s contents: what a replica's password is.
+    replica_secret: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -156,7 +169,14 @@ impl Authenticator {
         Ok(Authenticator {
             policy: Policy::new(auth, access)?,
             limiter: RateLimiter::new(requests_per_second, burst).map(std::sync::Arc::new),
+            replica_secret: None,
         })
+    }
+
+    /// Let replicas presenting `secret` (as `REPLICA_USER`'s password) in.
+    pub fn with_replica_secret(mut self, secret: Option<&str>) -> Authenticator {
+        self.replica_secret = secret.map(std::sync::Arc::from);
+        self
     }
 
     /// A new authenticator from reloaded `[auth]` and `[[access]]` (the
@@ -166,6 +186,7 @@ impl Authenticator {
         Ok(Authenticator {
             policy: Policy::new(auth, access)?,
             limiter: self.limiter.clone(),
+            replica_secret: self.replica_secret.clone(),
         })
     }
 
@@ -223,6 +244,9 @@ impl Authenticator {
         if !policy.networks.is_empty() && !networks::any_contains(&policy.networks, client) {
             return Decision::NetworkDenied;
         }
+        if let Some(decision) = self.replica(authorization, target) {
+            return decision;
+        }
         let identity = match policy.identify(authorization, cert_cn).await {
             Ok(identity) => identity,
             Err(reason) => return Decision::Unauthenticated { reason },
@@ -231,6 +255,29 @@ impl Authenticator {
             return limited;
         }
         policy.decide(identity, target)
+    }
+
+    /// The decision for a request presenting `REPLICA_USER` while a cluster
+    /// secret is configured; None for every other request. Replicas read
+    /// repositories (never the admin surface) and are not rate limited.
+    fn replica(&self, authorization: Option<&str>, target: Target<'_>) -> Option<Decision> {
+        let secret = self.replica_secret.as_deref()?;
+        let creds = basic::parse(authorization?).ok()?;
+        if creds.user != REPLICA_USER {
+            return None;
+        }
+        if !same_secret(creds.password.as_bytes(), secret.as_bytes()) {
+            return Some(Decision::Unauthenticated {
+                reason: format!("user {REPLICA_USER:?}: not this fleet's cluster secret"),
+            });
+        }
+        Some(match target {
+            Target::Admin => Decision::Forbidden {
+                identity: Identity::Replica,
+                reason: "replicas are not let onto the admin surface".into(),
+            },
+            Target::Base | Target::Repository { .. } => Decision::Allowed(Identity::Replica),
+        })
     }
 
     /// The refusal when `identity` is over its rate. Anonymous clients are
@@ -289,6 +336,11 @@ impl Policy {
             },
         }
     }
+}
+
+/// Equal secrets, in a time that depends only on their lengths.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 #[cfg(test)]
@@ -362,6 +414,40 @@ mod tests {
 
     fn forbidden(d: &Decision) -> bool {
         matches!(d, Decision::Forbidden { .. })
+    }
+
+    #[tokio::test]
+    async fn a_replica_with_the_cluster_secret_reads_every_repository_and_nothing_else() {
+        let s = setup();
+        let secret = "0123456789abcdef0123456789abcdef";
+        let a = s.build(1, 1).with_replica_secret(Some(secret));
+        let (inside, outside) = (ip("10.1.2.3"), ip("192.0.2.1"));
+        let replica = basic(REPLICA_USER, secret);
+        // No [[access]] rule names it, and the rate limit (1/s) does not count it.
+        for _ in 0..3 {
+            let d = a.authorize(inside, Some(&replica), None, PRIVATE).await;
+            assert_eq!(d, Decision::Allowed(Identity::Replica));
+        }
+        assert!(forbidden(
+            &a.authorize(inside, Some(&replica), None, Target::Admin).await
+        ));
+        assert_eq!(
+            a.authorize(outside, Some(&replica), None, REPO).await,
+            Decision::NetworkDenied,
+            "allow_networks still applies"
+        );
+        let wrong = basic(REPLICA_USER, "0123456789abcdef0123456789abcdeX");
+        assert!(unauthenticated(&a.authorize(inside, Some(&wrong), None, REPO).await));
+        assert!(unauthenticated(
+            &a.authorize(inside, Some(&basic(REPLICA_USER, "")), None, REPO).await
+        ));
+        // Without a cluster secret the name is an htpasswd user like any other.
+        let plain = s.build(0, 0);
+        assert!(unauthenticated(
+            &plain.authorize(inside, Some(&replica), None, REPO).await
+        ));
+        assert_eq!(Identity::Replica.to_string(), REPLICA_USER);
+        assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd") && !same_secret(b"abc", b"abcd"));
     }
 
     fn unauthenticated(d: &Decision) -> bool {

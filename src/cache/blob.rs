@@ -160,7 +160,8 @@ impl Cache {
 
     /// A cold blob from the replica that owns it: streamed and verified as
     /// from an upstream, not stored again (the owner stores it in the
-    /// shared bucket), joining the owner's one upstream fetch.
+    /// shared bucket), joining the owner's one upstream fetch. If the owner
+    /// goes away mid-transfer, the rest comes from the upstream.
     async fn blob_of_owner(
         &self,
         owner: &crate::cluster::Peer,
@@ -173,7 +174,14 @@ impl Cache {
                 digest: digest.to_string(),
                 reason: format!("{} has no name on the owner", route.repo),
             })?;
-        let pass = PassThrough::open(owner.client(), &repo, digest, 0, Hasher::new(digest.algorithm())).await?;
+        let fallback = Fallback {
+            upstream: route.upstream.clone(),
+            repo: route.repo.clone(),
+            digest: digest.clone(),
+        };
+        let pass = PassThrough::open(owner.client(), &repo, digest, 0, Hasher::new(digest.algorithm()))
+            .await?
+            .or_rest_from(fallback, self.events.clone());
         let size = pass.total();
         tracing::debug!(owner = %owner.url, digest = %digest, "blob streamed from its owner replica");
         Ok(Blob {

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use super::error::CacheError;
+use super::inflight::Fallback;
 use super::verify::Verifier;
+use crate::events::Events;
 use crate::reference::{Digest, Hasher, RepoName};
 use crate::upstream::{BlobStream, Upstream};
 
@@ -27,6 +29,9 @@ pub fn falls_back(e: &CacheError) -> bool {
 pub struct PassThrough {
     stream: BlobStream,
     upstream: String,
+    /// Where the rest comes from if this source breaks off: the upstream,
+    /// when the source is the replica owning the blob.
+    fallback: Option<(Fallback, Arc<Events>)>,
     /// None once the blob is verified.
     verifier: Option<Verifier>,
     /// Blob position of the next byte the verifier releases.
@@ -58,6 +63,7 @@ impl PassThrough {
         Ok(Self {
             stream,
             upstream: upstream.name.clone(),
+            fallback: None,
             verifier: Some(verifier),
             pos: from,
             start: 0,
@@ -70,6 +76,37 @@ impl PassThrough {
     /// The blob's size, when the upstream announced it.
     pub fn total(&self) -> Option<u64> {
         self.stream.total()
+    }
+
+    /// If this source breaks off (the owner replica went away mid-transfer),
+    /// go on from `fallback` at the byte reached, through the same verifier.
+    pub fn or_rest_from(mut self, fallback: Fallback, events: Arc<Events>) -> Self {
+        self.fallback = Some((fallback, events));
+        self
+    }
+
+    /// Switch to the fallback after `why` broke this source off; `why` again
+    /// when there is none (or it cannot start).
+    async fn switch_to_fallback(&mut self, why: CacheError) -> Result<(), CacheError> {
+        let (Some((fallback, events)), Some(verifier)) = (self.fallback.take(), &self.verifier) else {
+            return Err(why);
+        };
+        let from = verifier.seen();
+        events.upstream_degraded(
+            why.cause(),
+            &fallback.upstream.name,
+            fallback.repo.as_str(),
+            &fallback.digest.to_string(),
+            "the replica owning this blob broke off its transfer; the rest comes from the upstream",
+            &why.to_string(),
+        );
+        self.stream = fallback
+            .upstream
+            .blob(&fallback.repo, &fallback.digest, from)
+            .await
+            .map_err(|e| CacheError::upstream(&fallback.upstream.name, e))?;
+        self.upstream = fallback.upstream.name.clone();
+        Ok(())
     }
 
     /// Send the client only `[start, end)` of the blob.
@@ -90,7 +127,16 @@ impl PassThrough {
             let mut released = Vec::new();
             match self.stream.next().await {
                 Some(Ok(piece)) => verifier.push(piece, &mut released),
-                Some(Err(e)) => return Err(CacheError::upstream(&self.upstream, e)),
+                Some(Err(e)) => {
+                    let why = CacheError::upstream(&self.upstream, e);
+                    self.switch_to_fallback(why).await?;
+                    continue;
+                }
+                None if self.fallback.is_some() && verifier.short() => {
+                    let why = verifier.truncated();
+                    self.switch_to_fallback(why).await?;
+                    continue;
+                }
                 None => {
                     let verifier = self.verifier.take().ok_or(CacheError::Abandoned)?;
                     let (last, _proof) = verifier.finish()?;

@@ -61,6 +61,20 @@ impl Verifier {
 
     /// The blob ended: its length and digest checked, the held byte and
     /// the proof for the store.
+    /// Whether fewer bytes came than the source announced.
+    pub fn short(&self) -> bool {
+        self.total.is_some_and(|t| t > self.seen)
+    }
+
+    /// The error for a source that ended early.
+    pub fn truncated(&self) -> CacheError {
+        CacheError::Truncated {
+            upstream: self.upstream.clone(),
+            expected: self.total.unwrap_or(self.seen),
+            got: self.seen,
+        }
+    }
+
     pub fn finish(self) -> Result<(Option<Bytes>, Verified), CacheError> {
         if let Some(expected) = self.total.filter(|&t| t != self.seen) {
             return Err(CacheError::Truncated {

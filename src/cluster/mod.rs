@@ -30,8 +30,9 @@ pub struct Cluster {
     peers: Vec<Peer>,
 }
 
-/// The rendezvous score of `peer` for `digest`.
-fn score(peer: &str, digest: &Digest) -> u64 {
+/// The rendezvous score of `peer` (its URL as configured, normalised) for
+/// `digest`: the highest score owns it.
+pub fn score(peer: &str, digest: &Digest) -> u64 {
     let h = sha2::Sha256::new()
         .chain_update(peer.as_bytes())
         .chain_update([0u8])
@@ -54,7 +55,11 @@ impl Cluster {
             cfg.endpoints = vec![url.clone()];
             cfg.default = false;
             cfg.prefix = String::new();
-            cfg.credentials = None;
+            // The owner lets a replica in by the cluster secret.
+            cfg.credentials = config.secret.as_ref().map(|secret| crate::config::Credentials {
+                username: crate::auth::REPLICA_USER.to_string(),
+                password: secret.clone(),
+            });
             cfg.offline = false;
             cfg.auth_hosts = Vec::new();
             cfg.convert = crate::config::ConvertMode::Never;

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use super::raw::RawConfig;
-use super::validate::{NamedFiles, Validated, validate};
+use super::validate::{NamedFiles, SecretKey, Validated, validate};
 use super::{Config, ConfigError, Credentials};
 
 /// The configuration compiled into the binary; `berth serve` with no flags runs it.
@@ -96,6 +96,7 @@ impl Config {
         }
         let Validated { config, files } = validate(raw);
         let mut problems = Vec::new();
+        let secrets = read_secret_files(&files.secrets, &mut problems);
         let read = read_named_files(files, &mut problems);
         let invalid = |problems| ConfigError::Invalid {
             origin: origin.to_string(),
@@ -111,6 +112,20 @@ impl Config {
                 for (upstream, credentials) in read {
                     config.upstreams[upstream].credentials = Some(credentials);
                 }
+                for (key, secret) in secrets {
+                    match key {
+                        SecretKey::S3SecretAccessKey => {
+                            if let Some(s3) = &mut config.s3 {
+                                s3.secret_access_key = secret;
+                            }
+                        }
+                        SecretKey::ClusterSecret => {
+                            if let Some(cluster) = &mut config.cluster {
+                                cluster.secret = Some(secret);
+                            }
+                        }
+                    }
+                }
                 Ok(config)
             }
         }
@@ -120,6 +135,39 @@ impl Config {
     pub fn to_toml_redacted(&self) -> String {
         toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// The shortest cluster secret taken: replicas trust whoever presents it.
+const MIN_CLUSTER_SECRET: usize = 16;
+
+/// Reads each secret file (its contents without a line ending), each
+/// failure a problem under the key naming the file; never the contents.
+fn read_secret_files(
+    files: &[(SecretKey, std::path::PathBuf)],
+    problems: &mut Vec<String>,
+) -> Vec<(SecretKey, String)> {
+    let mut read = Vec::new();
+    for (key, path) in files {
+        match std::fs::read_to_string(path) {
+            Ok(s) => {
+                let secret = s.trim_end_matches(['\r', '\n']).to_string();
+                if secret.is_empty() {
+                    problems.push(format!("{}: {} is empty", key.key(), path.display()));
+                } else if *key == SecretKey::ClusterSecret && secret.len() < MIN_CLUSTER_SECRET {
+                    problems.push(format!(
+                        "{}: {} holds {} characters; at least {MIN_CLUSTER_SECRET} expected (e.g. `openssl rand -hex 32`)",
+                        key.key(),
+                        path.display(),
+                        secret.len()
+                    ));
+                } else {
+                    read.push((*key, secret));
+                }
+            }
+            Err(e) => problems.push(format!("{}: cannot read {}: {e}", key.key(), path.display())),
+        }
+    }
+    read
 }
 
 /// Opens the TLS files, reads the password files and checks the htpasswd
@@ -335,5 +383,96 @@ mod tests {
             !default.contains("[auth]") && !default.contains("[[access]]"),
             "{default}"
         );
+    }
+
+    /// `[storage]` on S3 and `[cluster]` with `[auth]`, the secrets given as `secrets`.
+    fn fleet_config(storage_secret: &str, cluster_secret: &str) -> String {
+        format!(
+            r#"
+            [auth]
+            anonymous = true
+            [[upstream]]
+            name = "docker.io"
+            endpoints = ["https://r"]
+            [storage]
+            kind = "s3"
+            endpoint = "http://127.0.0.1:3900"
+            bucket = "berth"
+            access_key_id = "GK1"
+            {storage_secret}
+            [cluster]
+            self = "http://10.0.0.1:5000"
+            peers = ["http://10.0.0.1:5000", "http://10.0.0.2:5000"]
+            {cluster_secret}
+            "#
+        )
+    }
+
+    #[test]
+    fn fleet_secrets_are_read_from_files_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s3, cluster) = (dir.path().join("s3"), dir.path().join("cluster"));
+        std::fs::write(&s3, "s3-secret-value\n").unwrap();
+        std::fs::write(&cluster, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let text = fleet_config(
+            &format!("secret_access_key_file = {:?}", s3),
+            &format!("secret_file = {:?}", cluster),
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(
+            c.s3.as_ref().map(|s| s.secret_access_key.as_str()),
+            Some("s3-secret-value")
+        );
+        assert_eq!(
+            c.cluster.as_ref().and_then(|c| c.secret.as_deref()),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        let printed = format!("{}{c:?}", c.to_toml_redacted());
+        assert!(
+            !printed.contains("s3-secret-value") && !printed.contains("0123456789abcdef"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn fleet_secrets_missing_short_or_doubled_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc\n").unwrap();
+        let cases = [
+            (String::new(), String::new(), "storage.secret_access_key_file: required"),
+            (
+                "secret_access_key = \"x\"".to_string(),
+                String::new(),
+                "cluster.secret_file: required with [auth]",
+            ),
+            (
+                "secret_access_key = \"x\"\nsecret_access_key_file = \"/s\"".to_string(),
+                String::new(),
+                "not both",
+            ),
+            (
+                "secret_access_key_file = \"/nonexistent/s3\"".to_string(),
+                format!("secret_file = {short:?}"),
+                "storage.secret_access_key_file: cannot read /nonexistent/s3",
+            ),
+            (
+                "secret_access_key = \"x\"".to_string(),
+                format!("secret_file = {short:?}"),
+                "cluster.secret_file: ",
+            ),
+        ];
+        for (storage, cluster, expected) in cases {
+            let e = load(&fleet_config(&storage, &cluster)).unwrap_err().to_string();
+            assert!(e.contains(expected), "{expected:?} not in: {e}");
+            assert!(!e.contains("abc\n") && !e.contains("\"abc\""), "never the secret: {e}");
+        }
+        let e = load(&fleet_config(
+            "secret_access_key = \"x\"",
+            &format!("secret_file = {short:?}"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("holds 3 characters; at least 16"), "{e}");
     }
 }

@@ -169,10 +169,23 @@ pub struct Config {
 
 /// `[cluster]`: this replica and all of them (itself included), as
 /// registry URLs the replicas reach each other at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub self_url: Url,
     pub peers: Vec<Url>,
+    /// Read from `secret_file`: replicas present it to each other (as the
+    /// password of `auth::REPLICA_USER`); required with `[auth]`.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("self_url", &self.self_url)
+            .field("peers", &self.peers)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `[storage] kind = "s3"`: the bucket replicas share.

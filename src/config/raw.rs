@@ -118,6 +118,9 @@ pub(super) struct RawCluster {
     #[serde(rename = "self")]
     pub self_url: String,
     pub peers: Vec<String>,
+    /// The shared secret replicas authenticate to each other with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// `[storage]`.
@@ -136,6 +139,9 @@ pub(super) struct RawStorage {
     pub access_key_id: String,
     #[serde(default)]
     pub secret_access_key: String,
+    /// The secret key read from a file (a mounted Secret) instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_file: Option<std::path::PathBuf>,
 }
 
 fn d_storage_kind() -> String {

@@ -40,6 +40,25 @@ pub(super) struct NamedFiles {
     pub passwords: Vec<PasswordFile>,
     /// `auth.htpasswd`: read and parsed by `load`, every bad line reported.
     pub htpasswd: Option<PathBuf>,
+    /// `storage.secret_access_key_file` and `cluster.secret_file`, whose
+    /// contents (without a line ending) fill in the secret they name.
+    pub secrets: Vec<(SecretKey, PathBuf)>,
+}
+
+/// A secret a config may keep in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SecretKey {
+    S3SecretAccessKey,
+    ClusterSecret,
+}
+
+impl SecretKey {
+    pub fn key(self) -> &'static str {
+        match self {
+            SecretKey::S3SecretAccessKey => "storage.secret_access_key_file",
+            SecretKey::ClusterSecret => "cluster.secret_file",
+        }
+    }
 }
 
 /// An upstream's `password_file`, whose contents become its password.
@@ -155,8 +174,8 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
     }
     let access = validate_access(&raw, &mut problems);
     let prefetch = validate_prefetch(&raw, &upstreams, &mut problems);
-    let s3 = validate_storage(&raw, &mut problems);
-    let cluster = validate_cluster(&raw, &mut problems);
+    let s3 = validate_storage(&raw, &mut problems, &mut files.secrets);
+    let cluster = validate_cluster(&raw, &mut problems, &mut files.secrets);
     // The raw copy is kept only to print the effective config; secrets leave it here.
     let raw = raw.redacted();
     let config = match (listen, admin_listen, log_format, max_size, tag_ttl) {
@@ -499,7 +518,11 @@ fn validate_prefetch(
 
 /// `[storage]`: "fs" (the cache directory) or "s3" with its endpoint,
 /// bucket and key, each named when missing.
-fn validate_storage(raw: &RawConfig, problems: &mut Vec<String>) -> Option<super::S3Storage> {
+fn validate_storage(
+    raw: &RawConfig,
+    problems: &mut Vec<String>,
+    secrets: &mut Vec<(SecretKey, PathBuf)>,
+) -> Option<super::S3Storage> {
     let storage = raw.storage.as_ref()?;
     match storage.kind.as_str() {
         "fs" => None,
@@ -512,7 +535,17 @@ fn validate_storage(raw: &RawConfig, problems: &mut Vec<String>) -> Option<super
             missing("endpoint", &storage.endpoint);
             missing("bucket", &storage.bucket);
             missing("access_key_id", &storage.access_key_id);
-            missing("secret_access_key", &storage.secret_access_key);
+            match (&storage.secret_access_key_file, storage.secret_access_key.is_empty()) {
+                (Some(path), true) => secrets.push((SecretKey::S3SecretAccessKey, path.clone())),
+                (Some(_), false) => problems.push(
+                    "storage.secret_access_key: give either it or storage.secret_access_key_file, not both".into(),
+                ),
+                (None, true) => problems.push(
+                    "storage.secret_access_key_file: required with kind = \"s3\" (or storage.secret_access_key inline)"
+                        .into(),
+                ),
+                (None, false) => {}
+            }
             match Url::parse(&storage.endpoint) {
                 Ok(u)
                     if matches!(u.scheme(), "http" | "https") && u.username().is_empty() && u.password().is_none() => {}
@@ -539,7 +572,11 @@ fn validate_storage(raw: &RawConfig, problems: &mut Vec<String>) -> Option<super
 
 /// `[cluster]`: http(s) URLs of the replicas' registry listeners, `self`
 /// among them.
-fn validate_cluster(raw: &RawConfig, problems: &mut Vec<String>) -> Option<super::ClusterConfig> {
+fn validate_cluster(
+    raw: &RawConfig,
+    problems: &mut Vec<String>,
+    secrets: &mut Vec<(SecretKey, PathBuf)>,
+) -> Option<super::ClusterConfig> {
     let cluster = raw.cluster.as_ref()?;
     let parse = |key: String, text: &str, problems: &mut Vec<String>| match Url::parse(text) {
         Ok(u)
@@ -570,14 +607,17 @@ fn validate_cluster(raw: &RawConfig, problems: &mut Vec<String>) -> Option<super
     {
         problems.push("cluster.self: must be one of cluster.peers (every replica lists them all)".into());
     }
-    if raw.auth.is_some() {
-        problems.push(
-            "cluster: not yet supported together with [auth] (replicas would need credentials for each other)".into(),
-        );
+    match &cluster.secret_file {
+        Some(path) => secrets.push((SecretKey::ClusterSecret, path.clone())),
+        None if raw.auth.is_some() => problems.push(
+            "cluster.secret_file: required with [auth] (replicas authenticate to each other with its contents)".into(),
+        ),
+        None => {}
     }
     Some(super::ClusterConfig {
         self_url: self_url?,
         peers,
+        secret: None,
     })
 }
 

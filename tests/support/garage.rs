@@ -15,6 +15,8 @@ const REGION: &str = "garage";
 pub struct Node {
     pub s3: std::net::SocketAddr,
     pub rpc: std::net::SocketAddr,
+    /// The admin API, for its unauthenticated `/health`.
+    admin: std::net::SocketAddr,
     config: PathBuf,
     child: Option<Child>,
 }
@@ -93,6 +95,16 @@ impl Node {
         up == Some(true)
     }
 
+    /// Whether the node answers S3 requests: Garage's `/health` is 200 once
+    /// it reaches a quorum of the layout's nodes, 503 before (a node just
+    /// restarted answers 503 until it has reconnected to its peers).
+    fn wait_healthy(&self) -> bool {
+        super::poll(Duration::from_secs(30), || {
+            (super::raw_get(self.admin, "/health").0 == 200).then_some(())
+        })
+        .is_some()
+    }
+
     /// Stop this node (by its own pid) as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -106,6 +118,11 @@ impl Node {
         self.kill();
         self.spawn();
         assert!(self.wait_up(), "garage node did not come back: {}", self.log());
+        assert!(
+            self.wait_healthy(),
+            "garage node did not rejoin its peers: {}",
+            self.log()
+        );
     }
 }
 
@@ -132,7 +149,7 @@ impl Garage {
         for i in 0..3 {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let (s3, rpc) = (free_addr(), free_addr());
+            let (s3, rpc, admin) = (free_addr(), free_addr(), free_addr());
             let config = node_dir.join("garage.toml");
             std::fs::write(
                 &config,
@@ -140,7 +157,7 @@ impl Garage {
                     "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\n\
                      replication_factor = 3\nrpc_bind_addr = \"{rpc}\"\nrpc_public_addr = \"{rpc}\"\n\
                      rpc_secret = \"{secret}\"\n[s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"{s3}\"\n\
-                     root_domain = \".s3.garage.localhost\"\n",
+                     root_domain = \".s3.garage.localhost\"\n[admin]\napi_bind_addr = \"{admin}\"\n",
                     meta = node_dir.join("meta").display(),
                     data = node_dir.join("data").display(),
                 ),
@@ -152,6 +169,7 @@ impl Garage {
             let mut node = Node {
                 s3,
                 rpc,
+                admin,
                 config,
                 child: None,
             };
@@ -193,6 +211,13 @@ impl Garage {
                 .unwrap_or_else(|| panic!("{name} in {info}"))
         };
         let (key_id, secret) = (field("Key ID:"), field("Secret key:"));
+        for node in &nodes {
+            assert!(
+                node.wait_healthy(),
+                "garage node not healthy after the layout: {}",
+                node.log()
+            );
+        }
         Some(Garage {
             nodes,
             key_id,
