@@ -65,30 +65,7 @@ async fn what_one_replica_pulled_the_others_serve_with_the_upstream_gone() {
 
 /// Three replicas that know each other (`[cluster]`), on one bucket.
 fn fleet(garage: &Garage, upstream: &str) -> Vec<Berth> {
-    fleet_with(garage, "", upstream)
-}
-
-/// The same with `cluster_extra` in `[cluster]` and `extra` (e.g. `[auth]`).
-fn fleet_with(garage: &Garage, cluster_extra: &str, extra: &str) -> Vec<Berth> {
-    let listens: Vec<String> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .to_string()
-        })
-        .collect();
-    let peers: Vec<String> = listens.iter().map(|l| format!("\"http://{l}\"")).collect();
-    (0..3)
-        .map(|i| {
-            let cluster = format!(
-                "[cluster]\nself = \"http://{}\"\npeers = [{}]\n{cluster_extra}\n",
-                listens[i],
-                peers.join(", ")
-            );
-            Berth::start_on(&listens[i], &format!("{}{cluster}{extra}", garage.storage_toml(i)))
-        })
-        .collect()
+    garage.fleet(3, "", upstream)
 }
 
 const ALICE: (&str, &str) = ("alice", "correct horse battery staple");
@@ -122,7 +99,7 @@ async fn thirty_cold_pulls_over_three_replicas_cost_one_upstream_fetch() {
     let upstream = UpstreamToml::default_docker_io(&relay.url()).to_toml();
     let files = tempfile::tempdir().expect("temp dir");
     let (secret, auth) = auth_and_secret(files.path());
-    let replicas = fleet_with(&garage, &secret, &format!("{auth}{upstream}"));
+    let replicas = garage.fleet(3, &secret, &format!("{auth}{upstream}"));
     let urls: Vec<String> = replicas.iter().map(|b| b.url()).collect();
     let anonymous = support::client()
         .get(format!("{}/v2/fleet/big/blobs/{digest}", urls[0]))

@@ -15,13 +15,19 @@ pub fn curl_throughput(url: &str, clients: usize, expected_len: u64) -> f64 {
 
 /// `curl_throughput` with extra curl arguments (credentials, certificates).
 pub fn curl_throughput_with(url: &str, extra: &[String], clients: usize, expected_len: u64) -> f64 {
+    curl_throughput_over(&[url], extra, clients, expected_len)
+}
+
+/// Aggregate MB/s of `clients` curl processes, client `i` fetching
+/// `urls[i % urls.len()]` once (round-robin over replicas).
+pub fn curl_throughput_over(urls: &[&str], extra: &[String], clients: usize, expected_len: u64) -> f64 {
     let started = Instant::now();
     let children: Vec<_> = (0..clients)
-        .map(|_| {
+        .map(|i| {
             Command::new("curl")
                 .args(["-sS", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}"])
                 .args(extra)
-                .arg(url)
+                .arg(urls[i % urls.len()])
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("spawn curl")
@@ -33,7 +39,7 @@ pub fn curl_throughput_with(url: &str, extra: &[String], clients: usize, expecte
         let got: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
         assert!(
             out.status.success() && got == expected_len,
-            "curl {url}: {got} of {expected_len} bytes"
+            "curl {urls:?}: {got} of {expected_len} bytes"
         );
         total += got;
     }
@@ -118,6 +124,11 @@ pub struct FanOut {
 /// `clients` concurrent GETs of `url`, each body hashed and compared with
 /// `digest`; counts the bodies that verified.
 pub fn cold_fan_out(url: &str, clients: usize, digest: &str) -> FanOut {
+    cold_fan_out_over(&[url], clients, digest)
+}
+
+/// `cold_fan_out` with client `i` asking `urls[i % urls.len()]`.
+pub fn cold_fan_out_over(urls: &[&str], clients: usize, digest: &str) -> FanOut {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -127,8 +138,8 @@ pub fn cold_fan_out(url: &str, clients: usize, digest: &str) -> FanOut {
         let http = reqwest::Client::builder().no_proxy().build().expect("http client");
         let started = Instant::now();
         let tasks: Vec<_> = (0..clients)
-            .map(|_| {
-                let (http, url) = (http.clone(), url.to_string());
+            .map(|i| {
+                let (http, url) = (http.clone(), urls[i % urls.len()].to_string());
                 tokio::spawn(async move {
                     let mut resp = http.get(&url).send().await.ok()?.error_for_status().ok()?;
                     let mut hasher = sha2::Sha256::new();

@@ -145,7 +145,7 @@ pub(super) struct RawStorage {
 }
 
 fn d_storage_kind() -> String {
-    "fs".into()
+    "filesystem".into()
 }
 
 fn d_storage_region() -> String {

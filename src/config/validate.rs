@@ -516,7 +516,7 @@ fn validate_prefetch(
     schedules
 }
 
-/// `[storage]`: "fs" (the cache directory) or "s3" with its endpoint,
+/// `[storage]`: "filesystem" (the cache directory; "fs" is taken too) or "s3" with its endpoint,
 /// bucket and key, each named when missing.
 fn validate_storage(
     raw: &RawConfig,
@@ -525,7 +525,7 @@ fn validate_storage(
 ) -> Option<super::S3Storage> {
     let storage = raw.storage.as_ref()?;
     match storage.kind.as_str() {
-        "fs" => None,
+        "filesystem" | "fs" => None,
         "s3" => {
             let mut missing = |key: &str, value: &str| {
                 if value.trim().is_empty() {
@@ -564,7 +564,7 @@ fn validate_storage(
             })
         }
         other => {
-            problems.push(format!("storage.kind: {other:?} must be \"fs\" or \"s3\""));
+            problems.push(format!("storage.kind: {other:?} must be \"filesystem\" or \"s3\""));
             None
         }
     }

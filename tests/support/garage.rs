@@ -244,4 +244,29 @@ impl Garage {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// `n` berth replicas on the bucket that know each other (`[cluster]`),
+    /// replica `i` on node `i % 3`'s S3 endpoint; `cluster_extra` goes into
+    /// `[cluster]`, `extra` after it (`[auth]`, `[[upstream]]`).
+    pub fn fleet(&self, n: usize, cluster_extra: &str, extra: &str) -> Vec<super::Berth> {
+        let listens: Vec<String> = (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("free port")
+                    .to_string()
+            })
+            .collect();
+        let peers: Vec<String> = listens.iter().map(|l| format!("\"http://{l}\"")).collect();
+        (0..n)
+            .map(|i| {
+                let cluster = format!(
+                    "[cluster]\nself = \"http://{}\"\npeers = [{}]\n{cluster_extra}\n",
+                    listens[i],
+                    peers.join(", ")
+                );
+                super::Berth::start_on(&listens[i], &format!("{}{cluster}{extra}", self.storage_toml(i % 3)))
+            })
+            .collect()
+    }
 }
