@@ -133,9 +133,10 @@ fn sorted(digests: &[&String]) -> Vec<String> {
 /// the oldest blob), then B, then A's manifest is served again (a node
 /// checking for an update), then C takes the cache over max_size. By image,
 /// B goes (its layer b, config, manifest), base stays for A, and A still
-/// pulls whole with the upstream stopped. Then, on the stopped cache with a
-/// lower max_size, `gc --dry-run` names A's content and the real run removes
-/// exactly that, leaving C whole.
+/// pulls whole with the upstream stopped. C is served after that; then, on
+/// the stopped cache with a lower max_size, `gc --dry-run` names A's content
+/// (the least recently served) and the real run removes exactly that,
+/// leaving C whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_takes_whole_images_and_keeps_a_shared_base_layer() {
     let mut registry = Registry::start();
@@ -241,6 +242,11 @@ async fn eviction_takes_whole_images_and_keeps_a_shared_base_layer() {
     assert_eq!(offline_a, pulled_a, "the same content as online");
     let offline_b = tokio::task::block_in_place(|| pull(&berth, "evict/b:v1"));
     assert!(offline_b.is_err(), "B was evicted: {offline_b:?}");
+    // C is served last, so A is now the least recently served image: the
+    // order gc below must still see after berth stops (its last uses are
+    // flushed to the millisecond; in whole seconds, A and C tied or swapped
+    // by which second the pulls fell in).
+    tokio::task::block_in_place(|| pull(&berth, "evict/c:v1")).expect("C pulls offline");
 
     // While berth runs, gc on its cache is refused (naming --url); through
     // the admin surface, the dry run finds nothing to do under max_size.

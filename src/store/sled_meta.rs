@@ -31,6 +31,7 @@ pub struct SledMetaStore {
     tag_lists: sled::Tree,
     /// `<upstream>\0<repository>\0<subject digest>` → `ReferrersRecord`.
     referrers: sled::Tree,
+    /// digest → when last used (big-endian u64, see `access_ms`).
     access: sled::Tree,
     /// `v<version>\0<original digest>` → converted digest.
     converted: sled::Tree,
@@ -42,13 +43,24 @@ pub struct SledMetaStore {
     /// digest → size and time stored (two big-endian u64: bytes, ms since
     /// the epoch): the index eviction plans from.
     items: sled::Tree,
-    /// Per digest: when its access time was last written to sled (seconds),
-    /// and when it was last used (milliseconds, kept in memory only).
+    /// Per digest: when its access time was last written to sled, and when
+    /// it was last used (kept in memory only); both milliseconds.
     touched: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 /// Access times are written at most this often per digest.
-const TOUCH_INTERVAL_SECS: u64 = 60;
+const TOUCH_INTERVAL_MS: u64 = 60_000;
+
+/// An access time as stored: milliseconds since the epoch. Databases written
+/// before berth kept milliseconds hold seconds; no millisecond time since
+/// 1973 is below this bound and no second time before the year 5138 reaches
+/// it, so the two cannot be confused.
+const SECONDS_BELOW: u64 = 100_000_000_000;
+
+fn access_ms(v: &[u8]) -> Option<u64> {
+    let n = u64::from_be_bytes(v.try_into().ok()?);
+    Some(if n < SECONDS_BELOW { n.saturating_mul(1000) } else { n })
+}
 
 /// Whether sled's failure to open means the database itself is unreadable.
 /// Only that justifies moving it aside; sled reports its lock held by another
@@ -302,23 +314,22 @@ impl MetaStore for SledMetaStore {
         Ok(removed)
     }
 
-    /// Record that content was used. The precise time is kept in memory;
-    /// the database gets it at most once per `TOUCH_INTERVAL_SECS` per
-    /// digest (eviction after a restart needs only minute precision), so a
-    /// hot manifest costs no database write per request.
+    /// Record that content was used. The time is kept in memory; the
+    /// database gets it at most once per `TOUCH_INTERVAL_MS` per digest and
+    /// at `flush` (shutdown), so a hot manifest costs no database write per
+    /// request and eviction after a restart orders images as this run did.
     async fn touch(&self, digest: &Digest) -> Result<(), MetaError> {
         let now_ms = now_millis();
-        let now = now_ms / 1000;
         let key = digest.to_string();
         if let Ok(mut touched) = self.touched.lock() {
             let entry = touched.entry(key.clone()).or_insert((0, 0));
             entry.1 = now_ms;
-            if entry.0 != 0 && now.saturating_sub(entry.0) < TOUCH_INTERVAL_SECS {
+            if entry.0 != 0 && now_ms.saturating_sub(entry.0) < TOUCH_INTERVAL_MS {
                 return Ok(());
             }
-            entry.0 = now;
+            entry.0 = now_ms;
         }
-        self.access.insert(key.as_bytes(), &now.to_be_bytes())?;
+        self.access.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
         Ok(())
     }
 
@@ -329,9 +340,7 @@ impl MetaStore for SledMetaStore {
         if let Some(&(_, ms)) = self.touched.lock().ok()?.get(&key) {
             return Some(ms);
         }
-        let v = self.access.get(key.as_bytes()).ok()??;
-        let secs = u64::from_be_bytes(v.as_ref().try_into().ok()?);
-        Some(secs.saturating_mul(1000))
+        access_ms(self.access.get(key.as_bytes()).ok()??.as_ref())
     }
 
     /// Forget an evicted digest's access time.
@@ -357,8 +366,8 @@ impl MetaStore for SledMetaStore {
         let mut used: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
         for entry in self.access.iter() {
             let (k, v) = entry?;
-            if let Ok(secs) = <[u8; 8]>::try_from(v.as_ref()) {
-                used.insert(k.to_vec(), u64::from_be_bytes(secs).saturating_mul(1000));
+            if let Some(ms) = access_ms(v.as_ref()) {
+                used.insert(k.to_vec(), ms);
             }
         }
         if let Ok(touched) = self.touched.lock() {
@@ -431,18 +440,18 @@ impl MetaStore for SledMetaStore {
 
     async fn flush(&self) -> Result<(), MetaError> {
         // Last uses kept only in memory (at most a minute newer than the
-        // database's) go in first, so eviction after a restart orders
-        // images as this run saw them.
+        // database's) go in first, to the millisecond, so eviction after a
+        // restart orders images exactly as this run saw them.
         let pending: Vec<(String, u64)> = match self.touched.lock() {
             Ok(touched) => touched
                 .iter()
-                .filter(|(_, (written, ms))| ms / 1000 > *written)
-                .map(|(k, (_, ms))| (k.clone(), ms / 1000))
+                .filter(|(_, (written, ms))| ms > written)
+                .map(|(k, (_, ms))| (k.clone(), *ms))
                 .collect(),
             Err(_) => Vec::new(),
         };
-        for (key, secs) in pending {
-            self.access.insert(key.as_bytes(), &secs.to_be_bytes())?;
+        for (key, ms) in pending {
+            self.access.insert(key.as_bytes(), &ms.to_be_bytes())?;
         }
         // The trees share one database: flushing one flushes them all.
         Self::flush(&self.tags).await
@@ -497,6 +506,46 @@ mod tests {
         assert!(meta.tag("docker.io", &repo, "gone").await.unwrap().is_none());
         assert!(meta.converted(1, &kept).await.unwrap().is_none());
         assert!(!meta.is_converted(&lost).await.unwrap());
+    }
+
+    /// Eviction after a restart orders images by these times; two uses in
+    /// the same second (a pull, then another image's pull) must keep their
+    /// order across a restart, and a database from before milliseconds
+    /// reads as the seconds it holds.
+    #[tokio::test]
+    async fn access_times_survive_a_restart_to_the_millisecond() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second, old) = (
+            Digest::sha256_of(b"first"),
+            Digest::sha256_of(b"second"),
+            Digest::sha256_of(b"old"),
+        );
+        {
+            let meta = SledMetaStore::open(dir.path()).unwrap();
+            meta.touch(&first).await.unwrap();
+            let t = meta.last_used_ms(&first).await.unwrap();
+            while now_millis() <= t {
+                std::hint::spin_loop();
+            }
+            meta.touch(&second).await.unwrap();
+            // Both again within the minute: memory only until the flush.
+            meta.touch(&first).await.unwrap();
+            while now_millis() <= meta.last_used_ms(&first).await.unwrap() {
+                std::hint::spin_loop();
+            }
+            meta.touch(&second).await.unwrap();
+            meta.access
+                .insert(old.to_string().as_bytes(), &1_796_000_000u64.to_be_bytes())
+                .unwrap();
+            meta.flush().await.unwrap();
+        }
+        let meta = SledMetaStore::open(dir.path()).unwrap();
+        let (a, b) = (
+            meta.last_used_ms(&first).await.unwrap(),
+            meta.last_used_ms(&second).await.unwrap(),
+        );
+        assert!(a < b, "first used at {a}, second at {b}");
+        assert_eq!(meta.last_used_ms(&old).await, Some(1_796_000_000_000));
     }
 
     #[tokio::test]
