@@ -242,6 +242,13 @@ pub async fn serve(config: Config, source: ConfigSource) -> Result<(), StartErro
     let listen = config.listen;
     let admin_listen = config.admin_listen;
     let limits = config.server;
+    // The admin listener answers from the start: its readiness probe says
+    // 503 "starting" while the cache opens (a walk of a large cache or a
+    // bucket listing can take a while), rather than refusing connections.
+    let early_admin = match admin_listen {
+        Some(addr) => Some(bind_starting(addr).await?),
+        None => None,
+    };
     let app = build(config).await?;
     let listener = TcpListener::bind(listen)
         .await
@@ -250,8 +257,8 @@ pub async fn serve(config: Config, source: ConfigSource) -> Result<(), StartErro
         .local_addr()
         .map_err(|source| StartError::Listen { addr: listen, source })?;
     // Bound before the API is announced, so once `listening` is logged both are up.
-    let _admin = match (admin_listen, app.admin.clone()) {
-        (Some(admin_addr), Some(admin)) => Some(serve_admin(admin_addr, admin).await?),
+    let _admin = match (early_admin, app.admin.clone()) {
+        (Some(starting), Some(admin)) => Some(serve_admin(starting.end().await, admin)),
         _ => None,
     };
     tracing::info!(addr = %addr, tls = tls.is_some(), "listening");
@@ -379,23 +386,78 @@ pub async fn serve(config: Config, source: ConfigSource) -> Result<(), StartErro
 
 /// Serve the admin surface on its own listener, in a task that ends with
 /// the returned guard (when `serve` returns).
-async fn serve_admin(addr: SocketAddr, admin: Router) -> Result<AbortOnDrop, StartError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
+/// A listener bound before the app is built, and the stand-in that answers
+/// on it until then.
+struct Starting {
+    listener: TcpListener,
+    stop: tokio::sync::oneshot::Sender<()>,
+    stand_in: tokio::task::JoinHandle<()>,
+}
+
+/// Bind `addr` for the admin surface (logged as `admin listening`) and
+/// answer every request on it with 503 "starting" until `Starting::end`.
+async fn bind_starting(addr: SocketAddr) -> Result<Starting, StartError> {
+    let listen_error = |source| StartError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
     if !bound.ip().is_loopback() {
         tracing::warn!(addr = %bound, "the admin surface (metrics, failures with client addresses and repository names) listens beyond loopback; keep it off public networks");
     }
+    // The stand-in accepts on a second handle of the same socket, so the
+    // real surface takes over the socket (and its backlog) without a gap.
+    let std = listener.into_std().map_err(listen_error)?;
+    let twin = std.try_clone().map_err(listen_error)?;
+    let listener = TcpListener::from_std(std).map_err(listen_error)?;
+    let twin = TcpListener::from_std(twin).map_err(listen_error)?;
     tracing::info!(addr = %bound, "admin listening");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let starting = Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            axum::Json(serde_json::json!({
+                "status": "starting",
+                "errors": [{"code": "UNAVAILABLE", "message": "berth is starting: the cache is being opened", "detail": null}],
+            })),
+        )
+    });
+    let stand_in = tokio::spawn(async move {
+        let _ = axum::serve(twin, starting)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(Starting {
+        listener,
+        stop,
+        stand_in,
+    })
+}
+
+impl Starting {
+    /// Stop the stand-in (its open connections get a few seconds to finish)
+    /// and hand back the listener.
+    async fn end(self) -> TcpListener {
+        let _ = self.stop.send(());
+        let mut stand_in = self.stand_in;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut stand_in)
+            .await
+            .is_err()
+        {
+            stand_in.abort();
+        }
+        self.listener
+    }
+}
+
+fn serve_admin(listener: TcpListener, admin: Router) -> AbortOnDrop {
     let service = admin.into_make_service_with_connect_info::<SocketAddr>();
-    Ok(AbortOnDrop(tokio::spawn(async move {
+    AbortOnDrop(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, service).await {
             tracing::warn!(error = %e, "admin listener stopped");
         }
-    })))
+    }))
 }
 
 /// Stops a task when dropped.

@@ -34,6 +34,41 @@ fn an_empty_admin_listen_puts_the_admin_surface_on_listen() {
     assert!(body.contains("berth_"), "{body}");
 }
 
+/// While the cache opens (here: a bucket that accepts connections and never
+/// answers, so the listing at startup hangs), the readiness probe answers
+/// 503 "starting" instead of refusing the connection; the registry API is
+/// not up yet. Fails when the admin surface binds only once berth is ready.
+#[test]
+fn health_says_starting_while_the_cache_opens() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = silent.local_addr().expect("addr");
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for conn in silent.incoming().flatten() {
+            holder.lock().expect("held connections").push(conn);
+        }
+    });
+    let berth = Berth::start_until_admin(&format!(
+        "[storage]\nkind = \"s3\"\nendpoint = \"http://{endpoint}\"\nbucket = \"b\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n{}",
+        UpstreamToml::new("docker.io", "http://127.0.0.1:9")
+    ));
+    let (status, body) = raw_get(berth.admin_addr, "/_berth/health");
+    assert_eq!(status, 503, "{body}");
+    let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(json["status"], "starting", "{body}");
+    assert_eq!(json["errors"][0]["code"], "UNAVAILABLE", "{body}");
+    assert!(
+        !berth.events().iter().any(|e| e["message"] == "listening"),
+        "not serving yet: {}",
+        berth.log()
+    );
+    let asked = support::poll(std::time::Duration::from_secs(10), || {
+        (!held.lock().expect("held").is_empty()).then_some(())
+    });
+    assert!(asked.is_some(), "berth is asking the bucket: {}", berth.log());
+}
+
 #[test]
 fn health_is_ready_while_the_cache_can_be_written() {
     let berth = Berth::start(&no_upstream());

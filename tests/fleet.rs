@@ -354,3 +354,89 @@ async fn pulls_joined_to_an_owner_that_dies_mid_transfer_still_complete_verified
     let ranges = relay.ranges();
     assert!(!ranges.is_empty(), "{:?}", relay.requests());
 }
+
+/// With the whole bucket down (every Garage node killed): a blob read
+/// warm before is served from the replica's `local_cache` (copied there,
+/// verified, after that read); a new blob passes through from the upstream,
+/// verified, logged as `storage_degraded` (fails when a store error fails
+/// the pull); and once the upstream is gone too, a blob only ever fetched
+/// cold is not served (so the warm answer is the local copy's, not luck).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_bucket_down_warm_blobs_come_from_the_local_cache_and_new_ones_pass_through() {
+    let mut garage = tokio::task::block_in_place(Garage::start);
+    let mut registry = Registry::start();
+    let push = |size: usize, seed: u64| {
+        tokio::task::block_in_place(|| support::images::push_random_blob(&registry, "fleet/local", size, seed))
+    };
+    let ((warm, warm_bytes), (cold, _), (new, _)) = (push(6 << 20, 67), push(3 << 20, 68), push(2 << 20, 69));
+    let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
+    let berth = Berth::start(&format!(
+        "{}local_cache = \"32MiB\"\n{upstream}",
+        garage.storage_toml(0)
+    ));
+    let get = |digest: &str| {
+        let url = format!("{}/v2/fleet/local/blobs/{digest}", berth.url());
+        async move {
+            let resp = support::client().get(&url).send().await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status.as_u16(), support::sha256_hex(&body)))
+        }
+    };
+    // Cold: from the upstream into the bucket. Warm: from the bucket, and
+    // copied to the local disk on the side.
+    for digest in [&warm, &cold] {
+        assert_eq!(get(digest).await, Ok((200, digest.clone())), "cold pull");
+    }
+    // Committed to the bucket (the client's body can end before that; a
+    // read until then joins the fetch instead of reading the bucket).
+    support::eventually_async(support::COMMIT_WAIT, "both blobs are in the bucket", || {
+        let events = berth.events();
+        [&warm, &cold].iter().all(|d| {
+            events
+                .iter()
+                .any(|e| e["message"] == "blob cached" && e["digest"] == d.as_str())
+        })
+    })
+    .await;
+    let local_copy = support::blob_path(&berth.cache_dir.join("local"), &warm);
+    assert!(
+        !local_copy.exists(),
+        "a cold pull is not copied (it went to the bucket)"
+    );
+    assert_eq!(get(&warm).await, Ok((200, warm.clone())), "warm pull");
+    support::eventually_async(
+        support::COMMIT_WAIT,
+        support::lazy(|| format!("the warm blob is copied to the local disk: {}", berth.log())),
+        || local_copy.exists(),
+    )
+    .await;
+    assert_eq!(std::fs::read(&local_copy).expect("local copy"), warm_bytes);
+
+    for node in &mut garage.nodes {
+        node.kill();
+    }
+    assert_eq!(get(&warm).await, Ok((200, warm.clone())), "served from the local copy");
+    assert_eq!(
+        get(&new).await,
+        Ok((200, new.clone())),
+        "a new blob passes through: {}",
+        berth.log()
+    );
+    assert!(
+        berth
+            .events()
+            .iter()
+            .any(|e| e["event"] == "storage_degraded" && e["reference"] == new.as_str()),
+        "storage_degraded logged for {new}: {}",
+        berth.log()
+    );
+    registry.stop();
+    assert_eq!(
+        get(&warm).await,
+        Ok((200, warm.clone())),
+        "still, with the upstream gone too"
+    );
+    let (status, _) = get(&cold).await.expect("an answer");
+    assert_ne!(status, 200, "a blob never read warm has no local copy");
+}

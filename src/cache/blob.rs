@@ -139,9 +139,11 @@ impl Cache {
     /// With repository scoping, a stored blob, or a fetch under another
     /// name, is served only once the route's repository is known to hold it.
     pub async fn blob(&self, route: &Route, digest: &Digest) -> Result<Blob, CacheError> {
+        // A store that cannot say counts as a miss here: the owner (or
+        // `blob_here`) passes it through from the upstream.
         if let Some(cluster) = &self.cluster
             && let Some(owner) = cluster.owner(digest)
-            && self.store.stat(digest).await?.is_none()
+            && !matches!(self.store.stat(digest).await, Ok(Some(_)))
         {
             match self.blob_of_owner(owner, route, digest).await {
                 Ok(blob) => return Ok(blob),
@@ -195,7 +197,22 @@ impl Cache {
     /// The blob from this replica's store, or fetched by this replica (a
     /// request from another berth is answered here, never forwarded).
     pub async fn blob_here(&self, route: &Route, digest: &Digest) -> Result<Blob, CacheError> {
-        if let Some(size) = self.store.stat(digest).await? {
+        // A store that cannot be asked (S3 unreachable, a failing disk)
+        // does not fail the pull: the blob comes from the upstream,
+        // verified, and the trouble is logged as `storage_degraded`.
+        let stored = match self.store.stat(digest).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                CacheError::from(e).log_degraded(
+                    &self.events,
+                    &route.upstream.name,
+                    route.repo.as_str(),
+                    &digest.to_string(),
+                );
+                return self.pass_through(route, digest).await;
+            }
+        };
+        if let Some(size) = stored {
             self.admit_blob(route, digest).await?;
             let _ = self.meta.touch(digest).await;
             self.events.metrics.hit("blob");

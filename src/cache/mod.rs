@@ -159,7 +159,7 @@ impl Cache {
                     access_key_id: s3.access_key_id.clone(),
                     secret_access_key: s3.secret_access_key.clone(),
                 };
-                crate::store::open_s3(&bucket, &config.cache_dir)?
+                crate::store::open_s3(&bucket, &config.cache_dir, s3.local_cache).await?
             }
         };
         Self::with_stores(config, store, meta, lock, events).await

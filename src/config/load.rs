@@ -475,4 +475,31 @@ mod tests {
         .to_string();
         assert!(e.contains("holds 3 characters; at least 16"), "{e}");
     }
+
+    #[test]
+    fn local_cache_is_a_size_for_s3_storage_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("cluster");
+        std::fs::write(&cluster, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let secret = format!("secret_file = {cluster:?}");
+        let c = load(&fleet_config(
+            "secret_access_key = \"x\"\nlocal_cache = \"2GiB\"",
+            &secret,
+        ))
+        .unwrap();
+        assert_eq!(c.s3.as_ref().map(|s| s.local_cache), Some(2 << 30));
+        let c = load(&fleet_config("secret_access_key = \"x\"", &secret)).unwrap();
+        assert_eq!(c.s3.as_ref().map(|s| s.local_cache), Some(0), "none unless asked");
+        let e = load(&fleet_config(
+            "secret_access_key = \"x\"\nlocal_cache = \"lots\"",
+            &secret,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("storage.local_cache: \"lots\" is not a size"), "{e}");
+        let e = load("[storage]\nkind = \"filesystem\"\nlocal_cache = \"1GiB\"\n[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.local_cache: only with kind = \"s3\""), "{e}");
+    }
 }

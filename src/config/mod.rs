@@ -196,6 +196,8 @@ pub struct S3Storage {
     pub region: String,
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// `local_cache`: bytes of hot blobs kept on this replica's disk (0: none).
+    pub local_cache: u64,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -206,6 +208,7 @@ impl std::fmt::Debug for S3Storage {
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
+            .field("local_cache", &self.local_cache)
             .finish()
     }
 }

@@ -142,6 +142,9 @@ pub(super) struct RawStorage {
     /// The secret key read from a file (a mounted Secret) instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_access_key_file: Option<std::path::PathBuf>,
+    /// Hot blobs on the replica's disk in front of S3 ("20GiB"; "0": none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_cache: Option<String>,
 }
 
 fn d_storage_kind() -> String {

@@ -524,8 +524,23 @@ fn validate_storage(
     secrets: &mut Vec<(SecretKey, PathBuf)>,
 ) -> Option<super::S3Storage> {
     let storage = raw.storage.as_ref()?;
+    let local_cache = match storage.local_cache.as_deref().map(parse_size) {
+        None => 0,
+        Some(Ok(bytes)) => bytes,
+        Some(Err(e)) => {
+            problems.push(format!("storage.local_cache: {e}"));
+            0
+        }
+    };
     match storage.kind.as_str() {
-        "filesystem" | "fs" => None,
+        "filesystem" | "fs" => {
+            if local_cache > 0 {
+                problems.push(
+                    "storage.local_cache: only with kind = \"s3\" (the filesystem store is local already)".into(),
+                );
+            }
+            None
+        }
         "s3" => {
             let mut missing = |key: &str, value: &str| {
                 if value.trim().is_empty() {
@@ -561,6 +576,7 @@ fn validate_storage(
                 region: storage.region.clone(),
                 access_key_id: storage.access_key_id.clone(),
                 secret_access_key: storage.secret_access_key.clone(),
+                local_cache,
             })
         }
         other => {

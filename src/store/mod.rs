@@ -11,6 +11,7 @@
 
 mod fs;
 mod fs_read;
+mod local_tier;
 mod s3;
 mod s3_meta;
 mod sled_meta;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::reference::{Digest, RepoName, Verified};
 
 pub use fs::FsBlobStore;
+pub use local_tier::LocalTier;
 pub use s3::{S3BlobStore, S3Config};
 pub use s3_meta::S3MetaStore;
 pub use sled_meta::{MetaError, SledMetaStore};
@@ -260,9 +262,17 @@ pub fn now_millis() -> u64 {
 /// The stores of `[storage] kind = "s3"`: blobs and shared records in the
 /// bucket, this replica's own records (and copies) in sled under
 /// `cache_dir`, uploads under way spooled to `cache_dir/tmp`.
-pub fn open_s3(config: &S3Config, cache_dir: &std::path::Path) -> io::Result<(Arc<dyn BlobStore>, Arc<dyn MetaStore>)> {
+pub async fn open_s3(
+    config: &S3Config,
+    cache_dir: &std::path::Path,
+    local_cache: u64,
+) -> io::Result<(Arc<dyn BlobStore>, Arc<dyn MetaStore>)> {
     let bucket = s3::bucket(config)?;
-    let blobs = S3BlobStore::with_bucket(bucket.clone(), cache_dir)?;
+    let blobs: Arc<dyn BlobStore> = Arc::new(S3BlobStore::with_bucket(bucket.clone(), cache_dir)?);
+    let blobs: Arc<dyn BlobStore> = match local_cache {
+        0 => blobs,
+        budget => Arc::new(LocalTier::open(blobs, &cache_dir.join("local"), budget).await?),
+    };
     let local = SledMetaStore::open(cache_dir).map_err(io::Error::other)?;
-    Ok((Arc::new(blobs), Arc::new(S3MetaStore::new(bucket, local))))
+    Ok((blobs, Arc::new(S3MetaStore::new(bucket, local))))
 }

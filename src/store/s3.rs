@@ -5,7 +5,7 @@
 //! readers read the spool, not the bucket); the upload is completed only on
 //! a commit carrying the proof that the bytes hashed to the digest, and
 //! aborted otherwise, so nothing unverified is ever visible under a digest.
-//! Ranges are ranged GETs.
+//! Ranges are ranged GETs, one window at a time (see `READ_WINDOW`).
 
 use std::io;
 use std::path::Path;
@@ -13,16 +13,30 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
-use object_store::{GetOptions, GetRange, MultipartUpload, ObjectStore, PutPayload};
+use object_store::{MultipartUpload, ObjectStore, PutPayload};
 
 use super::{BlobStore, BlobUpload, ByteStream, FsBlobStore, OnDamaged, PartialRead, ReadMode, StoredItem};
 use crate::reference::{Digest, Verified};
 
 /// S3 parts are at least 5 MiB but the last; pieces are gathered to this.
 const PART_BYTES: usize = 8 << 20;
+
+/// A read is a sequence of ranged GETs of this much, each read whole, two
+/// in flight. One GET for a whole 2 GiB layer would last as long as its
+/// slowest client takes to read it, and the S3 client bounds a request
+/// (body included) to 30 s, retried for at most `RETRY_FOR`: a slow client
+/// would see its layer fail part-way. A window is done in milliseconds
+/// whatever the client does; per stream at most two windows are held.
+const READ_WINDOW: u64 = 4 << 20;
+
+/// How long one S3 request is retried before its error is the answer: a
+/// bucket that cannot be reached must not hold a pull for minutes (the
+/// client's default is 3 minutes), since the cache then passes the blob
+/// through from the upstream instead.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Where and as whom: from `[storage]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,6 +72,19 @@ pub(super) fn to_io(e: object_store::Error) -> io::Error {
     }
 }
 
+/// `[start, end)` cut into `READ_WINDOW`s, in order.
+fn windows(start: u64, end: u64) -> impl Iterator<Item = std::ops::Range<u64>> + Send + 'static {
+    let mut at = start;
+    std::iter::from_fn(move || {
+        (at < end).then(|| {
+            let next = end.min(at.saturating_add(READ_WINDOW));
+            let range = at..next;
+            at = next;
+            range
+        })
+    })
+}
+
 fn key(digest: &Digest) -> Key {
     Key::from(format!("blobs/{}/{}", digest.algorithm().as_str(), digest.hex()))
 }
@@ -65,6 +92,8 @@ fn key(digest: &Digest) -> Key {
 /// The bucket client, shared by the blob store and the shared metadata.
 pub(super) fn bucket(config: &S3Config) -> io::Result<Arc<AmazonS3>> {
     AmazonS3Builder::new()
+        // First: these options replace the whole set, `allow_http` included.
+        .with_client_options(object_store::ClientOptions::new().with_connect_timeout(std::time::Duration::from_secs(5)))
         .with_endpoint(&config.endpoint)
         .with_bucket_name(&config.bucket)
         .with_region(&config.region)
@@ -72,6 +101,11 @@ pub(super) fn bucket(config: &S3Config) -> io::Result<Arc<AmazonS3>> {
         .with_secret_access_key(&config.secret_access_key)
         .with_allow_http(config.endpoint.starts_with("http://"))
         .with_virtual_hosted_style_request(false)
+        .with_retry(object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: RETRY_FOR,
+            ..object_store::RetryConfig::default()
+        })
         .build()
         .map(Arc::new)
         .map_err(to_io)
@@ -125,12 +159,19 @@ impl BlobStore for S3BlobStore {
         if start >= end {
             return Ok(futures_util::stream::empty().boxed());
         }
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(start..end)),
-            ..GetOptions::default()
-        };
-        let got = self.bucket.get_opts(&key(digest), options).await.map_err(to_io)?;
-        Ok(got.into_stream().map_err(to_io).boxed())
+        // The first window is asked here, so a missing object or an
+        // unreachable bucket is this call's error, not the stream's.
+        let first_end = end.min(start.saturating_add(READ_WINDOW));
+        let path = key(digest);
+        let first = self.bucket.get_range(&path, start..first_end).await.map_err(to_io)?;
+        let bucket = self.bucket.clone();
+        let rest = futures_util::stream::iter(windows(first_end, end))
+            .map(move |range| {
+                let (bucket, path) = (bucket.clone(), path.clone());
+                async move { bucket.get_range(&path, range).await.map_err(to_io) }
+            })
+            .buffered(2);
+        Ok(futures_util::stream::once(async move { Ok(first) }).chain(rest).boxed())
     }
 
     async fn put(&self, digest: &Digest, bytes: Bytes) -> io::Result<bool> {
@@ -305,5 +346,23 @@ struct Ended;
 impl PartialRead for Ended {
     async fn read_at(&self, _pos: u64, _len: usize) -> io::Result<Bytes> {
         Err(io::Error::other("the upload has ended; read the stored blob"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_read_in_windows_that_cover_it_exactly() {
+        let w = READ_WINDOW;
+        let cut: Vec<_> = windows(10, 10 + 2 * w + 5).collect();
+        assert_eq!(cut, vec![10..10 + w, 10 + w..10 + 2 * w, 10 + 2 * w..10 + 2 * w + 5]);
+        assert_eq!(windows(0, w).collect::<Vec<_>>(), vec![0..w]);
+        assert_eq!(windows(7, 7).count(), 0);
+        assert_eq!(
+            windows(u64::MAX - 1, u64::MAX).collect::<Vec<_>>(),
+            vec![u64::MAX - 1..u64::MAX]
+        );
     }
 }

@@ -95,6 +95,27 @@ impl Berth {
     }
 
     fn launch_as(work: &Path, cache_dir: &Path, extra_toml: &str, how: Launch<'_>, env: &[(&str, &str)]) -> Berth {
+        Berth::launch_until(work, cache_dir, extra_toml, how, env, "listening")
+    }
+
+    /// Start, and return once the admin surface is bound (`admin listening`),
+    /// before berth is ready: `addr` is a placeholder until `listening`.
+    pub fn start_until_admin(extra_toml: &str) -> Berth {
+        let dir = tempfile::tempdir().expect("temp dir for berth");
+        let cache = dir.path().join("cache");
+        let mut b = Berth::launch_until(dir.path(), &cache, extra_toml, Launch::Plain, &[], "admin listening");
+        b._dir = Some(dir);
+        b
+    }
+
+    fn launch_until(
+        work: &Path,
+        cache_dir: &Path,
+        extra_toml: &str,
+        how: Launch<'_>,
+        env: &[(&str, &str)],
+        ready: &str,
+    ) -> Berth {
         let config = work.join("berth.toml");
         let listen = match how {
             Launch::NetnsOn(_, listen) | Launch::On(listen) => listen,
@@ -145,17 +166,20 @@ impl Berth {
             config_head: head,
             _dir: None,
         };
-        b.addr = b.wait_listening();
+        let addr = b.wait_logged(ready);
+        if ready == "listening" {
+            b.addr = addr;
+        }
         // Logged before `listening`; absent when the admin surface is on listen.
         b.admin_addr = b.logged_addr("admin listening").unwrap_or(b.addr);
         b
     }
 
-    fn wait_listening(&mut self) -> std::net::SocketAddr {
+    fn wait_logged(&mut self, message: &str) -> std::net::SocketAddr {
         let (child, log_path) = (&mut self.child, &self.log_path);
         super::poll(Duration::from_secs(20), || {
             if let Some(addr) = events_in(log_path).iter().find_map(|e| {
-                (e["message"] == "listening")
+                (e["message"] == message)
                     .then(|| e["addr"].as_str()?.parse().ok())
                     .flatten()
             }) {
