@@ -7,8 +7,9 @@
 //!
 //! 1. a warm 256 MiB blob, 6 curl clients round-robin over 1, 2 and 3
 //!    replicas: aggregate MB/s, and the ratio to one replica;
-//! 2. the same warm blob through one S3-backed replica and through the
-//!    filesystem berth, 4 clients: MB/s and the ratio;
+//! 2. the same warm blob through one S3-backed replica, through one with
+//!    `local_cache` (once its copy is made) and through the filesystem
+//!    berth, 4 clients: MB/s and the ratios;
 //! 3. 50 concurrent cold GETs of one 64 MiB blob over the three replicas:
 //!    bytes the upstream sent, as a multiple of the blob;
 //! 4. a rollout: 100 clients pulling a 20-layer image at once through the
@@ -78,14 +79,22 @@ fn main() {
     let blob_url = |b: &Berth, digest: &str, repo: &str| format!("{}/v2/{repo}/blobs/{digest}", b.url());
 
     // Warm the blob into the bucket (through replica 0) and into the filesystem berth.
-    for b in [&replicas[0], &filesystem] {
-        measure::curl_throughput(&blob_url(b, &warm, "bench/blob"), 1, warm_size as u64);
-        support::eventually(Duration::from_secs(60), "the warm blob committed", || {
-            b.events()
-                .iter()
-                .any(|e| e["message"] == "blob cached" && e["digest"] == warm.as_str())
-        });
-    }
+    // With [cluster], the blob's owner stores it, whichever replica was asked.
+    let cached = |b: &Berth| {
+        b.events()
+            .iter()
+            .any(|e| e["message"] == "blob cached" && e["digest"] == warm.as_str())
+    };
+    measure::curl_throughput(&blob_url(&replicas[0], &warm, "bench/blob"), 1, warm_size as u64);
+    support::eventually(Duration::from_secs(60), "the warm blob committed to the bucket", || {
+        replicas.iter().any(cached)
+    });
+    measure::curl_throughput(&blob_url(&filesystem, &warm, "bench/blob"), 1, warm_size as u64);
+    support::eventually(
+        Duration::from_secs(60),
+        "the warm blob committed to the filesystem",
+        || cached(&filesystem),
+    );
     let mut rows = Vec::new();
 
     // 1. Aggregate through 1, 2, 3 replicas, rounds interleaved.
@@ -129,6 +138,26 @@ fn main() {
         ratio: format!("{:.2}x filesystem", s3 / fs),
         target: "-",
     });
+
+    // 2b. A replica with `local_cache`, once its copy of the blob is made.
+    let local = Berth::start(&format!("{}local_cache = \"2GiB\"\n{upstream}", garage.storage_toml(0)));
+    let local_url = blob_url(&local, &warm, "bench/blob");
+    measure::curl_throughput(&local_url, 1, warm_size as u64);
+    let copy = support::blob_path(&local.cache_dir.join("local"), &warm);
+    support::eventually(Duration::from_secs(120), "the local copy is made", || copy.exists());
+    let mut with_local = Vec::new();
+    for round in 0..ROUNDS {
+        eprintln!("round {round}: warm blob, replica with local_cache");
+        with_local.push(curl_throughput_over(&[local_url.as_str()], &[], 4, warm_size as u64));
+    }
+    let with_local = median(&mut with_local);
+    rows.push(Row {
+        what: format!("warm {blob_mib} MiB blob, 4 clients: replica with local_cache / filesystem berth"),
+        value: format!("{with_local:.0} / {fs:.0} MB/s"),
+        ratio: format!("{:.2}x filesystem", with_local / fs),
+        target: "-",
+    });
+    drop(local);
 
     // 3. 50 cold clients over three replicas: what the upstream sent.
     eprintln!("{COLD_CLIENTS} concurrent cold GETs over 3 replicas");
