@@ -266,3 +266,47 @@ fn a_bad_prefetch_table_is_named_at_startup() {
         assert!(err.contains(key), "{key} in {err}");
     }
 }
+
+/// Each prefetch asks the upstream what a tag is now, whatever `tag_ttl`
+/// says: a tag moved upstream between two runs (an hour's tag_ttl apart
+/// from nothing) is followed, and the site serves the new image offline.
+/// Fails when a run answers a tag from the cache within its tag_ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_prefetch_follows_a_tag_moved_upstream_within_the_tag_ttl() {
+    let mut registry = Registry::start();
+    let (old_layer, new_layer) = (random_bytes(100 * KIB, 96), random_bytes(100 * KIB, 97));
+    let first = tokio::task::block_in_place(|| push_image_with_layers(&registry, "warm/moved", "v1", &[&old_layer]));
+    let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
+    let berth = Berth::start(&format!("[cache]\ntag_ttl = \"1h\"\n{upstream}"));
+    let admin = berth.admin_url();
+    let (code, out, err) = tokio::task::block_in_place(|| prefetch(&["--url", &admin, "warm/moved:v1"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let second = tokio::task::block_in_place(|| push_image_with_layers(&registry, "warm/moved", "v1", &[&new_layer]));
+    assert_ne!(first.manifest, second.manifest, "the tag moved");
+    let (code, out, err) = tokio::task::block_in_place(|| prefetch(&["--url", &admin, "warm/moved:v1"]));
+    assert_eq!(code, 0, "{out}{err}");
+
+    registry.stop();
+    let resp = support::client()
+        .get(format!("{}/v2/warm/moved/manifests/v1", berth.url()))
+        .header(
+            "Accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .expect("manifest");
+    assert_eq!(resp.status(), 200);
+    let digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    assert_eq!(digest, Some(second.manifest.clone()), "the moved tag, offline");
+    let layer = support::client()
+        .get(format!("{}/v2/warm/moved/blobs/{}", berth.url(), second.layers[0]))
+        .send()
+        .await
+        .expect("layer");
+    assert_eq!(layer.status(), 200, "the new layer was fetched by the second run");
+}

@@ -275,7 +275,25 @@ impl Cache {
                 self.events.metrics.miss("manifest");
                 self.fetch_manifest(route, reference).await
             }
-            Reference::Tag(tag) => match self.manifest_by_tag(route, reference, tag.as_str()).await {
+            Reference::Tag(tag) => match self.manifest_by_tag(route, reference, tag.as_str(), false).await {
+                Err(e) => Err(self.explain_unknown_tag(route, tag.as_str(), e).await),
+                found => found,
+            },
+        }
+    }
+
+    /// `manifest`, with a tag revalidated now whatever its age: prefetch
+    /// and export want the upstream's current answer (a `[[prefetch]]`
+    /// every minute would otherwise keep a moved tag for `tag_ttl`).
+    /// Offline, or with the upstream unreachable, the cached digest still.
+    pub async fn manifest_revalidated(
+        &self,
+        route: &Route,
+        reference: &Reference,
+    ) -> Result<CachedManifest, CacheError> {
+        match reference {
+            Reference::Digest(_) => self.manifest(route, reference).await,
+            Reference::Tag(tag) => match self.manifest_by_tag(route, reference, tag.as_str(), true).await {
                 Err(e) => Err(self.explain_unknown_tag(route, tag.as_str(), e).await),
                 found => found,
             },
@@ -314,6 +332,7 @@ impl Cache {
         route: &Route,
         reference: &Reference,
         tag: &str,
+        revalidate: bool,
     ) -> Result<CachedManifest, CacheError> {
         let upstream = &route.upstream;
         let repo = &route.repo;
@@ -332,7 +351,8 @@ impl Cache {
             return Ok(m);
         };
         // Offline, the cached digest is the answer: nothing to revalidate against.
-        if upstream.is_offline() || now_secs().saturating_sub(checked_at) < self.tag_ttl.as_secs() {
+        let fresh_enough = !revalidate && now_secs().saturating_sub(checked_at) < self.tag_ttl.as_secs();
+        if upstream.is_offline() || fresh_enough {
             self.events.metrics.hit("manifest");
             return Ok(cached);
         }

@@ -59,15 +59,16 @@ pub struct Walked {
 
 impl Cache {
     /// Resolve `reference` and walk what it needs: child manifests of the
-    /// platform asked for (all without one), and their blobs. Manifests are
-    /// fetched (and cached) on the way; blobs are only listed.
+    /// platform asked for (all without one), and their blobs. A tag is
+    /// revalidated with the upstream now; manifests are fetched (and
+    /// cached) on the way; blobs are only listed.
     pub async fn walk(
         &self,
         route: &Route,
         reference: &Reference,
         platform: Option<&Platform>,
     ) -> Result<Walked, CacheError> {
-        let top = self.manifest(route, reference).await?;
+        let top = self.manifest_revalidated(route, reference).await?;
         self.walk_manifest(route, top, platform, 0).await
     }
 
