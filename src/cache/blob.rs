@@ -202,15 +202,7 @@ impl Cache {
         // verified, and the trouble is logged as `storage_degraded`.
         let stored = match self.store.stat(digest).await {
             Ok(stored) => stored,
-            Err(e) => {
-                CacheError::from(e).log_degraded(
-                    &self.events,
-                    &route.upstream.name,
-                    route.repo.as_str(),
-                    &digest.to_string(),
-                );
-                return self.pass_through(route, digest).await;
-            }
+            Err(e) => return self.pass_through_degraded(route, digest, e).await,
         };
         if let Some(size) = stored {
             self.admit_blob(route, digest).await?;
@@ -263,15 +255,7 @@ impl Cache {
                 tokio::spawn(tracing::Instrument::in_current_span(task.run(upload)));
                 joined
             }
-            Err(e) => {
-                CacheError::from(e).log_degraded(
-                    &self.events,
-                    &route.upstream.name,
-                    route.repo.as_str(),
-                    &digest.to_string(),
-                );
-                return self.pass_through(route, digest).await;
-            }
+            Err(e) => return self.pass_through_degraded(route, digest, e).await,
         };
         match joined.started().await {
             Ok(size) => Ok(Blob {
@@ -282,6 +266,23 @@ impl Cache {
             Err(e) if falls_back(&e) => self.pass_through(route, digest).await,
             Err(e) => Err(e),
         }
+    }
+
+    /// The store failed us (`e`): log it as `storage_degraded`, and serve
+    /// the blob from the upstream, verified, without storing it.
+    async fn pass_through_degraded(
+        &self,
+        route: &Route,
+        digest: &Digest,
+        e: std::io::Error,
+    ) -> Result<Blob, CacheError> {
+        CacheError::from(e).log_degraded(
+            &self.events,
+            &route.upstream.name,
+            route.repo.as_str(),
+            &digest.to_string(),
+        );
+        self.pass_through(route, digest).await
     }
 
     async fn pass_through(&self, route: &Route, digest: &Digest) -> Result<Blob, CacheError> {
