@@ -93,6 +93,10 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         )?)),
         _ => None,
     };
+    if let Some(cluster) = &cluster {
+        cluster.resolve().await;
+        crate::cluster::Cluster::watch(cluster);
+    }
     // With access control, a cached digest is served under a repository
     // only when that repository is known to hold it.
     let cache = Cache::open(&config, events.clone())

@@ -287,13 +287,13 @@ async fn pulls_joined_to_an_owner_that_dies_mid_transfer_still_complete_verified
     let (digest, _) =
         tokio::task::block_in_place(|| support::images::push_random_blob(&registry, "fleet/slow", 8 << 20, 80));
     let relay = support::relay::Relay::start(&registry.url(), support::relay::RelayOptions::default()).await;
-    // Slow enough that the owner is killed well inside its fetch: 8 MiB in
-    // 64 KiB steps 10 ms apart, about 1.3 s.
+    // Slow enough that the owner is killed well inside its fetch, even on
+    // a loaded machine: 8 MiB in 32 KiB steps 20 ms apart, about 5 s.
     relay.fault(
         &digest,
         support::relay::Fault::Drip {
-            chunk: 64 << 10,
-            delay: std::time::Duration::from_millis(10),
+            chunk: 32 << 10,
+            delay: std::time::Duration::from_millis(20),
         },
     );
     let upstream = UpstreamToml::default_docker_io(&relay.url()).to_toml();
@@ -439,4 +439,69 @@ async fn with_the_bucket_down_warm_blobs_come_from_the_local_cache_and_new_ones_
     );
     let (status, _) = get(&cold).await.expect("an answer");
     assert_ne!(status, 200, "a blob never read warm has no local copy");
+}
+
+/// `[cluster] peers_dns`: three replicas found by one name that resolves to
+/// all of them (as a Kubernetes headless Service does), here in a network
+/// namespace whose /etc/hosts gives `berth-peers` the addresses 127.0.0.1,
+/// .2 and .3, each replica on the same port of its own address. 12
+/// concurrent cold GETs of one blob spread over the three cost one upstream
+/// GET and all verify (fails when the name is not resolved: then every
+/// replica owns everything and each fetches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_found_by_peers_dns_fetch_a_cold_blob_once() {
+    let registry = Registry::start();
+    let (digest, _) =
+        tokio::task::block_in_place(|| support::images::push_random_blob(&registry, "fleet/dns", 16 << 20, 64));
+    let ns = support::netns::NetNs::create("peers-dns")
+        .with_hosts("127.0.0.1 berth-peers\n127.0.0.2 berth-peers\n127.0.0.3 berth-peers\n");
+    let upstream = tokio::task::block_in_place(|| registry.serve_in_netns(&ns.name));
+    // A port the kernel handed out, used on all three addresses inside the
+    // namespace (where nothing else listens).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let upstream_toml = UpstreamToml::default_docker_io(&upstream.url()).to_toml();
+    let replicas: Vec<Berth> = (1..=3)
+        .map(|i| {
+            let listen = format!("127.0.0.{i}:{port}");
+            Berth::start_in_netns_on(
+                &ns.name,
+                &listen,
+                &format!("[cluster]\nself = \"http://{listen}\"\npeers_dns = \"berth-peers:{port}\"\n{upstream_toml}"),
+            )
+        })
+        .collect();
+    for b in &replicas {
+        assert!(
+            b.events().iter().any(|e| e["message"] == "cluster: peers from DNS"),
+            "peers resolved at start: {}",
+            b.log()
+        );
+    }
+    let script = format!(
+        "for i in $(seq 0 11); do (curl -sS --noproxy '*' http://127.0.0.$((i % 3 + 1)):{port}/v2/fleet/dns/blobs/{digest} | sha256sum) & done; wait"
+    );
+    let out = tokio::task::block_in_place(|| ns.exec("sh", &["-c", &script]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let want = digest.trim_start_matches("sha256:");
+    let sums: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(sums.len(), 12, "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sums.iter().all(|s| *s == want), "every body verifies: {text}");
+    let log = upstream.log();
+    let gets = log
+        .lines()
+        .filter(|l| {
+            l.contains("msg=\"response completed\"")
+                && l.contains("http.request.method=GET")
+                && l.contains(&format!("http.request.uri=\"/v2/fleet/dns/blobs/{digest}\""))
+        })
+        .count();
+    assert_eq!(
+        gets,
+        1,
+        "one upstream GET for the three replicas:\n{log}\n{}",
+        replicas.iter().map(|b| b.log()).collect::<Vec<_>>().join("\n")
+    );
 }

@@ -145,7 +145,7 @@ impl Cache {
             && let Some(owner) = cluster.owner(digest)
             && !matches!(self.store.stat(digest).await, Ok(Some(_)))
         {
-            match self.blob_of_owner(owner, route, digest).await {
+            match self.blob_of_owner(&owner, route, digest).await {
                 Ok(blob) => return Ok(blob),
                 Err(e) => self.events.upstream_degraded(
                     e.cause(),

@@ -172,7 +172,11 @@ pub struct Config {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub self_url: Url,
+    /// The replicas as listed; empty with `peers_dns`.
     pub peers: Vec<Url>,
+    /// `peers_dns`: a name and port resolving to every replica; each
+    /// address found is a peer `<scheme of self>://<address>:<port>`.
+    pub peers_dns: Option<(String, u16)>,
     /// Read from `secret_file`: replicas present it to each other (as the
     /// password of `auth::REPLICA_USER`); required with `[auth]`.
     pub secret: Option<String>,
@@ -183,6 +187,7 @@ impl std::fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("self_url", &self.self_url)
             .field("peers", &self.peers)
+            .field("peers_dns", &self.peers_dns)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .finish()
     }

@@ -117,7 +117,12 @@ pub(super) struct RawCluster {
     /// This replica's registry URL, as the others reach it.
     #[serde(rename = "self")]
     pub self_url: String,
+    #[serde(default)]
     pub peers: Vec<String>,
+    /// `name:port` resolving to every replica (a headless Service), instead
+    /// of `peers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers_dns: Option<String>,
     /// The shared secret replicas authenticate to each other with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<std::path::PathBuf>,

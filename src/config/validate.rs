@@ -618,11 +618,35 @@ fn validate_cluster(
         .enumerate()
         .filter_map(|(i, p)| parse(format!("cluster.peers[{i}]"), p, problems))
         .collect();
-    if let Some(me) = &self_url
-        && !peers.contains(me)
-    {
-        problems.push("cluster.self: must be one of cluster.peers (every replica lists them all)".into());
-    }
+    let peers_dns = match &cluster.peers_dns {
+        None => {
+            if let Some(me) = &self_url
+                && !peers.contains(me)
+            {
+                problems.push("cluster.self: must be one of cluster.peers (every replica lists them all)".into());
+            }
+            None
+        }
+        Some(_) if !cluster.peers.is_empty() => {
+            problems.push("cluster.peers_dns: give either it or cluster.peers, not both".into());
+            None
+        }
+        Some(name) => match name.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && !host.contains(['/', '@', ' ']) => match port.parse::<u16>() {
+                Ok(port) if port > 0 => Some((host.trim_matches(['[', ']']).to_string(), port)),
+                _ => {
+                    problems.push(format!("cluster.peers_dns: {name:?}: the port must be 1 to 65535"));
+                    None
+                }
+            },
+            _ => {
+                problems.push(format!(
+                    "cluster.peers_dns: {name:?} is not name:port (e.g. \"berth-peers.default.svc.cluster.local:5000\")"
+                ));
+                None
+            }
+        },
+    };
     match &cluster.secret_file {
         Some(path) => secrets.push((SecretKey::ClusterSecret, path.clone())),
         None if raw.auth.is_some() => problems.push(
@@ -633,6 +657,7 @@ fn validate_cluster(
     Some(super::ClusterConfig {
         self_url: self_url?,
         peers,
+        peers_dns,
         secret: None,
     })
 }
@@ -646,6 +671,30 @@ mod tests {
     fn validated(text: &str) -> Result<Config, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         validate(raw).config.map_err(|problems| problems.join("\n"))
+    }
+
+    #[test]
+    fn peers_dns_is_name_and_port_instead_of_a_list() {
+        let up = "[[upstream]]\nname = \"docker.io\"\nendpoints = [\"https://r\"]\n";
+        let with = |cluster: &str| validated(&format!("{up}[cluster]\nself = \"http://10.0.0.1:5000\"\n{cluster}"));
+        let c = with("peers_dns = \"berth-peers.ns.svc.cluster.local:5000\"").unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(
+            cluster.peers_dns,
+            Some(("berth-peers.ns.svc.cluster.local".into(), 5000))
+        );
+        assert!(cluster.peers.is_empty());
+        for (bad, expected) in [
+            ("peers_dns = \"berth-peers\"", "is not name:port"),
+            ("peers_dns = \"berth-peers:0\"", "the port must be 1 to 65535"),
+            ("peers_dns = \"berth-peers:http\"", "the port must be 1 to 65535"),
+            ("peers_dns = \"http://berth-peers:5000\"", "is not name:port"),
+            ("peers_dns = \"b:5000\"\npeers = [\"http://10.0.0.1:5000\"]", "not both"),
+            ("", "cluster.self: must be one of cluster.peers"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.contains("cluster.") && e.contains(expected), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -96,6 +96,18 @@ pub struct ManifestHead {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig, events: Arc<Events>) -> Result<Self, UpstreamError> {
+        Self::build(cfg, events, false)
+    }
+
+    /// A client that never goes through an HTTP proxy whatever the
+    /// environment says: for other replicas of the fleet, on the cluster's
+    /// own network (a proxy set for reaching upstreams must not carry, nor
+    /// see the cluster secret of, replica-to-replica requests).
+    pub fn direct(cfg: &UpstreamConfig, events: Arc<Events>) -> Result<Self, UpstreamError> {
+        Self::build(cfg, events, true)
+    }
+
+    fn build(cfg: &UpstreamConfig, events: Arc<Events>, direct: bool) -> Result<Self, UpstreamError> {
         // An upstream on loopback or a private network may redirect within
         // such networks; a public one may not send berth into them.
         let internal = cfg
@@ -109,7 +121,9 @@ impl Upstream {
             .map(|a| a.host.clone())
             .chain(dns::proxy_hosts(|k| std::env::var(k).ok()));
         let guard = Arc::new(dns::AddressGuard::new(endpoint_hosts, also, internal));
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder();
+        let builder = if direct { builder.no_proxy() } else { builder };
+        let http = builder
             .redirect(redirect::policy(guard.clone()))
             // A CDN has no business learning which repository and upstream
             // URL a blob was asked for.
@@ -128,7 +142,7 @@ impl Upstream {
             proxied: cfg
                 .endpoints
                 .iter()
-                .map(|u| proxy::is_proxied(u, |k| std::env::var(k).ok()))
+                .map(|u| !direct && proxy::is_proxied(u, |k| std::env::var(k).ok()))
                 .collect(),
             http,
             tokens: auth::TokenCache::default(),

@@ -19,6 +19,8 @@ pub struct Node {
     admin: std::net::SocketAddr,
     config: PathBuf,
     child: Option<Child>,
+    /// The other nodes as `id@address`, connected to again after a restart.
+    others: Vec<String>,
 }
 
 pub struct Garage {
@@ -118,6 +120,17 @@ impl Node {
         self.kill();
         self.spawn();
         assert!(self.wait_up(), "garage node did not come back: {}", self.log());
+        // Its peers retry the lost connection only on their own (growing)
+        // schedule; connecting from here makes it rejoin now. A peer that
+        // is down itself just does not answer.
+        for other in &self.others {
+            let _ = Command::new(binary())
+                .arg("-c")
+                .arg(&self.config)
+                .args(["node", "connect", other])
+                .env("RUST_LOG", "warn")
+                .output();
+        }
         assert!(
             self.wait_healthy(),
             "garage node did not rejoin its peers: {}",
@@ -172,6 +185,7 @@ impl Garage {
                 admin,
                 config,
                 child: None,
+                others: Vec::new(),
             };
             node.spawn();
             nodes.push(node);
@@ -185,6 +199,14 @@ impl Garage {
             .collect();
         for id in &ids[1..] {
             nodes[0].cli(&["node", "connect", id]);
+        }
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.others = ids
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, id)| id.clone())
+                .collect();
         }
         for (i, id) in ids.iter().enumerate() {
             let short = id.split('@').next().unwrap_or(id);

@@ -51,6 +51,14 @@ impl NetNs {
         self
     }
 
+    /// Inside the namespace, names resolve from these `/etc/hosts` lines
+    /// only (and DNS goes nowhere, as with `with_dead_resolver`).
+    pub fn with_hosts(self, lines: &str) -> NetNs {
+        let ns = self.with_dead_resolver();
+        std::fs::write(ns.etc.join("hosts"), format!("127.0.0.1 localhost\n{lines}")).expect("hosts");
+        ns
+    }
+
     /// Give the namespace's loopback another address, e.g. `10.77.0.1/32`:
     /// one that clients do not treat as loopback (dockerd reads `certs.d` only
     /// for registries outside 127.0.0.0/8), still inside this namespace.
