@@ -388,8 +388,6 @@ pub async fn serve(config: Config, source: ConfigSource) -> Result<(), StartErro
     Ok(())
 }
 
-/// Serve the admin surface on its own listener, in a task that ends with
-/// the returned guard (when `serve` returns).
 /// A listener bound before the app is built, and the stand-in that answers
 /// on it until then.
 struct Starting {
@@ -455,6 +453,8 @@ impl Starting {
     }
 }
 
+/// Serve the admin surface on its own listener, in a task that ends with
+/// the returned guard (when `serve` returns).
 fn serve_admin(listener: TcpListener, admin: Router) -> AbortOnDrop {
     let service = admin.into_make_service_with_connect_info::<SocketAddr>();
     AbortOnDrop(tokio::spawn(async move {

@@ -265,21 +265,7 @@ impl Cache {
     }
 
     pub async fn manifest(&self, route: &Route, reference: &Reference) -> Result<CachedManifest, CacheError> {
-        match reference {
-            Reference::Digest(d) => {
-                if let Some(m) = self.load_manifest(d).await {
-                    self.admit_manifest(route, d).await?;
-                    self.events.metrics.hit("manifest");
-                    return Ok(m);
-                }
-                self.events.metrics.miss("manifest");
-                self.fetch_manifest(route, reference).await
-            }
-            Reference::Tag(tag) => match self.manifest_by_tag(route, reference, tag.as_str(), false).await {
-                Err(e) => Err(self.explain_unknown_tag(route, tag.as_str(), e).await),
-                found => found,
-            },
-        }
+        self.manifest_checked(route, reference, false).await
     }
 
     /// `manifest`, with a tag revalidated now whatever its age: prefetch
@@ -291,9 +277,28 @@ impl Cache {
         route: &Route,
         reference: &Reference,
     ) -> Result<CachedManifest, CacheError> {
+        self.manifest_checked(route, reference, true).await
+    }
+
+    /// A manifest by digest, or by tag (`revalidate`: ask the upstream now
+    /// even within `tag_ttl`).
+    async fn manifest_checked(
+        &self,
+        route: &Route,
+        reference: &Reference,
+        revalidate: bool,
+    ) -> Result<CachedManifest, CacheError> {
         match reference {
-            Reference::Digest(_) => self.manifest(route, reference).await,
-            Reference::Tag(tag) => match self.manifest_by_tag(route, reference, tag.as_str(), true).await {
+            Reference::Digest(d) => {
+                if let Some(m) = self.load_manifest(d).await {
+                    self.admit_manifest(route, d).await?;
+                    self.events.metrics.hit("manifest");
+                    return Ok(m);
+                }
+                self.events.metrics.miss("manifest");
+                self.fetch_manifest(route, reference).await
+            }
+            Reference::Tag(tag) => match self.manifest_by_tag(route, reference, tag.as_str(), revalidate).await {
                 Err(e) => Err(self.explain_unknown_tag(route, tag.as_str(), e).await),
                 found => found,
             },

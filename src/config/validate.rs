@@ -586,6 +586,21 @@ fn validate_storage(
     }
 }
 
+/// `peers_dns`: `name:port`, the name without a scheme or credentials; the
+/// error completes a sentence that starts with the value.
+fn parse_peers_dns(name: &str) -> Result<(String, u16), &'static str> {
+    let Some((host, port)) = name
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty() && !host.contains(['/', '@', ' ']))
+    else {
+        return Err(" is not name:port (e.g. \"berth-peers.default.svc.cluster.local:5000\")");
+    };
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok((host.trim_matches(['[', ']']).to_string(), port)),
+        _ => Err(": the port must be 1 to 65535"),
+    }
+}
+
 /// `[cluster]`: http(s) URLs of the replicas' registry listeners, `self`
 /// among them.
 fn validate_cluster(
@@ -631,18 +646,10 @@ fn validate_cluster(
             problems.push("cluster.peers_dns: give either it or cluster.peers, not both".into());
             None
         }
-        Some(name) => match name.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && !host.contains(['/', '@', ' ']) => match port.parse::<u16>() {
-                Ok(port) if port > 0 => Some((host.trim_matches(['[', ']']).to_string(), port)),
-                _ => {
-                    problems.push(format!("cluster.peers_dns: {name:?}: the port must be 1 to 65535"));
-                    None
-                }
-            },
-            _ => {
-                problems.push(format!(
-                    "cluster.peers_dns: {name:?} is not name:port (e.g. \"berth-peers.default.svc.cluster.local:5000\")"
-                ));
+        Some(name) => match parse_peers_dns(name) {
+            Ok(found) => Some(found),
+            Err(problem) => {
+                problems.push(format!("cluster.peers_dns: {name:?}{problem}"));
                 None
             }
         },

@@ -41,6 +41,13 @@ impl Index {
         Some(entry.0)
     }
 
+    /// Count `digest` of `size` bytes as held, the most recently read.
+    fn insert(&mut self, digest: Digest, size: u64) {
+        self.tick = self.tick.saturating_add(1);
+        self.used = self.used.saturating_add(size);
+        self.blobs.insert(digest, (size, self.tick));
+    }
+
     fn forget(&mut self, digest: &Digest) -> bool {
         match self.blobs.remove(digest) {
             Some((size, _)) => {
@@ -84,9 +91,7 @@ impl LocalTier {
         listed.sort_unstable_by_key(|i| i.stored_ms);
         let mut index = Index::default();
         for item in listed {
-            index.tick = index.tick.saturating_add(1);
-            index.used = index.used.saturating_add(item.size);
-            index.blobs.insert(item.digest, (item.size, index.tick));
+            index.insert(item.digest, item.size);
         }
         let tier = Self {
             shared,
@@ -138,10 +143,7 @@ impl LocalTier {
                 match &copied {
                     Ok(()) => {
                         let evicted = index.make_room(size, budget);
-                        index.tick = index.tick.saturating_add(1);
-                        let tick = index.tick;
-                        index.used = index.used.saturating_add(size);
-                        index.blobs.insert(digest.clone(), (size, tick));
+                        index.insert(digest.clone(), size);
                         evicted
                     }
                     Err(_) => Vec::new(),
@@ -235,7 +237,9 @@ impl BlobStore for LocalTier {
             }
         }
         let stream = self.shared.read_range(digest, start, end, mode, damaged).await?;
-        if self.budget > 0
+        // The blob is at least `end` bytes: past the budget, no copy and
+        // no HEAD to learn its size.
+        if end <= self.budget
             && !self.lock().filling.contains(digest)
             && let Ok(Some(size)) = self.shared.stat(digest).await
         {
