@@ -244,7 +244,7 @@ fn main() -> ExitCode {
                 listen: listen.clone(),
                 admin_listen: admin_listen.clone(),
                 cache_dir: cache_dir.clone(),
-                log_format: None,
+                ..Overrides::default()
             },
         ),
         Command::CheckConfig { opts }

@@ -121,6 +121,8 @@ pub struct Metrics {
     /// Set at each scrape from the cache's accounting.
     pub cache_used_bytes: Gauge,
     pub cache_max_bytes: Gauge,
+    /// 1 on the replica evicting from the shared bucket for the fleet.
+    pub cluster_evicting: Gauge,
     pub evicted_items: Counter,
     pub evicted_bytes: Counter,
     ratelimit_limit: Family<UpstreamLabel, Gauge>,
@@ -149,6 +151,7 @@ impl Default for Metrics {
         let connections_refused = Counter::default();
         let cache_used_bytes = Gauge::default();
         let cache_max_bytes = Gauge::default();
+        let cluster_evicting = Gauge::default();
         let evicted_items = Counter::default();
         let evicted_bytes = Counter::default();
         let ratelimit_limit = Family::<UpstreamLabel, Gauge>::default();
@@ -224,6 +227,11 @@ impl Default for Metrics {
         );
         r.register("berth_cache_max_bytes", "cache.max_size", cache_max_bytes.clone());
         r.register(
+            "berth_cluster_evicting",
+            "1 on the one replica evicting from the shared bucket for the fleet, else 0",
+            cluster_evicting.clone(),
+        );
+        r.register(
             "berth_cache_evicted_items",
             "Manifests and blobs removed by eviction (whole images, least recently served first)",
             evicted_items.clone(),
@@ -261,6 +269,7 @@ impl Default for Metrics {
             connections_refused,
             cache_used_bytes,
             cache_max_bytes,
+            cluster_evicting,
             evicted_items,
             evicted_bytes,
             ratelimit_limit,

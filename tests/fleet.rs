@@ -505,3 +505,183 @@ async fn replicas_found_by_peers_dns_fetch_a_cold_blob_once() {
         replicas.iter().map(|b| b.log()).collect::<Vec<_>>().join("\n")
     );
 }
+
+/// An expired tag asked of all three replicas at once is revalidated once
+/// for the fleet, at the replica owning it: one upstream HEAD, not one per
+/// replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_tag_asked_of_every_replica_is_revalidated_once_at_its_owner() {
+    let garage = tokio::task::block_in_place(Garage::start);
+    let registry = Registry::start();
+    let image = tokio::task::block_in_place(|| {
+        support::images::push_layered_image(&registry, "fleet/tagged", "v1", 1, 4096, 67)
+    });
+    let relay = support::relay::Relay::start(&registry.url(), support::relay::RelayOptions::default()).await;
+    let upstream = UpstreamToml::default_docker_io(&relay.url()).to_toml();
+    let replicas = fleet(&garage, &format!("[cache]\ntag_ttl = \"1s\"\n{upstream}"));
+    let urls: Vec<String> = replicas.iter().map(|b| b.url()).collect();
+    let accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+    let get = |url: String| async move {
+        let r = support::client()
+            .get(format!("{url}/v2/fleet/tagged/manifests/v1"))
+            .header("accept", accept)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let digest = r
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        Ok::<_, String>((status.as_u16(), digest))
+    };
+    assert_eq!(
+        get(urls[0].clone()).await.expect("first pull"),
+        (200, image.digest.clone())
+    );
+    // Past the 1 s tag_ttl (kept in whole seconds): every replica's record has expired.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let heads_before = relay.count(|r| r.starts_with("HEAD ") && r.contains("/manifests/v1"));
+    let asks: Vec<_> = (0..12).map(|n| tokio::spawn(get(urls[n % 3].clone()))).collect();
+    for (n, ask) in asks.into_iter().enumerate() {
+        let got = ask.await.expect("task").unwrap_or_else(|e| panic!("ask {n}: {e}"));
+        assert_eq!(got, (200, image.digest.clone()), "ask {n}");
+    }
+    let heads = relay.count(|r| r.starts_with("HEAD ") && r.contains("/manifests/v1")) - heads_before;
+    let gets = relay.count(|r| r.starts_with("GET ") && r.contains("/manifests/v1"));
+    assert_eq!(
+        (heads, gets),
+        (1, 1),
+        "one revalidation for the fleet, one first fetch: {:?}",
+        relay.requests()
+    );
+}
+
+/// A metric's value as `berth`'s admin surface exposes it now.
+async fn metric(berth: &Berth, name: &str) -> Option<f64> {
+    let text = support::client()
+        .get(format!("{}/metrics", berth.admin_url()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Replicas on one bucket over `cache.max_size`: one replica evicts for the
+/// whole fleet, planning from every replica's access times (an image served
+/// lately through another replica stays, the least recently served
+/// anywhere goes), and no other replica deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_evicts_for_the_fleet_by_every_replicas_access_times() {
+    use berth::store::BlobStore;
+    let garage = tokio::task::block_in_place(Garage::start);
+    let registry = Registry::start();
+    let images: Vec<support::images::Image> = ["a", "b", "c", "d"]
+        .iter()
+        .zip(71u64..)
+        .map(|(name, seed)| {
+            tokio::task::block_in_place(|| {
+                support::images::push_layered_image(&registry, &format!("fleet/evict-{name}"), "v1", 1, 1 << 20, seed)
+            })
+        })
+        .collect();
+    let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
+    // Three of the four 1 MiB images fit; the fourth takes the bucket over.
+    let replicas = garage.fleet(
+        3,
+        "eviction_check = \"1s\"\n",
+        &format!("[cache]\nmax_size = \"3584KiB\"\nkeep_recent = \"0s\"\n{upstream}"),
+    );
+    // Exactly one replica says it evicts for the fleet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let evicting = loop {
+        let mut said = Vec::new();
+        for b in &replicas {
+            said.push(metric(b, "berth_cluster_evicting").await);
+        }
+        if said.iter().all(Option::is_some) {
+            break said;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "berth_cluster_evicting on every replica: {said:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let leader = evicting.iter().position(|v| *v == Some(1.0)).expect("one evicts");
+    assert_eq!(evicting.iter().filter(|v| **v == Some(1.0)).count(), 1, "{evicting:?}");
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (n1, n2) = (&replicas[others[0]], &replicas[others[1]]);
+    let reference = |i: usize| format!("fleet/evict-{}:v1", ["a", "b", "c", "d"][i]);
+    let pull_through = |b: &Berth, i: usize| {
+        tokio::task::block_in_place(|| pull(b, &reference(i))).unwrap_or_else(|e| panic!("{}: {e}", reference(i)))
+    };
+    // A through one replica, B and C through another, then A again through
+    // that other: served anywhere, B is now the least recently served.
+    pull_through(n1, 0);
+    pull_through(n2, 1);
+    pull_through(n2, 2);
+    pull_through(n2, 0);
+    // D takes the bucket over max_size.
+    pull_through(n2, 3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric(&replicas[leader], "berth_cache_evicted_items_total")
+        .await
+        .unwrap_or(0.0)
+        == 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the evicting replica evicted nothing:\n{}",
+            replicas[leader].log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let spool = tempfile::tempdir().expect("spool");
+    let bucket = berth::store::S3BlobStore::open(
+        &berth::store::S3Config {
+            endpoint: garage.endpoint(0),
+            bucket: support::garage::BUCKET.into(),
+            region: "garage".into(),
+            access_key_id: garage.key_id.clone(),
+            secret_access_key: garage.secret.clone(),
+        },
+        spool.path(),
+    )
+    .expect("bucket");
+    let mut kept = Vec::new();
+    for image in &images {
+        let mut present = 0;
+        for blob in &image.blobs {
+            let d = berth::reference::Digest::parse(blob).expect("digest");
+            if bucket.stat(&d).await.expect("stat").is_some() {
+                present += 1;
+            }
+        }
+        kept.push(present == image.blobs.len());
+        assert!(
+            present == 0 || present == image.blobs.len(),
+            "an image goes whole: {}",
+            image.repo
+        );
+    }
+    assert_eq!(
+        kept,
+        [true, false, true, true],
+        "B, the least recently served across the fleet, went; A (served lately through another replica) stayed\n{}",
+        replicas[leader].log()
+    );
+    for &i in &others {
+        assert_eq!(
+            metric(&replicas[i], "berth_cache_evicted_items_total").await,
+            Some(0.0),
+            "only the evicting replica deletes"
+        );
+    }
+}

@@ -147,28 +147,74 @@ fn the_kubernetes_manifests_validate_offline_and_carry_a_valid_berth_config() {
         assert!(out.status.success(), "{}:\n{text}", file.display());
         assert!(!text.contains("ERROR"), "{text}");
     }
-    // The berth.toml in the ConfigMap is one berth accepts (its secret file
-    // replaced by a temp one).
-    let manifest = std::fs::read_to_string(dir.join("berth.yaml")).expect("berth.yaml");
-    let start = manifest.find("  berth.toml: |\n").expect("berth.toml in the ConfigMap") + "  berth.toml: |\n".len();
-    let toml: String = manifest[start..]
-        .lines()
-        .take_while(|l| l.is_empty() || l.starts_with("    "))
-        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
-        .collect();
+    // The berth.toml in each ConfigMap is one berth accepts, its secret
+    // files replaced by temp ones; the StatefulSet's with the `self` its
+    // pods are given in BERTH_CLUSTER_SELF.
     let work = tempfile::tempdir().expect("dir");
-    let token = work.path().join("token");
-    std::fs::write(&token, "a token\n").expect("token");
-    let toml = toml.replace("/run/secrets/berth/dockerhub-token", token.to_str().expect("utf-8"));
-    assert!(toml.contains("admin_listen"), "{toml}");
-    let config = work.path().join("berth.toml");
-    std::fs::write(&config, &toml).expect("config");
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .expect("berth check-config");
-    assert!(out.status.success(), "{}\n{toml}", String::from_utf8_lossy(&out.stderr));
+    let secret = work.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("secret");
+    let secret = secret.to_str().expect("utf-8");
+    let mut checked = Vec::new();
+    for (file, self_url) in [
+        ("berth.yaml", None),
+        ("berth-statefulset.yaml", Some("http://10.0.0.7:5000")),
+    ] {
+        let manifest = std::fs::read_to_string(dir.join(file)).expect(file);
+        let start =
+            manifest.find("  berth.toml: |\n").expect("berth.toml in the ConfigMap") + "  berth.toml: |\n".len();
+        let toml: String = manifest[start..]
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        assert!(toml.contains("admin_listen"), "{toml}");
+        // Every secret the config names is mounted from a Secret.
+        let secrets: Vec<&str> = toml
+            .lines()
+            .filter_map(|l| l.split_once("_file = \"").map(|(_, path)| path.trim_end_matches('"')))
+            .collect();
+        for path in &secrets {
+            let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or(path);
+            assert!(
+                manifest.contains(&format!("mountPath: {dir}, readOnly: true")),
+                "{file}: {path} is not on a mounted Secret"
+            );
+        }
+        let mut toml = toml.clone();
+        for path in &secrets {
+            toml = toml.replace(path, secret);
+        }
+        let config = work.path().join(file).with_extension("toml");
+        std::fs::write(&config, &toml).expect("config");
+        let mut check = Command::new(env!("CARGO_BIN_EXE_berth"));
+        check.args(["check-config", "--config"]).arg(&config);
+        check.env_remove("BERTH_CLUSTER_SELF");
+        if let Some(self_url) = self_url {
+            // As the pod spec builds it from the pod's IP.
+            let spec = "value: \"http://$(POD_IP):5000\"";
+            assert!(
+                manifest.contains("name: BERTH_CLUSTER_SELF\n") && manifest.contains(spec),
+                "{file}: BERTH_CLUSTER_SELF from the pod's IP"
+            );
+            check.env("BERTH_CLUSTER_SELF", self_url);
+        }
+        let out = check.output().expect("berth check-config");
+        let effective = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {}\n{toml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(self_url) = self_url {
+            assert!(effective.contains(&format!("self = \"{self_url}\"")), "{effective}");
+            assert!(
+                effective.contains("kind = \"s3\"") && effective.contains("peers_dns"),
+                "{effective}"
+            );
+        }
+        checked.push(file);
+    }
+    assert_eq!(checked.len(), 2);
 }
 
 /// Every metric name (`berth_[a-z0-9_]+`) in a PromQL expression.

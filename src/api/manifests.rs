@@ -23,10 +23,20 @@ pub async fn get(req: &Request<'_>, name: &str, reference: &str) -> Result<Respo
     };
     let what = format!("manifest {}{sep}{reference}", route.repo);
     let cache = &req.state.cache;
-    let m = cache
-        .manifest(&route, &reference)
-        .await
-        .map_err(|e| ApiError::from_cache(e, Subject::Manifest, &what))?;
+    // Another berth asking (a replica revalidating a tag this one owns):
+    // answered here, with the manifest as stored; the asking replica
+    // converts for its own clients and counts their pulls.
+    let user_agent = req.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let from_a_berth = crate::cluster::from_a_berth(user_agent);
+    let found = match from_a_berth {
+        true => cache.manifest_here(&route, &reference).await,
+        false => cache.manifest(&route, &reference).await,
+    };
+    let m = found.map_err(|e| ApiError::from_cache(e, Subject::Manifest, &what))?;
+    let accept = Accept::from_headers(&req.headers);
+    if from_a_berth && accept.accepts(&m.media_type) {
+        return Ok(respond(&req.method, m));
+    }
     // Counted once it resolved: a name nobody can pull is never remembered.
     req.state.events.metrics.top_images.pulled(
         &route.upstream.name,
@@ -34,7 +44,6 @@ pub async fn get(req: &Request<'_>, name: &str, reference: &str) -> Result<Respo
         &reference.to_string(),
         crate::events::now_ms(),
     );
-    let accept = Accept::from_headers(&req.headers);
     let by_tag = matches!(reference, Reference::Tag(_));
     let mode = route.upstream.config.convert;
     let converted_digest = !by_tag && cache.is_converted(&m.digest).await;

@@ -88,6 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v2", any(base))
         .route("/v2/", any(base))
+        .route(crate::cluster::IN_USE_PATH, any(in_use))
         .route("/v2/{*rest}", any(dispatch))
         .with_state(state)
 }
@@ -100,6 +101,34 @@ async fn base(method: Method) -> Response {
     resp.headers_mut()
         .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
     resp
+}
+
+/// What this replica has served and is reading, for the replica evicting
+/// for the fleet; only replicas may ask.
+async fn in_use(State(state): State<Arc<AppState>>, method: Method, headers: HeaderMap) -> Response {
+    if method != Method::GET {
+        return unsupported(&method);
+    }
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !state.live().auth.lets_replica(authorization) {
+        let e = ApiError::new(
+            Code::Unauthorized,
+            FailureCause::ClientUnauthorized,
+            "authentication required: only a replica of this fleet, with the cluster secret, may ask this",
+        );
+        return with_version(e.into_response());
+    }
+    match state.cache.in_use().await {
+        Ok(in_use) => axum::Json(in_use).into_response(),
+        Err(e) => with_version(
+            ApiError::new(
+                Code::Unavailable,
+                FailureCause::StorageError,
+                format!("cannot read this replica's access times: {e}"),
+            )
+            .into_response(),
+        ),
+    }
 }
 
 /// The request as the handlers see it, already split into its parts.

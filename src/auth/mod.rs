@@ -257,6 +257,19 @@ impl Authenticator {
         policy.decide(identity, target)
     }
 
+    /// Whether a request may ask what replicas ask only of each other
+    /// (`cluster::IN_USE_PATH`): with a cluster secret, only a replica
+    /// presenting it; without one (and so without `[auth]`), whoever may
+    /// pull.
+    pub fn lets_replica(&self, authorization: Option<&str>) -> bool {
+        let Some(secret) = self.replica_secret.as_deref() else {
+            return self.policy.is_none();
+        };
+        authorization
+            .and_then(|a| basic::parse(a).ok())
+            .is_some_and(|c| c.user == REPLICA_USER && same_secret(c.password.as_bytes(), secret.as_bytes()))
+    }
+
     /// The decision for a request presenting `REPLICA_USER` while a cluster
     /// secret is configured; None for every other request. Replicas read
     /// repositories (never the admin surface) and are not rate limited.

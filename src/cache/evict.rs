@@ -8,6 +8,8 @@
 //! here). Nothing half-written is a candidate: temp files are not content.
 //! Evicted content is fetched again, verified, the next time it is asked for.
 
+mod fleet;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,9 @@ pub struct Evictor {
     memo: Arc<ManifestMemo>,
     pins: Arc<Pins>,
     events: Arc<crate::events::Events>,
+    /// Replicas on one bucket: only the one owning eviction evicts, from
+    /// every replica's access times and reads (`fleet.rs`).
+    fleet: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// What one eviction run did.
@@ -106,6 +111,7 @@ impl Evictor {
             memo,
             pins: Arc::default(),
             events,
+            fleet: std::sync::OnceLock::new(),
         }
     }
 
@@ -164,6 +170,9 @@ impl Evictor {
     }
 
     fn evict_if_over(self: &Arc<Self>, keep: Option<Digest>) {
+        if self.fleet.get().is_some_and(|c| !c.evicts_here()) {
+            return;
+        }
         let total = self.used().saturating_add(self.temp.load(Ordering::Relaxed));
         if total <= self.max {
             return;
@@ -205,7 +214,12 @@ impl Evictor {
     pub async fn plan(&self, keep: Option<&Digest>) -> std::io::Result<Plan> {
         let started = std::time::Instant::now();
         let committed_before = self.committed_total.load(Ordering::SeqCst);
-        let items = self.meta.items().await.map_err(std::io::Error::other)?;
+        let mut kept = self.pins.held();
+        kept.extend(keep.cloned());
+        let items = match self.fleet.get() {
+            Some(cluster) => self.fleet_items(cluster, &mut kept).await?,
+            None => self.meta.items().await.map_err(std::io::Error::other)?,
+        };
         let refs: HashMap<Digest, Vec<Digest>> = self
             .meta
             .manifest_refs()
@@ -214,8 +228,6 @@ impl Evictor {
             .into_iter()
             .map(|(m, refs)| (m, refs.unwrap_or_default()))
             .collect();
-        let mut kept = self.pins.held();
-        kept.extend(keep.cloned());
         let mut plan = evict_plan::plan(&PlanInput {
             items: &items,
             refs: &refs,

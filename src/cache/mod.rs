@@ -93,6 +93,29 @@ struct Flights {
     blob_sizes: Coalesce<Key, Result<Option<u64>, CacheError>>,
     tag_lists: Coalesce<Key, Result<Arc<Vec<String>>, CacheError>>,
     referrers: Coalesce<Key, Result<ReferrersIndex, CacheError>>,
+    /// Expired tags revalidated against the upstream, with their answers.
+    revalidations: Coalesce<Key, Result<CachedManifest, CacheError>>,
+    /// Expired tags asked of the replica owning them.
+    owner_heads: Coalesce<Key, Result<ManifestHead, CacheError>>,
+}
+
+/// How a tag is checked against the upstream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TagCheck {
+    /// The cached digest within `tag_ttl`; then a HEAD, at the replica
+    /// owning the tag when there is a cluster.
+    Ttl,
+    /// A HEAD to the upstream now, whatever the tag's age.
+    Now,
+    /// As `Ttl`, revalidated by this replica: another berth asked.
+    Here,
+}
+
+/// Where a tag's owner is found among the replicas: its upstream,
+/// repository and name hashed like a digest.
+fn tag_key(route: &Route, tag: &str) -> Digest {
+    let name = format!("tag\0{}\0{}\0{tag}", route.upstream.name, route.repo);
+    Digest::sha256_of(name.as_bytes())
 }
 
 /// How long an answer is kept: successes `ok`, an upstream's definite
@@ -265,7 +288,15 @@ impl Cache {
     }
 
     pub async fn manifest(&self, route: &Route, reference: &Reference) -> Result<CachedManifest, CacheError> {
-        self.manifest_checked(route, reference, false).await
+        self.manifest_checked(route, reference, TagCheck::Ttl).await
+    }
+
+    /// `manifest` for another berth (a replica asking the owner of a tag):
+    /// an expired tag is revalidated here, never sent on to another owner
+    /// (two replicas whose peer lists differ for a moment could otherwise
+    /// send it back and forth).
+    pub async fn manifest_here(&self, route: &Route, reference: &Reference) -> Result<CachedManifest, CacheError> {
+        self.manifest_checked(route, reference, TagCheck::Here).await
     }
 
     /// `manifest`, with a tag revalidated now whatever its age: prefetch
@@ -277,16 +308,15 @@ impl Cache {
         route: &Route,
         reference: &Reference,
     ) -> Result<CachedManifest, CacheError> {
-        self.manifest_checked(route, reference, true).await
+        self.manifest_checked(route, reference, TagCheck::Now).await
     }
 
-    /// A manifest by digest, or by tag (`revalidate`: ask the upstream now
-    /// even within `tag_ttl`).
+    /// A manifest by digest, or by tag, its tag checked as `check` says.
     async fn manifest_checked(
         &self,
         route: &Route,
         reference: &Reference,
-        revalidate: bool,
+        check: TagCheck,
     ) -> Result<CachedManifest, CacheError> {
         match reference {
             Reference::Digest(d) => {
@@ -298,7 +328,7 @@ impl Cache {
                 self.events.metrics.miss("manifest");
                 self.fetch_manifest(route, reference).await
             }
-            Reference::Tag(tag) => match self.manifest_by_tag(route, reference, tag.as_str(), revalidate).await {
+            Reference::Tag(tag) => match self.manifest_by_tag(route, reference, tag.as_str(), check).await {
                 Err(e) => Err(self.explain_unknown_tag(route, tag.as_str(), e).await),
                 found => found,
             },
@@ -337,7 +367,7 @@ impl Cache {
         route: &Route,
         reference: &Reference,
         tag: &str,
-        revalidate: bool,
+        check: TagCheck,
     ) -> Result<CachedManifest, CacheError> {
         let upstream = &route.upstream;
         let repo = &route.repo;
@@ -356,8 +386,42 @@ impl Cache {
             return Ok(m);
         };
         // Offline, the cached digest is the answer: nothing to revalidate against.
-        let fresh_enough = !revalidate && now_secs().saturating_sub(checked_at) < self.tag_ttl.as_secs();
+        let fresh_enough = check != TagCheck::Now && now_secs().saturating_sub(checked_at) < self.tag_ttl.as_secs();
         if upstream.is_offline() || fresh_enough {
+            self.events.metrics.hit("manifest");
+            return Ok(cached);
+        }
+        if check == TagCheck::Ttl
+            && let Some(answer) = self.tag_of_owner(route, reference, tag).await
+        {
+            return self.owner_answered(route, reference, tag, cached, answer).await;
+        }
+        // One revalidation at a time per tag: a request that read the
+        // record just before another's revalidation wrote it joins or
+        // re-reads it instead of asking the upstream again.
+        self.flights
+            .revalidations
+            .get(
+                key(route, tag),
+                |r| kept(r, Duration::ZERO),
+                || self.revalidate_tag(route, reference, tag, cached, check),
+            )
+            .await
+    }
+
+    async fn revalidate_tag(
+        &self,
+        route: &Route,
+        reference: &Reference,
+        tag: &str,
+        cached: CachedManifest,
+        check: TagCheck,
+    ) -> Result<CachedManifest, CacheError> {
+        if check != TagCheck::Now
+            && let Ok(Some(rec)) = self.meta.tag(&route.upstream.name, &route.repo, tag).await
+            && rec.digest == cached.digest.to_string()
+            && now_secs().saturating_sub(rec.checked_at) < self.tag_ttl.as_secs()
+        {
             self.events.metrics.hit("manifest");
             return Ok(cached);
         }
@@ -379,18 +443,116 @@ impl Cache {
                 self.remember_tag(route, tag, &m.digest).await;
                 Ok(m)
             }
-            Err(e) if serves_stale(&e) => {
+            Err(e) => self.stale_or(route, tag, cached, e),
+        }
+    }
+
+    /// The cached digest when the upstream could not answer (logged once as
+    /// `upstream_degraded`); `e` when it answered "no".
+    fn stale_or(
+        &self,
+        route: &Route,
+        tag: &str,
+        cached: CachedManifest,
+        e: CacheError,
+    ) -> Result<CachedManifest, CacheError> {
+        if !serves_stale(&e) {
+            return Err(e);
+        }
+        self.events.upstream_degraded(
+            e.upstream_cause(),
+            &route.upstream.name,
+            route.repo.as_str(),
+            tag,
+            "upstream cannot revalidate the tag; serving the cached digest",
+            &format!("{e}; served {}", cached.digest),
+        );
+        Ok(cached)
+    }
+
+    /// An expired tag, as the replica owning it answers (its HEAD): the
+    /// fleet revalidates each tag once per `tag_ttl`, at its owner, however
+    /// many replicas are asked for it. None when this replica owns the tag,
+    /// or when the owner could not answer (logged; this replica then asks
+    /// the upstream itself: correct first, one revalidation second).
+    async fn tag_of_owner(
+        &self,
+        route: &Route,
+        reference: &Reference,
+        tag: &str,
+    ) -> Option<Result<ManifestHead, CacheError>> {
+        let cluster = self.cluster.as_ref()?;
+        let owner = cluster.owner(&tag_key(route, tag))?;
+        let repo = owner.repo_for(&route.upstream.config, &route.repo)?;
+        let answer = self
+            .flights
+            .owner_heads
+            .get(
+                key(route, tag),
+                |r| kept(r, Duration::ZERO),
+                || async {
+                    owner
+                        .client()
+                        .manifest_head(&repo, reference)
+                        .await
+                        .map_err(|e| CacheError::upstream(&route.upstream.name, e))
+                },
+            )
+            .await;
+        match answer {
+            Err(e) if !is_unknown(&e) => {
                 self.events.upstream_degraded(
-                    e.upstream_cause(),
-                    &upstream.name,
-                    repo.as_str(),
+                    e.cause(),
+                    &route.upstream.name,
+                    route.repo.as_str(),
                     tag,
-                    "upstream cannot revalidate the tag; serving the cached digest",
-                    &format!("{e}; served {}", cached.digest),
+                    "the replica owning this tag did not revalidate it; revalidating here",
+                    &format!("{}: {e}", owner.url),
                 );
-                Ok(cached)
+                None
             }
-            Err(e) => Err(e),
+            answer => Some(answer),
+        }
+    }
+
+    /// Serve what the tag's owner answered. The owner recorded the tag in
+    /// the shared metadata and stored a new manifest in the shared bucket,
+    /// so nothing is written here; a manifest missing from the bucket
+    /// anyway is fetched by the digest the owner named.
+    async fn owner_answered(
+        &self,
+        route: &Route,
+        reference: &Reference,
+        tag: &str,
+        cached: CachedManifest,
+        answer: Result<ManifestHead, CacheError>,
+    ) -> Result<CachedManifest, CacheError> {
+        let named = match answer {
+            Ok(ManifestHead { digest: Some(d), .. }) => d,
+            // An owner that names no digest: ask the upstream as without one.
+            Ok(ManifestHead { digest: None, .. }) => {
+                return match self.fetch_manifest(route, reference).await {
+                    Ok(m) => {
+                        self.remember_tag(route, tag, &m.digest).await;
+                        Ok(m)
+                    }
+                    Err(e) => self.stale_or(route, tag, cached, e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        if named == cached.digest {
+            self.events.metrics.hit("manifest");
+            return Ok(cached);
+        }
+        self.events.metrics.miss("manifest");
+        if let Some(m) = self.load_manifest(&named).await {
+            self.link(route, &named).await;
+            return Ok(m);
+        }
+        match self.fetch_manifest(route, &Reference::Digest(named)).await {
+            Ok(m) => Ok(m),
+            Err(e) => self.stale_or(route, tag, cached, e),
         }
     }
 
@@ -451,8 +613,17 @@ impl Cache {
 
     /// Ask the owner replica for cold blobs this one does not own.
     pub fn in_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        if let Some(cluster) = &cluster {
+            self.evictor.in_fleet(cluster.clone());
+        }
         self.cluster = cluster;
         self
+    }
+
+    /// What this replica has served and is reading, for the replica
+    /// evicting for the fleet.
+    pub async fn in_use(&self) -> Result<crate::cluster::InUse, CacheError> {
+        Ok(self.evictor.in_use().await?)
     }
 
     /// Bytes the cache holds now (temp files included) and may hold.

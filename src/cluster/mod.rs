@@ -38,6 +38,7 @@ pub struct Cluster {
     clients: PeerClients,
     dns: Option<(String, u16)>,
     scheme: String,
+    eviction_check: Duration,
 }
 
 /// What a peer's client is made from.
@@ -49,6 +50,30 @@ struct PeerClients {
 
 /// How often `peers_dns` is resolved again.
 pub const DNS_EVERY: Duration = Duration::from_secs(15);
+
+/// Where a replica answers what it has served (`InUse`), to the replica
+/// evicting for the fleet; under `/v2/` (no repository is named `_berth`)
+/// so it passes the same access check as a replica's other requests.
+pub const IN_USE_PATH: &str = "/v2/_berth/cluster/in-use";
+
+/// Bound on an `InUse` answer read (a million access times fit).
+const MAX_IN_USE_BYTES: usize = 128 << 20;
+
+/// What a replica tells the one evicting for the fleet: when it last
+/// served each digest (ms since the epoch), and what it is reading now.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InUse {
+    pub used: Vec<(String, u64)>,
+    pub pinned: Vec<String>,
+}
+
+/// The key whose owner evicts from the shared bucket for the whole fleet:
+/// one replica plans from every replica's access times, so two never
+/// delete by two different views, and a replica joining or leaving moves
+/// the job only when it wins or held it.
+fn eviction_key() -> Digest {
+    Digest::sha256_of(b"berth: eviction of the shared bucket")
+}
 
 /// The rendezvous score of `peer` (its URL as configured, normalised) for
 /// `digest`: the highest score owns it.
@@ -117,6 +142,7 @@ impl Cluster {
             clients,
             dns: config.peers_dns.clone(),
             scheme: config.self_url.scheme().to_string(),
+            eviction_check: config.eviction_check,
         })
     }
 
@@ -133,6 +159,30 @@ impl Cluster {
             .filter(|(s, _)| *s > mine)
             .max_by_key(|(s, _)| *s)
             .map(|(_, p)| p.clone())
+    }
+
+    /// `[cluster] eviction_check`.
+    pub fn eviction_check(&self) -> Duration {
+        self.eviction_check
+    }
+
+    /// Whether this replica evicts from the shared bucket for the fleet now.
+    pub fn evicts_here(&self) -> bool {
+        self.owner(&eviction_key()).is_none()
+    }
+
+    /// What every other replica says it has served and is reading, each
+    /// with its URL; a replica that does not answer, with why.
+    pub async fn in_use_of_peers(&self) -> Vec<(String, Result<InUse, String>)> {
+        let peers = self.current();
+        let asks = peers.iter().map(|p| async move {
+            let answer = match p.client.internal_get(IN_USE_PATH, MAX_IN_USE_BYTES).await {
+                Ok(body) => serde_json::from_slice::<InUse>(&body).map_err(|e| format!("not an in-use answer: {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            (p.url.clone(), answer)
+        });
+        futures_util::future::join_all(asks).await
     }
 
     /// The other replicas' URLs now.

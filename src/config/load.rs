@@ -20,17 +20,22 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     pub cache_dir: Option<String>,
     pub log_format: Option<String>,
+    /// `[cluster] self`: a replica's own address is known only where it
+    /// runs (a pod's IP), so one config serves every replica.
+    pub cluster_self: Option<String>,
 }
 
 impl Overrides {
     /// Read `BERTH_LISTEN`, `BERTH_ADMIN_LISTEN`, `BERTH_CACHE_DIR`,
-    /// `BERTH_LOG_FORMAT` through `env`, so tests can inject an environment.
+    /// `BERTH_LOG_FORMAT`, `BERTH_CLUSTER_SELF` through `env`, so tests can
+    /// inject an environment.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Self {
         Self {
             listen: env("BERTH_LISTEN"),
             admin_listen: env("BERTH_ADMIN_LISTEN"),
             cache_dir: env("BERTH_CACHE_DIR"),
             log_format: env("BERTH_LOG_FORMAT"),
+            cluster_self: env("BERTH_CLUSTER_SELF"),
         }
     }
 
@@ -41,6 +46,7 @@ impl Overrides {
             admin_listen: other.admin_listen.or(self.admin_listen),
             cache_dir: other.cache_dir.or(self.cache_dir),
             log_format: other.log_format.or(self.log_format),
+            cluster_self: other.cluster_self.or(self.cluster_self),
         }
     }
 }
@@ -93,6 +99,17 @@ impl Config {
         }
         if let Some(v) = ov.log_format {
             raw.log_format = v;
+        }
+        if let Some(v) = ov.cluster_self {
+            match &mut raw.cluster {
+                Some(cluster) => cluster.self_url = v,
+                None => {
+                    return Err(ConfigError::Invalid {
+                        origin: origin.to_string(),
+                        problems: vec!["BERTH_CLUSTER_SELF: set, but the config has no [cluster]".into()],
+                    });
+                }
+            }
         }
         let Validated { config, files } = validate(raw);
         let mut problems = Vec::new();
@@ -474,6 +491,44 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("holds 3 characters; at least 16"), "{e}");
+    }
+
+    #[test]
+    fn cluster_self_may_come_from_the_environment_only() {
+        // A StatefulSet's one config: every replica its own `self`.
+        let text = fleet_config("secret_access_key = \"x\"", "")
+            .replace("[auth]\n            anonymous = true", "")
+            .replace("self = \"http://10.0.0.1:5000\"", "")
+            .replace(
+                "peers = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]",
+                "peers_dns = \"berth-peers:5000\"",
+            );
+        let e = load(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.self: missing") && e.contains("BERTH_CLUSTER_SELF"),
+            "{e}"
+        );
+        let env = Overrides::from_env(|k| (k == "BERTH_CLUSTER_SELF").then(|| "http://10.1.2.3:5000".into()));
+        let c = Config::from_toml(&text, "t", env.clone()).unwrap();
+        assert_eq!(
+            c.cluster.as_ref().map(|c| c.self_url.as_str()),
+            Some("http://10.1.2.3:5000/")
+        );
+        // The environment wins over the file's `self`, and a bad one is named.
+        let with_self =
+            fleet_config("secret_access_key = \"x\"", "").replace("[auth]\n            anonymous = true", "");
+        let bad = Overrides::from_env(|k| (k == "BERTH_CLUSTER_SELF").then(|| "10.1.2.3".into()));
+        let e = Config::from_toml(&with_self, "t", bad).unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.self: \"10.1.2.3\" is not a replica's base URL"),
+            "{e}"
+        );
+        // Without [cluster] the variable is a mistake, not ignored.
+        let e = Config::from_toml(EMBEDDED_DEFAULT, "t", env).unwrap_err().to_string();
+        assert!(
+            e.contains("BERTH_CLUSTER_SELF: set, but the config has no [cluster]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -180,6 +180,8 @@ pub struct ClusterConfig {
     /// Read from `secret_file`: replicas present it to each other (as the
     /// password of `auth::REPLICA_USER`); required with `[auth]`.
     pub secret: Option<String>,
+    /// How often the replica evicting for the fleet sizes the bucket up.
+    pub eviction_check: std::time::Duration,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -189,6 +191,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("peers", &self.peers)
             .field("peers_dns", &self.peers_dns)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("eviction_check", &self.eviction_check)
             .finish()
     }
 }

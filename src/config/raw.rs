@@ -114,8 +114,9 @@ pub(super) struct RawConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCluster {
-    /// This replica's registry URL, as the others reach it.
-    #[serde(rename = "self")]
+    /// This replica's registry URL, as the others reach it; may be left to
+    /// `BERTH_CLUSTER_SELF` (one config for every replica).
+    #[serde(rename = "self", default)]
     pub self_url: String,
     #[serde(default)]
     pub peers: Vec<String>,
@@ -126,6 +127,14 @@ pub(super) struct RawCluster {
     /// The shared secret replicas authenticate to each other with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<std::path::PathBuf>,
+    /// How often the replica evicting for the fleet sizes the bucket up
+    /// (one listing of it) against `cache.max_size`.
+    #[serde(default = "d_eviction_check")]
+    pub eviction_check: String,
+}
+
+fn d_eviction_check() -> String {
+    "1m".into()
 }
 
 /// `[storage]`.

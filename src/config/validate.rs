@@ -626,7 +626,15 @@ fn validate_cluster(
             None
         }
     };
-    let self_url = parse("cluster.self".into(), &cluster.self_url, problems);
+    let self_url = match cluster.self_url.is_empty() {
+        true => {
+            problems.push(
+                "cluster.self: missing: this replica's URL as the others reach it (or set BERTH_CLUSTER_SELF)".into(),
+            );
+            None
+        }
+        false => parse("cluster.self".into(), &cluster.self_url, problems),
+    };
     let peers: Vec<Url> = cluster
         .peers
         .iter()
@@ -661,11 +669,23 @@ fn validate_cluster(
         ),
         None => {}
     }
+    let eviction_check = match parse_duration(&cluster.eviction_check) {
+        Ok(d) if !d.is_zero() => Some(d),
+        Ok(_) => {
+            problems.push("cluster.eviction_check: must be more than 0s".into());
+            None
+        }
+        Err(e) => {
+            problems.push(format!("cluster.eviction_check: {e}"));
+            None
+        }
+    };
     Some(super::ClusterConfig {
         self_url: self_url?,
         peers,
         peers_dns,
         secret: None,
+        eviction_check: eviction_check?,
     })
 }
 

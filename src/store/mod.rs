@@ -231,6 +231,15 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn put_item(&self, digest: &Digest, size: u64) -> Result<(), MetaError>;
     /// Every indexed item, with its last use.
     async fn items(&self) -> Result<Vec<IndexedItem>, MetaError>;
+    /// Read into the local copy every manifest record another replica put
+    /// in the shared bucket (the eviction plan needs what they reference);
+    /// how many were new. Nothing to learn without a shared bucket.
+    async fn learn_shared_manifests(&self) -> Result<usize, MetaError> {
+        Ok(0)
+    }
+    /// Every access time this berth knows, indexed or not (what a replica
+    /// tells the one evicting for the fleet it has served, and when).
+    async fn access_times(&self) -> Result<Vec<(Digest, u64)>, MetaError>;
     /// Make the index hold exactly what the store listed (when the cache opens:
     /// content added or removed while berth was not running).
     async fn sync_items(&self, listed: &[StoredItem]) -> Result<(), MetaError>;

@@ -284,6 +284,40 @@ impl MetaStore for S3MetaStore {
         self.local.sync_items(listed).await
     }
 
+    async fn learn_shared_manifests(&self) -> Result<usize, MetaError> {
+        use futures_util::StreamExt;
+        let prefix = Key::from("meta/manifests");
+        let mut listed = self.bucket.list(Some(&prefix));
+        let mut unknown = Vec::new();
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(shared)?;
+            let text = meta.location.to_string();
+            let Some(digest) = text
+                .rsplit('/')
+                .next()
+                .and_then(|part| part.split_once('-'))
+                .and_then(|(algorithm, hex)| Digest::parse(&format!("{algorithm}:{hex}")).ok())
+            else {
+                continue;
+            };
+            if self.local.manifest(&digest).await?.is_none() {
+                unknown.push(digest);
+            }
+        }
+        let mut learnt = 0;
+        for digest in unknown {
+            // Reads it from the bucket into the local copy.
+            if self.manifest(&digest).await?.is_some() {
+                learnt += 1;
+            }
+        }
+        Ok(learnt)
+    }
+
+    async fn access_times(&self) -> Result<Vec<(Digest, u64)>, MetaError> {
+        self.local.access_times().await
+    }
+
     async fn tags_all(&self) -> Result<Vec<TagEntry>, MetaError> {
         self.local.tags_all().await
     }

@@ -362,19 +362,7 @@ impl MetaStore for SledMetaStore {
     }
 
     async fn items(&self) -> Result<Vec<IndexedItem>, MetaError> {
-        // Access times in the database, then the precise ones in memory.
-        let mut used: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
-        for entry in self.access.iter() {
-            let (k, v) = entry?;
-            if let Some(ms) = access_ms(v.as_ref()) {
-                used.insert(k.to_vec(), ms);
-            }
-        }
-        if let Ok(touched) = self.touched.lock() {
-            for (k, &(_, ms)) in touched.iter() {
-                used.insert(k.as_bytes().to_vec(), ms);
-            }
-        }
+        let used = self.access_map()?;
         let mut all = Vec::with_capacity(self.items.len());
         for entry in self.items.iter() {
             let (k, v) = entry?;
@@ -392,6 +380,17 @@ impl MetaStore for SledMetaStore {
             });
         }
         Ok(all)
+    }
+
+    async fn access_times(&self) -> Result<Vec<(Digest, u64)>, MetaError> {
+        Ok(self
+            .access_map()?
+            .into_iter()
+            .filter_map(|(k, ms)| {
+                let digest = std::str::from_utf8(&k).ok().and_then(|s| Digest::parse(s).ok())?;
+                Some((digest, ms))
+            })
+            .collect())
     }
 
     async fn sync_items(&self, listed: &[StoredItem]) -> Result<(), MetaError> {
@@ -455,6 +454,25 @@ impl MetaStore for SledMetaStore {
         }
         // The trees share one database: flushing one flushes them all.
         Self::flush(&self.tags).await
+    }
+}
+
+impl SledMetaStore {
+    /// Access times in the database, then the precise ones in memory.
+    fn access_map(&self) -> Result<std::collections::HashMap<Vec<u8>, u64>, MetaError> {
+        let mut used = std::collections::HashMap::new();
+        for entry in self.access.iter() {
+            let (k, v) = entry?;
+            if let Some(ms) = access_ms(v.as_ref()) {
+                used.insert(k.to_vec(), ms);
+            }
+        }
+        if let Ok(touched) = self.touched.lock() {
+            for (k, &(_, ms)) in touched.iter() {
+                used.insert(k.as_bytes().to_vec(), ms);
+            }
+        }
+        Ok(used)
     }
 }
 

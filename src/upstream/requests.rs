@@ -214,6 +214,27 @@ pub(super) fn manifest_accept() -> HeaderMap {
     h
 }
 
+impl Upstream {
+    /// GET `path` (absolute, e.g. `/v2/_berth/cluster/in-use`) of the first
+    /// endpoint, with this client's credentials, once, at most `limit`
+    /// bytes: for berth's own replica-to-replica calls, which are answered
+    /// by a peer, not a registry (no token dance, no retries: the caller
+    /// decides what a peer that does not answer means).
+    pub async fn internal_get(&self, path: &str, limit: usize) -> Result<Bytes, UpstreamError> {
+        let Some(url) = self.endpoints.first().and_then(|e| e.join(path).ok()) else {
+            return Err(UpstreamError::ManifestInvalid(format!("no URL for {path}")));
+        };
+        // A peer that hangs must not hold up the caller for good.
+        let mut req = self.http.get(url).timeout(std::time::Duration::from_secs(30));
+        if let Some(creds) = &self.credentials {
+            req = req.basic_auth(&creds.username, Some(&creds.password));
+        }
+        let resp = req.send().await.map_err(UpstreamError::Http)?;
+        let resp = check_status(resp).await?;
+        read_limited(resp, limit).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
