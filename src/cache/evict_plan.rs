@@ -77,6 +77,8 @@ struct Unit {
     members: Vec<usize>,
     last_used_ms: u64,
     protected: bool,
+    /// References a kept digest not stored yet (a layer being fetched).
+    completes_kept: bool,
 }
 
 pub fn plan(input: &PlanInput) -> Plan {
@@ -111,12 +113,19 @@ pub fn plan(input: &PlanInput) -> Plan {
         let mut seen = HashSet::new();
         let mut todo = vec![root];
         let mut last_used_ms = 0;
+        let mut needs_kept = false;
         while let Some(at) = todo.pop() {
             if !seen.insert(at) {
                 continue;
             }
             members.push(at);
             in_an_image[at] = true;
+            // A kept digest not stored (yet): a layer being fetched for this
+            // image keeps the image it completes.
+            needs_kept |= input
+                .refs
+                .get(&items[at].digest)
+                .is_some_and(|refs| refs.iter().any(|r| input.keep.contains(r)));
             if let Some(kids) = children.get(&at) {
                 // Recency of an image: when any of its manifests was served.
                 last_used_ms = last_used_ms.max(items[at].last_used_ms);
@@ -128,6 +137,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             members,
             last_used_ms,
             protected: false,
+            completes_kept: needs_kept,
         });
     }
     for (at, _) in items.iter().enumerate().filter(|(at, _)| !in_an_image[*at]) {
@@ -136,12 +146,14 @@ pub fn plan(input: &PlanInput) -> Plan {
             members: vec![at],
             last_used_ms: items[at].last_used_ms,
             protected: false,
+            completes_kept: false,
         });
     }
     let recent_since = input.now_ms.saturating_sub(input.keep_recent_ms);
     let mut holders = vec![0usize; items.len()];
     for unit in &mut units {
-        unit.protected = (input.keep_recent_ms > 0 && unit.last_used_ms >= recent_since)
+        unit.protected = unit.completes_kept
+            || (input.keep_recent_ms > 0 && unit.last_used_ms >= recent_since)
             || unit.members.iter().any(|&m| input.keep.contains(&items[m].digest));
         for &m in &unit.members {
             holders[m] += 1;
@@ -149,7 +161,9 @@ pub fn plan(input: &PlanInput) -> Plan {
     }
     plan.kept_recent = units
         .iter()
-        .filter(|u| u.protected && u.members.iter().all(|&m| !input.keep.contains(&items[m].digest)))
+        .filter(|u| {
+            u.protected && !u.completes_kept && u.members.iter().all(|&m| !input.keep.contains(&items[m].digest))
+        })
         .count();
     let mut order: Vec<usize> = (0..units.len()).filter(|&u| !units[u].protected).collect();
     order.sort_by_key(|&u| (units[u].last_used_ms, units[u].members.first().copied()));
@@ -252,6 +266,31 @@ mod tests {
         // Pressure for more: A goes too, and 10 with it.
         let p = plan(&PlanInput { target: 0, ..input });
         assert_eq!(removed(&p), names(&[1, 2, 10, 11, 12]));
+    }
+
+    /// Image 1 → {10, 11}, 11 being fetched now (kept, not stored yet):
+    /// the manifest and layer 10 stay, or the fetch would complete an image
+    /// whose manifest is gone.
+    #[test]
+    fn an_image_whose_layer_is_being_fetched_stays() {
+        let items = [item(1, 1, 100), item(10, 10, 100), item(2, 1, 50), item(20, 10, 50)];
+        let refs = HashMap::from([(d(1), vec![d(10), d(11)]), (d(2), vec![d(20)])]);
+        let keep = HashSet::from([d(11)]);
+        let input = PlanInput {
+            items: &items,
+            refs: &refs,
+            keep: &keep,
+            now_ms: 10_000,
+            keep_recent_ms: 0,
+            target: 0,
+        };
+        let p = plan(&input);
+        assert_eq!(removed(&p), names(&[2, 20]));
+        assert!(p.short);
+        assert_eq!(p.kept_recent, 0, "kept for the fetch, not for recency");
+        let none = HashSet::new();
+        let p = plan(&PlanInput { keep: &none, ..input });
+        assert_eq!(removed(&p), names(&[1, 2, 10, 20]));
     }
 
     #[test]

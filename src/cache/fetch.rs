@@ -82,6 +82,10 @@ impl Drop for EndGuard {
 impl BlobFetch {
     /// Download into `upload`, then commit it or throw it away.
     pub async fn run(self, mut upload: Box<dyn BlobUpload>) {
+        // Under way, the blob is content being read: eviction keeps it, and
+        // the image whose manifest references it (already stored, and just
+        // served), until the fetch is over.
+        let _pin = self.evictor.pin(&self.digest);
         let mut guard = EndGuard {
             fetch: self.fetch.clone(),
             inflight: self.inflight.clone(),
