@@ -68,9 +68,7 @@ fn prometheus_scraping(target: std::net::SocketAddr) -> Prometheus {
     )
     .expect("prometheus.yml");
     // Prometheus takes a fixed address: pick a free port first.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let addr = support::fixed_port_addr();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))

@@ -31,9 +31,7 @@ pub struct Garage {
 }
 
 fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port for garage")
+    super::fixed_port_addr()
 }
 
 fn binary() -> PathBuf {
@@ -271,14 +269,7 @@ impl Garage {
     /// replica `i` on node `i % 3`'s S3 endpoint; `cluster_extra` goes into
     /// `[cluster]`, `extra` after it (`[auth]`, `[[upstream]]`).
     pub fn fleet(&self, n: usize, cluster_extra: &str, extra: &str) -> Vec<super::Berth> {
-        let listens: Vec<String> = (0..n)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .expect("free port")
-                    .to_string()
-            })
-            .collect();
+        let listens: Vec<String> = (0..n).map(|_| super::fixed_port_addr().to_string()).collect();
         let peers: Vec<String> = listens.iter().map(|l| format!("\"http://{l}\"")).collect();
         (0..n)
             .map(|i| {

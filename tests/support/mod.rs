@@ -50,6 +50,30 @@ pub fn poll<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option
     }
 }
 
+/// An address for a server that takes a fixed address (Distribution,
+/// Garage, Prometheus, a replica its peers must know beforehand). The port
+/// lies below the kernel's ephemeral range, so neither an outgoing
+/// connection (which takes its local port from that range) nor a `:0`
+/// listener can take it between this pick and the server's bind; a bind
+/// here checks that nothing holds it now. CI once lost a replica's port to
+/// that race when ports came from `:0`.
+pub fn fixed_port_addr() -> std::net::SocketAddr {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let ephemeral_low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|low| low.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_100));
+    for _ in 0..200 {
+        let port = rand::random_range(low..high);
+        if let Ok(addr) = std::net::TcpListener::bind(("127.0.0.1", port)).and_then(|l| l.local_addr()) {
+            return addr;
+        }
+    }
+    panic!("no free port below the ephemeral range ({low}..{high}) in 200 tries");
+}
+
 /// Waits until `cond` holds; after `timeout` panics saying `what` did not
 /// happen. A blob becomes visible in the cache just after its last byte went
 /// out (the fsync and rename follow the verification), so tests wait for it

@@ -48,9 +48,7 @@ impl Registry {
 
     fn spawn(extra_yaml: &str, lifetime: Lifetime) -> Registry {
         let dir = tempfile::tempdir().expect("registry temp dir");
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port for the registry");
+        let addr = super::fixed_port_addr();
         let config = dir.path().join("config.yml");
         let yaml = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra_yaml}",
