@@ -320,6 +320,14 @@ pub async fn serve(config: Config, source: ConfigSource) -> Result<(), StartErro
             app.events.metrics.connections_refused.inc();
             continue;
         };
+        // Responses go out as a head and then body chunks smaller than a
+        // loopback segment: with Nagle's algorithm each small write after the
+        // first waits for the client's (delayed, up to 40 ms) ACK. hyper
+        // already gathers what it can into one write, so nothing is gained
+        // by holding bytes back. A socket that refuses the option still serves.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(client = %remote, error = %e, "could not set TCP_NODELAY");
+        }
         let in_flight = Arc::new(InFlight::default());
         let router = app.router.clone();
         let io = GuardedIo::new(stream, in_flight.clone(), limits.idle_timeout, limits.write_timeout);

@@ -15,12 +15,31 @@ pub struct Nginx {
 impl Nginx {
     /// Serve `root` (files readable by the user nginx runs as).
     pub fn start(work: &Path, root: &Path) -> Nginx {
-        let dir = work.join("nginx");
+        Nginx::start_with(work, "nginx", root, None)
+    }
+
+    /// Serve `root` over TLS with this certificate and key (berth's, for a
+    /// comparison on the same certificate). OpenSSL encrypts in user space
+    /// here: `sendfile` does not apply without kernel TLS.
+    pub fn start_tls(work: &Path, root: &Path, cert: &Path, key: &Path) -> Nginx {
+        Nginx::start_with(work, "nginx-tls", root, Some((cert, key)))
+    }
+
+    fn start_with(work: &Path, name: &str, root: &Path, tls: Option<(&Path, &Path)>) -> Nginx {
+        let dir = work.join(name);
         std::fs::create_dir_all(dir.join("tmp")).expect("nginx dir");
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port for nginx");
         let d = dir.display();
+        let ssl = match tls {
+            Some((cert, key)) => format!(
+                " ssl; ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.2 TLSv1.3",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         // Two workers, like the two cores; root keeps the worker able to read
         // the test's private temp dir.
         let conf = format!(
@@ -29,7 +48,7 @@ impl Nginx {
              http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  default_type application/octet-stream;\n\
              client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
              uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
-             server {{ listen {addr}; root {}; }}\n}}\n",
+             server {{ listen {addr}{ssl}; root {}; }}\n}}\n",
             root.display()
         );
         let conf_path = dir.join("nginx.conf");
@@ -60,6 +79,10 @@ impl Nginx {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     fn log(&self) -> String {

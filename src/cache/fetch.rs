@@ -206,9 +206,16 @@ impl BlobFetch {
             .await
             .map_err(|e| CacheError::upstream(&name, e))?;
         let total = stream.total();
-        self.fetch.publish(FetchState::Running { written: 0, total });
+        self.fetch.publish(FetchState::Running {
+            received: 0,
+            written: 0,
+            total,
+        });
         let mut verifier = Verifier::new(&name, &self.digest, total, 0, Hasher::new(self.digest.algorithm()));
         let mut written = 0u64;
+        // Bytes from the upstream, hashed or not: the readers send them
+        // (all but the last) while the batch is hashed and written.
+        let mut received = 0u64;
         let mut batches = stream.by_ref().ready_chunks(BATCH_CHUNKS);
         while let Some(batch) = batches.next().await {
             let mut pieces = Vec::with_capacity(batch.len());
@@ -223,7 +230,14 @@ impl BlobFetch {
                 }
             }
             if !pieces.is_empty() {
-                let received: u64 = pieces.iter().map(|c| c.len() as u64).sum();
+                let n: u64 = pieces.iter().map(|c| c.len() as u64).sum();
+                self.fetch.received().append(&pieces);
+                received = received.saturating_add(n);
+                self.fetch.publish(FetchState::Running {
+                    received: received.saturating_sub(1),
+                    written,
+                    total,
+                });
                 // Hashing stays off the async workers: one hop per batch.
                 let (v, released) = tokio::task::spawn_blocking(move || {
                     let mut released = Vec::with_capacity(pieces.len() + 1);
@@ -235,15 +249,20 @@ impl BlobFetch {
                 .await
                 .map_err(std::io::Error::other)?;
                 verifier = v;
-                self.events.metrics.upstream_bytes.inc_by(received);
+                self.events.metrics.upstream_bytes.inc_by(n);
                 self.wrote(upload, released, &mut written, progress).await?;
+                self.fetch.received().written_to(written);
                 if total.is_none() && verifier.seen() > self.max_unannounced {
                     return Err(CacheError::Oversized {
                         upstream: name,
                         limit: self.max_unannounced,
                     });
                 }
-                self.fetch.publish(FetchState::Running { written, total });
+                self.fetch.publish(FetchState::Running {
+                    received: received.saturating_sub(1),
+                    written,
+                    total,
+                });
                 self.may_continue(&mut progress.abandoned)?;
             }
             if let Some(e) = failed {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::error::CacheError;
+use super::received::Received;
 use crate::reference::{Digest, RepoName};
 use crate::store::{BlobUpload, PartialRead};
 use crate::upstream::Upstream;
@@ -19,6 +20,10 @@ pub enum FetchState {
     /// The upstream request is under way; no size known yet.
     Starting,
     Running {
+        /// Bytes readers may send: the upload's below `written`, the rest
+        /// from the fetch's [`Received`]. Never the blob's last byte.
+        received: u64,
+        /// Bytes in the upload.
         written: u64,
         total: Option<u64>,
     },
@@ -38,6 +43,7 @@ pub enum FetchState {
 pub struct Fetch {
     state: watch::Sender<FetchState>,
     partial: Arc<dyn PartialRead>,
+    received: Arc<Received>,
     origin: Origin,
     /// When it was registered (the status page shows its age).
     started: std::time::Instant,
@@ -68,6 +74,11 @@ pub struct Origin {
 }
 
 impl Fetch {
+    /// What the fetch holds in memory, not yet in the upload.
+    pub fn received(&self) -> &Received {
+        &self.received
+    }
+
     pub fn publish(&self, state: FetchState) {
         self.state.send_replace(state);
     }
@@ -92,6 +103,8 @@ pub struct Fallback {
 pub struct Joined {
     pub state: watch::Receiver<FetchState>,
     pub partial: Arc<dyn PartialRead>,
+    /// What the fetch received and may not have written yet.
+    pub received: Arc<Received>,
     pub fallback: Fallback,
     /// Where the fetch joined asks: this request's route, or another's.
     pub origin: Origin,
@@ -125,6 +138,7 @@ impl Inflight {
         Joined {
             state: fetch.state.subscribe(),
             partial: fetch.partial.clone(),
+            received: fetch.received.clone(),
             fallback,
             origin: fetch.origin.clone(),
         }
@@ -150,6 +164,7 @@ impl Inflight {
         let fetch = Arc::new(Fetch {
             state: tx,
             partial: upload.partial(),
+            received: Arc::default(),
             origin: Origin {
                 upstream: fallback.upstream.name.clone(),
                 repo: fallback.repo.clone(),
@@ -191,7 +206,7 @@ impl Inflight {
             .map(|(digest, f)| {
                 let (received, expected) = match &*f.state.borrow() {
                     FetchState::Starting | FetchState::Failed(_) => (0, None),
-                    FetchState::Running { written, total } => (*written, *total),
+                    FetchState::Running { received, total, .. } => (*received, *total),
                     FetchState::Verified { size } | FetchState::Done { size } => (*size, Some(*size)),
                 };
                 InflightFetch {

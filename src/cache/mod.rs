@@ -20,6 +20,7 @@ mod lock;
 mod memo;
 mod passthrough;
 mod reader;
+mod received;
 mod referrers;
 mod scope;
 mod unknown;

@@ -70,11 +70,15 @@ impl Reader {
         let (limit, verified) = match &*self.joined.state.borrow_and_update() {
             FetchState::Starting => (self.pos, false),
             // Hold back the response's last byte until verification.
-            FetchState::Running { written, total } => {
+            FetchState::Running {
+                received,
+                written,
+                total,
+            } => {
                 self.seen_total = *total;
                 self.seen_written = *written;
                 let end = self.end.unwrap_or(u64::MAX);
-                (*written.min(&end.saturating_sub(1)), false)
+                (*received.min(&end.saturating_sub(1)), false)
             }
             FetchState::Verified { size } | FetchState::Done { size } => (self.end.unwrap_or(*size).min(*size), true),
             FetchState::Failed(e) if falls_back(e) => return Next::PassThrough,
@@ -141,7 +145,12 @@ impl Reader {
 
     async fn read(&mut self, available: u64) -> Result<Bytes, CacheError> {
         let len = available.min(READ_CHUNK as u64) as usize;
-        let buf = self.joined.partial.read_at(self.pos, len).await?;
+        // What the fetch still holds goes out from memory; what it let go
+        // of is in the upload (see received.rs for why both hold).
+        let buf = match self.joined.received.get(self.pos, len) {
+            Some(held) => held,
+            None => self.joined.partial.read_at(self.pos, len).await?,
+        };
         if buf.is_empty() {
             return Err(CacheError::from(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
