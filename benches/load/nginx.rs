@@ -19,7 +19,7 @@ impl Nginx {
     }
 
     /// Serve `root` over TLS with this certificate and key (berth's, for a
-    /// comparison on the same certificate). OpenSSL encrypts in user space
+    /// comparison on the same certificate), offering HTTP/2 as berth does. OpenSSL encrypts in user space
     /// here: `sendfile` does not apply without kernel TLS.
     pub fn start_tls(work: &Path, root: &Path, cert: &Path, key: &Path) -> Nginx {
         Nginx::start_with(work, "nginx-tls", root, Some((cert, key)))
@@ -34,7 +34,7 @@ impl Nginx {
         let d = dir.display();
         let ssl = match tls {
             Some((cert, key)) => format!(
-                " ssl; ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.2 TLSv1.3",
+                " ssl http2; ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.2 TLSv1.3",
                 cert.display(),
                 key.display()
             ),
