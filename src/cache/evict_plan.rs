@@ -77,8 +77,9 @@ struct Unit {
     members: Vec<usize>,
     last_used_ms: u64,
     protected: bool,
-    /// References a kept digest not stored yet (a layer being fetched).
-    completes_kept: bool,
+    /// Holds a kept digest (pinned, being read), or references one that is
+    /// not stored yet (a layer being fetched for the image).
+    holds_kept: bool,
 }
 
 pub fn plan(input: &PlanInput) -> Plan {
@@ -113,19 +114,20 @@ pub fn plan(input: &PlanInput) -> Plan {
         let mut seen = HashSet::new();
         let mut todo = vec![root];
         let mut last_used_ms = 0;
-        let mut needs_kept = false;
+        let mut holds_kept = false;
         while let Some(at) = todo.pop() {
             if !seen.insert(at) {
                 continue;
             }
             members.push(at);
             in_an_image[at] = true;
-            // A kept digest not stored (yet): a layer being fetched for this
-            // image keeps the image it completes.
-            needs_kept |= input
-                .refs
-                .get(&items[at].digest)
-                .is_some_and(|refs| refs.iter().any(|r| input.keep.contains(r)));
+            // A kept reference counts whether it is stored or not (yet): a
+            // layer being fetched keeps the image it completes.
+            holds_kept |= input.keep.contains(&items[at].digest)
+                || input
+                    .refs
+                    .get(&items[at].digest)
+                    .is_some_and(|refs| refs.iter().any(|r| input.keep.contains(r)));
             if let Some(kids) = children.get(&at) {
                 // Recency of an image: when any of its manifests was served.
                 last_used_ms = last_used_ms.max(items[at].last_used_ms);
@@ -137,7 +139,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             members,
             last_used_ms,
             protected: false,
-            completes_kept: needs_kept,
+            holds_kept,
         });
     }
     for (at, _) in items.iter().enumerate().filter(|(at, _)| !in_an_image[*at]) {
@@ -146,25 +148,18 @@ pub fn plan(input: &PlanInput) -> Plan {
             members: vec![at],
             last_used_ms: items[at].last_used_ms,
             protected: false,
-            completes_kept: false,
+            holds_kept: input.keep.contains(&items[at].digest),
         });
     }
     let recent_since = input.now_ms.saturating_sub(input.keep_recent_ms);
     let mut holders = vec![0usize; items.len()];
     for unit in &mut units {
-        unit.protected = unit.completes_kept
-            || (input.keep_recent_ms > 0 && unit.last_used_ms >= recent_since)
-            || unit.members.iter().any(|&m| input.keep.contains(&items[m].digest));
+        unit.protected = unit.holds_kept || (input.keep_recent_ms > 0 && unit.last_used_ms >= recent_since);
         for &m in &unit.members {
             holders[m] += 1;
         }
     }
-    plan.kept_recent = units
-        .iter()
-        .filter(|u| {
-            u.protected && !u.completes_kept && u.members.iter().all(|&m| !input.keep.contains(&items[m].digest))
-        })
-        .count();
+    plan.kept_recent = units.iter().filter(|u| u.protected && !u.holds_kept).count();
     let mut order: Vec<usize> = (0..units.len()).filter(|&u| !units[u].protected).collect();
     order.sort_by_key(|&u| (units[u].last_used_ms, units[u].members.first().copied()));
     let mut left = stored;
