@@ -1,8 +1,9 @@
 //! The bytes a blob fetch received and has not written to its upload yet,
 //! kept in memory so the readers that keep up take them from there: they
 //! send while the fetch hashes and writes, and do not read back from the
-//! upload what the fetch had in hand a moment ago (a trip to the blocking
-//! pool per chunk, measured as most of a cold pull's cost over a direct one).
+//! upload what the fetch had in hand a moment ago (a copy and a trip to the
+//! blocking pool per chunk: ~10 % of berth's CPU for a cold 20-layer pull;
+//! the pull's wall time on two shared cores did not measurably change).
 //!
 //! Invariant, kept by the fetch: every byte below what it published as
 //! received is here or in the upload below what it published as written.
