@@ -36,8 +36,9 @@ mod nginx;
 use std::process::Command;
 
 use measure::{
-    TlsClient, WrkResult, cold_fan_out, curl_throughput, curl_throughput_interleaved, curl_throughput_with, https_load,
-    median, memory_mib, reset_peak, skopeo_copy_secs, upstream_get_bytes, wrk, wrk_with,
+    TlsClient, WrkResult, cold_fan_out, curl_throughput, curl_throughput_interleaved, curl_throughput_interleaved_with,
+    curl_throughput_with, https_load, median, memory_mib, reset_peak, skopeo_copy_secs, upstream_get_bytes, wrk,
+    wrk_with,
 };
 use nginx::Nginx;
 use support::Berth;
@@ -324,12 +325,8 @@ fn tls_row(
             assert_eq!(http_version(url, &args), version, "{url} over {protocol}");
             curl_throughput_with(url, &args, 1, size);
         }
-        let (mut b, mut n) = (Vec::new(), Vec::new());
-        for _ in 0..7 {
-            b.push(curl_throughput_with(&berth_url, &args, 1, size));
-            n.push(curl_throughput_with(&nginx_url, &args, 1, size));
-        }
-        let (b, n) = (median(&mut b), median(&mut n));
+        let got = curl_throughput_interleaved_with(&[&berth_url, &nginx_url], &args, 1, size, 7);
+        let (b, n) = (got[0], got[1]);
         rows.push(Row {
             what: format!("warm blob over TLS, {protocol}, 1 client, MB/s (median of 7)"),
             berth: format!("{b:.0}"),

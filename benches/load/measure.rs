@@ -49,10 +49,21 @@ pub fn curl_throughput_over(urls: &[&str], extra: &[String], clients: usize, exp
 /// The median MB/s of each URL over `rounds` rounds, the URLs taking turns
 /// within a round so that drift in the machine's state hits them alike.
 pub fn curl_throughput_interleaved(urls: &[&str], clients: usize, expected_len: u64, rounds: usize) -> Vec<f64> {
+    curl_throughput_interleaved_with(urls, &[], clients, expected_len, rounds)
+}
+
+/// [`curl_throughput_interleaved`] with extra curl arguments for every URL.
+pub fn curl_throughput_interleaved_with(
+    urls: &[&str],
+    extra: &[String],
+    clients: usize,
+    expected_len: u64,
+    rounds: usize,
+) -> Vec<f64> {
     let mut samples = vec![Vec::new(); urls.len()];
     for _ in 0..rounds {
         for (i, url) in urls.iter().enumerate() {
-            samples[i].push(curl_throughput(url, clients, expected_len));
+            samples[i].push(curl_throughput_with(url, extra, clients, expected_len));
         }
     }
     samples.iter_mut().map(|s| median(s)).collect()
