@@ -10,7 +10,8 @@
 //! 3. 50 concurrent cold GETs of one 256 MiB blob: bytes the upstream sent,
 //!    wall time, peak RSS growth, bodies verified;
 //! 4. cold `skopeo copy` of a 20-layer image through each mirror and
-//!    directly from the upstream: wall time;
+//!    directly from the upstream: wall time; then again with berth pinned to
+//!    a core of its own (taskset), skopeo and the upstream to the other;
 //!
 //! and prints a table with the ratios berth / peer against the targets.
 //! Run with `cargo bench --bench load` (or `bash benches/run.sh`). Under
@@ -49,7 +50,7 @@ const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const COLD_CLIENTS: usize = 50;
 const LAYERS: usize = 20;
 const LAYER_BYTES: usize = 4 << 20;
-const COPY_ROUNDS: usize = 3;
+const COPY_ROUNDS: usize = 5;
 
 struct Row {
     what: String,
@@ -81,7 +82,9 @@ fn main() {
     let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     let mut rows = Vec::new();
 
-    eprintln!("seeding the upstream: {blob_mib} MiB blobs, a small image, {COPY_ROUNDS} images of {LAYERS} layers");
+    // Part 4 copies each image cold once unpinned and once pinned.
+    let copy_images = 2 * COPY_ROUNDS;
+    eprintln!("seeding the upstream: {blob_mib} MiB blobs, a small image, {copy_images} images of {LAYERS} layers");
     let upstream = Registry::start();
     let work = tempfile::tempdir().expect("work dir");
     let (warm_digest, warm_content) = push_random_blob(&upstream, "bench/blob", blob_size, 1);
@@ -92,7 +95,7 @@ fn main() {
     let (cold_berth_digest, _) = push_random_blob(&upstream, "bench/blob", blob_size, 2);
     let (cold_dist_digest, _) = push_random_blob(&upstream, "bench/blob", blob_size, 3);
     let (manifest_digest, _, _) = push_tiny_image(&upstream, "bench/app", "v1", false);
-    let images: Vec<_> = (0..COPY_ROUNDS)
+    let images: Vec<_> = (0..copy_images)
         .map(|i| {
             push_layered_image(
                 &upstream,
@@ -249,7 +252,12 @@ fn cold_fan_out_rows(
     });
 }
 
-/// 4. Cold skopeo copy of a 20-layer image.
+/// Part 4: a cold skopeo copy of a 20-layer image, twice: as the processes
+/// fall on the cores, and with berth on a core of its own (skopeo and the
+/// upstream on the first core, berth on the second, for the direct copy too).
+/// On two cores skopeo, Distribution and berth compete for CPU; the second
+/// row shows what berth's path costs in wall time when it does not take the
+/// client's and the upstream's CPU.
 fn skopeo_copy_row(
     rows: &mut Vec<Row>,
     upstream: &Registry,
@@ -260,14 +268,15 @@ fn skopeo_copy_row(
     let src = |host: &str, tag: &str| format!("docker://{host}/bench/twenty:{tag}");
     // Warm the upstream's page cache so the first measured copy is not penalised.
     for img in images {
-        skopeo_copy_secs(&src(&upstream.host(), &img.tag));
+        skopeo_copy_secs(&src(&upstream.host(), &img.tag), None);
     }
+    let (free, pinned) = images.split_at(COPY_ROUNDS.min(images.len()));
     let (mut direct, mut through_berth, mut through_dist) = (Vec::new(), Vec::new(), Vec::new());
-    for img in images {
+    for img in free {
         eprintln!("cold skopeo copy of {LAYERS} layers ({})", img.tag);
-        direct.push(skopeo_copy_secs(&src(&upstream.host(), &img.tag)));
-        through_berth.push(skopeo_copy_secs(&src(&berth.host(), &img.tag)));
-        through_dist.push(skopeo_copy_secs(&src(&dist.host(), &img.tag)));
+        direct.push(skopeo_copy_secs(&src(&upstream.host(), &img.tag), None));
+        through_berth.push(skopeo_copy_secs(&src(&berth.host(), &img.tag), None));
+        through_dist.push(skopeo_copy_secs(&src(&dist.host(), &img.tag), None));
     }
     let (d, b, p) = (
         median(&mut direct),
@@ -285,6 +294,48 @@ fn skopeo_copy_row(
         target: "<= 1.05x direct",
         met: Some(b / d <= 1.05),
     });
+
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    if cores < 2 {
+        eprintln!("one core: no pinned skopeo copy row");
+        return;
+    }
+    let all = format!("0-{}", cores - 1);
+    set_affinity(upstream.pid(), "0");
+    set_affinity(berth.pid(), "1");
+    let (mut direct, mut through_berth) = (Vec::new(), Vec::new());
+    for img in pinned {
+        eprintln!(
+            "cold skopeo copy of {LAYERS} layers ({}), berth on a core of its own",
+            img.tag
+        );
+        direct.push(skopeo_copy_secs(&src(&upstream.host(), &img.tag), Some("0")));
+        through_berth.push(skopeo_copy_secs(&src(&berth.host(), &img.tag), Some("0")));
+    }
+    set_affinity(upstream.pid(), &all);
+    set_affinity(berth.pid(), &all);
+    let (d, b) = (median(&mut direct), median(&mut through_berth));
+    rows.push(Row {
+        what: format!(
+            "same, skopeo and upstream on cpu 0, berth on cpu 1, s (median of {})",
+            pinned.len()
+        ),
+        berth: format!("{b:.2}"),
+        peer: format!("direct {d:.2} (same cpu 0)"),
+        ratio: format!("{:.2}x direct", b / d),
+        target: "<= 1.05x direct",
+        met: Some(b / d <= 1.05),
+    });
+}
+
+/// Pin every thread of `pid` (and the threads they start) to `cpus`.
+fn set_affinity(pid: u32, cpus: &str) {
+    let ok = Command::new("taskset")
+        .args(["-a", "-c", "-p", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset -a -c -p {cpus} {pid}");
 }
 
 /// Part 6, a warm blob over TLS: berth beside nginx serving the same bytes

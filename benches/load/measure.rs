@@ -214,11 +214,20 @@ pub fn upstream_get_bytes(log: &str, needle: &str) -> u64 {
         .sum()
 }
 
-/// Wall time of one `skopeo copy` from `src` to a fresh `dir:` destination.
-pub fn skopeo_copy_secs(src: &str) -> f64 {
+/// Wall time of one `skopeo copy` from `src` to a fresh `dir:` destination,
+/// on the cpus `cpus` (a taskset list) when given.
+pub fn skopeo_copy_secs(src: &str, cpus: Option<&str>) -> f64 {
     let dest = tempfile::tempdir().expect("copy destination");
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus, "skopeo"]);
+            c
+        }
+        None => Command::new("skopeo"),
+    };
     let started = Instant::now();
-    let out = Command::new("skopeo")
+    let out = command
         .args(["copy", "--src-tls-verify=false", src])
         .arg(format!("dir:{}", dest.path().join("img").display()))
         .env("NO_PROXY", "127.0.0.1,localhost")
