@@ -184,6 +184,20 @@ impl Events {
         self.metrics.cache_write_failed(cause.name(), upstream);
     }
 
+    /// The shared bucket did not answer when berth started: berth serves by
+    /// pass-through and lists it again until it does.
+    pub fn bucket_unanswered(&self, detail: &str) {
+        let cause = FailureCause::StorageError;
+        tracing::warn!(
+            event = "storage_degraded",
+            cause = cause.name(),
+            category = cause.category().as_str(),
+            detail = %crate::redact::message(detail),
+            hint = cause.hint(),
+            "the bucket did not answer at start: pulls pass through from the upstream, nothing is stored, until it does"
+        );
+    }
+
     /// The recent failures `filter` matches, at the time `now_ms`.
     pub fn report(&self, filter: &FailureFilter, now_ms: u64) -> FailuresReport {
         let failures: Vec<FailureEntry> = self

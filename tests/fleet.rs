@@ -690,3 +690,75 @@ async fn one_replica_evicts_for_the_fleet_by_every_replicas_access_times() {
         );
     }
 }
+
+/// A replica whose bucket endpoint is down when it starts still starts: it
+/// serves by pass-through (verified), logs `storage_degraded` once, stays
+/// ready ("degraded": every replica shares the bucket) and alive; once the
+/// endpoint answers it lists the bucket and stores again, so a blob pulled
+/// then is served from the bucket with the upstream gone (fails when berth
+/// refuses to start, or never opens the gate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_with_its_bucket_down_passes_through_then_stores_once_it_answers() {
+    let mut garage = tokio::task::block_in_place(Garage::start);
+    let mut registry = Registry::start();
+    let push = |size: usize, seed: u64| {
+        tokio::task::block_in_place(|| support::images::push_random_blob(&registry, "fleet/late", size, seed))
+    };
+    let ((early, _), (late, _)) = (push(3 << 20, 71), push(2 << 20, 72));
+    garage.nodes[0].kill();
+    let upstream = UpstreamToml::default_docker_io(&registry.url()).to_toml();
+    let berth = Berth::start(&format!("{}{upstream}", garage.storage_toml(0)));
+    assert!(
+        berth.events().iter().any(|e| e["event"] == "storage_degraded"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("did not answer at start"))),
+        "the start says the bucket did not answer: {}",
+        berth.log()
+    );
+    let (status, body) = support::raw_get(berth.admin_addr, "/_berth/health");
+    assert!(status == 200 && body.contains("\"degraded\""), "{status} {body}");
+    assert_eq!(support::raw_get(berth.admin_addr, "/_berth/live").0, 200);
+    let get = |digest: &str| {
+        let url = format!("{}/v2/fleet/late/blobs/{digest}", berth.url());
+        async move {
+            let resp = support::client().get(&url).send().await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status.as_u16(), support::sha256_hex(&body)))
+        }
+    };
+    assert_eq!(get(&early).await, Ok((200, early.clone())), "passed through");
+
+    tokio::task::block_in_place(|| garage.nodes[0].restart());
+    support::eventually_async(
+        std::time::Duration::from_secs(60),
+        support::lazy(|| format!("the bucket is listed once it answers: {}", berth.log())),
+        || {
+            berth.events().iter().any(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("the bucket answered"))
+            })
+        },
+    )
+    .await;
+    assert_eq!(get(&late).await, Ok((200, late.clone())), "cold, now stored");
+    support::eventually_async(support::COMMIT_WAIT, "the late blob is in the bucket", || {
+        berth
+            .events()
+            .iter()
+            .any(|e| e["message"] == "blob cached" && e["digest"] == late.as_str())
+    })
+    .await;
+    let (status, body) = support::raw_get(berth.admin_addr, "/_berth/health");
+    assert!(status == 200 && body.contains("\"serving\""), "{status} {body}");
+    registry.stop();
+    assert_eq!(
+        get(&late).await,
+        Ok((200, late.clone())),
+        "from the bucket, the upstream gone"
+    );
+    let (status, _) = get(&early).await.expect("an answer");
+    assert_ne!(status, 200, "what passed through was not stored");
+}

@@ -24,6 +24,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", axum::routing::get(metrics))
         .route("/_berth/failures", axum::routing::get(failures))
         .route("/_berth/health", axum::routing::get(health))
+        .route("/_berth/live", axum::routing::get(live))
         .route("/_berth/status", axum::routing::get(status))
         .route("/_berth/gc", axum::routing::post(gc))
         .route("/_berth/prefetch", axum::routing::post(prefetch))
@@ -68,9 +69,18 @@ fn bad_filter(e: &FilterError) -> Response {
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
+/// The liveness probe: 200 whenever the process answers. Never the store's
+/// or an upstream's state: restarting berth mends neither, and a replica
+/// that restarts while its bucket is down serves nothing until it is up.
+async fn live() -> Response {
+    axum::Json(serde_json::json!({"status": "alive"})).into_response()
+}
+
 /// The readiness probe: 200 while serving; 503 once a shutdown began or when
 /// the cache cannot be written (pulls would still pass through, but nothing
-/// would be kept: a load balancer should prefer another replica).
+/// would be kept: a load balancer should prefer another replica). A bucket
+/// every replica shares fails them all alike: then 200, "degraded", so a
+/// Service keeps its replicas and their pass-through.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     use axum::http::StatusCode;
     if state.stopping.load(std::sync::atomic::Ordering::SeqCst) {
@@ -82,6 +92,10 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     }
     match state.cache.writable().await {
         Ok(()) => axum::Json(serde_json::json!({"status": "serving"})).into_response(),
+        Err(e) if state.cache.store_is_shared() => {
+            axum::Json(serde_json::json!({"status": "degraded", "error": e.to_string(), "cause": e.cause().name()}))
+                .into_response()
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(

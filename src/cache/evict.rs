@@ -120,6 +120,12 @@ impl Evictor {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// What the store holds, listed after the evictor was made (a bucket
+    /// that did not answer at start, nothing stored meanwhile).
+    pub fn reaccount(&self, used: u64) {
+        self.used.store(used, Ordering::SeqCst);
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max: self.max,

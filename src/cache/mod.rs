@@ -21,6 +21,7 @@ mod memo;
 mod passthrough;
 mod reader;
 mod received;
+mod reconcile;
 mod referrers;
 mod scope;
 mod unknown;
@@ -57,6 +58,7 @@ use evict::Evictor;
 pub use gc::{GcRemoval, GcReport};
 use inflight::Inflight;
 use memo::ManifestMemo;
+use reconcile::Listing;
 pub use warm::{Walked, WarmStep, Warmed};
 
 #[derive(Debug, Clone)]
@@ -159,8 +161,25 @@ pub struct Cache {
     events: Arc<crate::events::Events>,
     /// Replicas sharing the storage: who owns which digest.
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Whether the store is a bucket every replica shares (its trouble is
+    /// every replica's: no other one would serve better).
+    shared_store: bool,
     /// Held while the cache is open: one process per cache directory.
     _lock: CacheLock,
+}
+
+/// A bucket that cannot be listed at start is waited for, serving by
+/// pass-through, unless it refused the credentials: that is the config,
+/// and berth says so instead of starting.
+async fn refuse_credentials_refused(gate: &crate::store::Gate) -> Result<(), CacheError> {
+    let probe = Digest::sha256_of(b"berth: are these credentials taken?");
+    match gate.inner().stat(&probe).await {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(CacheError::from(std::io::Error::new(
+            e.kind(),
+            format!("the bucket refused berth's credentials: {e}"),
+        ))),
+        _ => Ok(()),
+    }
 }
 
 impl Cache {
@@ -170,11 +189,16 @@ impl Cache {
     pub async fn open(config: &crate::config::Config, events: Arc<crate::events::Events>) -> Result<Self, CacheError> {
         // First: the blob store empties tmp/ and sled may be repaired.
         let lock = CacheLock::acquire(&config.cache_dir).map_err(|e| CacheError::Lock(Arc::new(e)))?;
-        let (store, meta): (Arc<dyn BlobStore>, Arc<dyn MetaStore>) = match &config.s3 {
-            None => (
-                Arc::new(FsBlobStore::open(&config.cache_dir)?),
-                Arc::new(SledMetaStore::open(&config.cache_dir)?),
-            ),
+        let (store, meta, listing): (Arc<dyn BlobStore>, Arc<dyn MetaStore>, Listing) = match &config.s3 {
+            None => {
+                let store = Arc::new(FsBlobStore::open(&config.cache_dir)?);
+                let items = store.list().await?;
+                (
+                    store,
+                    Arc::new(SledMetaStore::open(&config.cache_dir)?),
+                    Listing::Now(items),
+                )
+            }
             Some(s3) => {
                 let bucket = crate::store::S3Config {
                     endpoint: s3.endpoint.clone(),
@@ -183,12 +207,26 @@ impl Cache {
                     access_key_id: s3.access_key_id.clone(),
                     secret_access_key: s3.secret_access_key.clone(),
                 };
-                crate::store::open_s3(&bucket, &config.cache_dir, s3.local_cache).await?
+                let (store, meta, gate) = crate::store::open_s3(&bucket, &config.cache_dir, s3.local_cache).await?;
+                let listing = match gate.inner().list().await {
+                    Ok(items) => {
+                        // Nothing is served before the index matches it.
+                        gate.open();
+                        Listing::Now(items)
+                    }
+                    Err(e) => {
+                        refuse_credentials_refused(&gate).await?;
+                        events.bucket_unanswered(&e.to_string());
+                        Listing::Later(gate)
+                    }
+                };
+                (store, meta, listing)
             }
         };
-        Self::with_stores(config, store, meta, lock, events).await
+        Self::opened(config, store, meta, lock, events, listing).await
     }
 
+    #[cfg(test)]
     async fn with_stores(
         config: &crate::config::Config,
         store: Arc<dyn BlobStore>,
@@ -197,17 +235,21 @@ impl Cache {
         events: Arc<crate::events::Events>,
     ) -> Result<Self, CacheError> {
         let items = store.list().await?;
-        let present = items.iter().map(|i| i.digest.clone()).collect();
-        let removed = meta.repair(&present).await?;
-        if removed > 0 {
-            tracing::warn!(
-                removed,
-                "cache metadata pointed at missing content; those records were dropped"
-            );
-        }
-        meta.sync_items(&items).await?;
-        record_missing_refs(store.as_ref(), meta.as_ref()).await?;
-        let used = items.iter().map(|i| i.size).sum();
+        Self::opened(config, store, meta, lock, events, Listing::Now(items)).await
+    }
+
+    async fn opened(
+        config: &crate::config::Config,
+        store: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetaStore>,
+        lock: CacheLock,
+        events: Arc<crate::events::Events>,
+        listing: Listing,
+    ) -> Result<Self, CacheError> {
+        let (used, later) = match listing {
+            Listing::Now(items) => (reconcile::reconcile(store.as_ref(), meta.as_ref(), &items).await?, None),
+            Listing::Later(gate) => (0, Some(gate)),
+        };
         let memo = Arc::new(ManifestMemo::new(MANIFEST_MEMO_BYTES));
         let evictor = Arc::new(Evictor::new(
             config.max_size,
@@ -218,6 +260,13 @@ impl Cache {
             memo.clone(),
             events.clone(),
         ));
+        if let Some(gate) = later {
+            tokio::spawn(reconcile::open_when_the_bucket_answers(
+                gate,
+                meta.clone(),
+                evictor.clone(),
+            ));
+        }
         Ok(Self {
             store,
             meta,
@@ -228,6 +277,7 @@ impl Cache {
             tag_ttl: config.tag_ttl,
             finish_abandoned: config.finish_abandoned,
             max_size: config.max_size,
+            shared_store: config.s3.is_some(),
             scoped: false,
             events,
             cluster: None,
@@ -642,6 +692,11 @@ impl Cache {
         Ok(self.store.writable().await?)
     }
 
+    /// Whether the store is one bucket shared by every replica.
+    pub fn store_is_shared(&self) -> bool {
+        self.shared_store
+    }
+
     /// Make the metadata written so far durable (at shutdown).
     pub async fn flush(&self) -> Result<(), CacheError> {
         Ok(self.meta.flush().await?)
@@ -680,25 +735,6 @@ impl Cache {
             }
         }
     }
-}
-
-/// Manifest records written before berth kept references get them from the
-/// stored bytes, once, so eviction knows every image's content.
-async fn record_missing_refs(store: &dyn BlobStore, meta: &dyn MetaStore) -> Result<(), CacheError> {
-    for (digest, refs) in meta.manifest_refs().await? {
-        if refs.is_some() {
-            continue;
-        }
-        let Some(bytes) = store.read(&digest, crate::upstream::MAX_MANIFEST_SIZE as u64).await? else {
-            continue;
-        };
-        let Some(rec) = meta.manifest(&digest).await? else {
-            continue;
-        };
-        let refs = crate::manifest::references(&bytes);
-        meta.put_manifest(&digest, &rec.media_type, rec.size, &refs).await?;
-    }
-    Ok(())
 }
 
 /// Whether an upstream failure is one where cached content should be served

@@ -11,6 +11,7 @@
 
 mod fs;
 mod fs_read;
+mod gate;
 mod local_tier;
 mod s3;
 mod s3_meta;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::reference::{Digest, RepoName, Verified};
 
 pub use fs::FsBlobStore;
+pub use gate::Gate;
 pub use local_tier::LocalTier;
 pub use s3::{S3BlobStore, S3Config};
 pub use s3_meta::S3MetaStore;
@@ -270,18 +272,20 @@ pub fn now_millis() -> u64 {
 
 /// The stores of `[storage] kind = "s3"`: blobs and shared records in the
 /// bucket, this replica's own records (and copies) in sled under
-/// `cache_dir`, uploads under way spooled to `cache_dir/tmp`.
+/// `cache_dir`, uploads under way spooled to `cache_dir/tmp`. The bucket is
+/// behind a `Gate`, shut: the cache opens it once its index matches the
+/// bucket's listing (the local tier in front still serves its copies).
 pub async fn open_s3(
     config: &S3Config,
     cache_dir: &std::path::Path,
     local_cache: u64,
-) -> io::Result<(Arc<dyn BlobStore>, Arc<dyn MetaStore>)> {
+) -> io::Result<(Arc<dyn BlobStore>, Arc<dyn MetaStore>, Arc<Gate>)> {
     let bucket = s3::bucket(config)?;
-    let blobs: Arc<dyn BlobStore> = Arc::new(S3BlobStore::with_bucket(bucket.clone(), cache_dir)?);
+    let gate = Gate::shut(Arc::new(S3BlobStore::with_bucket(bucket.clone(), cache_dir)?));
     let blobs: Arc<dyn BlobStore> = match local_cache {
-        0 => blobs,
-        budget => Arc::new(LocalTier::open(blobs, &cache_dir.join("local"), budget).await?),
+        0 => gate.clone(),
+        budget => Arc::new(LocalTier::open(gate.clone(), &cache_dir.join("local"), budget).await?),
     };
     let local = SledMetaStore::open(cache_dir).map_err(io::Error::other)?;
-    Ok((blobs, Arc::new(S3MetaStore::new(bucket, local))))
+    Ok((blobs, Arc::new(S3MetaStore::new(bucket, local)), gate))
 }

@@ -70,6 +70,10 @@ pub struct S3BlobStore {
 pub(super) fn to_io(e: object_store::Error) -> io::Error {
     match e {
         object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
+        // A 401 or 403: the credentials (or the bucket's policy), not the network.
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            io::Error::new(io::ErrorKind::PermissionDenied, e.to_string())
+        }
         other => io::Error::other(other.to_string()),
     }
 }
