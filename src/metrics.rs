@@ -369,8 +369,11 @@ impl Metrics {
     /// Count a config reload and remember it as the last.
     pub fn reloaded(&self, outcome: ReloadOutcome) {
         let result = if outcome.ok { "ok" } else { "failed" };
+        // Counted and remembered under one lock, which `reloads` takes too:
+        // a status never counts a reload it cannot show as the last.
+        let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
         self.config_reloads.get_or_create(&ResultLabel { result }).inc();
-        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        *last = Some(outcome);
     }
 
     /// A `[[prefetch]]` schedule finished a run.
@@ -394,9 +397,9 @@ impl Metrics {
 
     /// (ok, failed) reloads since start, and the last one.
     pub fn reloads(&self) -> (u64, u64, Option<ReloadOutcome>) {
+        let last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
         let count = |result| self.config_reloads.get_or_create(&ResultLabel { result }).get();
-        let last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        (count("ok"), count("failed"), last)
+        (count("ok"), count("failed"), last.clone())
     }
 
     pub fn encode(&self) -> String {
