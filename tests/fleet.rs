@@ -64,6 +64,15 @@ async fn what_one_replica_pulled_the_others_serve_with_the_upstream_gone() {
 }
 
 /// Three replicas that know each other (`[cluster]`), on one bucket.
+/// GET a blob through `berth`: its status and the sha256 hex of its body.
+async fn get_blob(berth: &Berth, repo: &str, digest: String) -> Result<(u16, String), String> {
+    let url = format!("{}/v2/{repo}/blobs/{digest}", berth.url());
+    let resp = support::client().get(&url).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    Ok((status.as_u16(), support::sha256_hex(&body)))
+}
+
 fn fleet(garage: &Garage, upstream: &str) -> Vec<Berth> {
     garage.fleet(3, "", upstream)
 }
@@ -374,15 +383,7 @@ async fn with_the_bucket_down_warm_blobs_come_from_the_local_cache_and_new_ones_
         "{}local_cache = \"32MiB\"\n{upstream}",
         garage.storage_toml(0)
     ));
-    let get = |digest: &str| {
-        let url = format!("{}/v2/fleet/local/blobs/{digest}", berth.url());
-        async move {
-            let resp = support::client().get(&url).send().await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((status.as_u16(), support::sha256_hex(&body)))
-        }
-    };
+    let get = |digest: &str| get_blob(&berth, "fleet/local", digest.to_string());
     // Cold: from the upstream into the bucket. Warm: from the bucket, and
     // copied to the local disk on the side.
     for digest in [&warm, &cold] {
@@ -719,15 +720,7 @@ async fn a_replica_started_with_its_bucket_down_passes_through_then_stores_once_
     let (status, body) = support::raw_get(berth.admin_addr, "/_berth/health");
     assert!(status == 200 && body.contains("\"degraded\""), "{status} {body}");
     assert_eq!(support::raw_get(berth.admin_addr, "/_berth/live").0, 200);
-    let get = |digest: &str| {
-        let url = format!("{}/v2/fleet/late/blobs/{digest}", berth.url());
-        async move {
-            let resp = support::client().get(&url).send().await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((status.as_u16(), support::sha256_hex(&body)))
-        }
-    };
+    let get = |digest: &str| get_blob(&berth, "fleet/late", digest.to_string());
     assert_eq!(get(&early).await, Ok((200, early.clone())), "passed through");
 
     tokio::task::block_in_place(|| garage.nodes[0].restart());
