@@ -118,7 +118,12 @@ impl Reader {
         let fallback = self.joined.fallback.clone();
         // Re-hashed from the upload: what it is known to hold, which is
         // less than `pos` for a window that starts past what was written.
-        let mut have = self.pos.min(self.seen_written);
+        // The fetch's last write counts, not only the last state this
+        // reader saw: one that kept up from memory saw `written` lag behind
+        // `pos`, and would otherwise ask the upstream again for bytes the
+        // upload holds.
+        let written = self.seen_written.max(self.joined.received.written());
+        let mut have = self.pos.min(written);
         // Ask for at least one byte: a Range starting at the end is unsatisfiable.
         if self.seen_total.is_some_and(|t| have >= t) {
             have = have.saturating_sub(1);

@@ -25,6 +25,8 @@ struct Held {
     /// Blob position of the first held chunk's first byte.
     start: u64,
     chunks: VecDeque<Bytes>,
+    /// The upload holds every byte below this.
+    written: u64,
 }
 
 impl Held {
@@ -71,6 +73,7 @@ impl Received {
         let Ok(mut held) = self.inner.lock() else {
             return;
         };
+        held.written = held.written.max(written);
         while let Some(first) = held.chunks.front() {
             let end = held.start.saturating_add(first.len() as u64);
             if end > written {
@@ -79,6 +82,14 @@ impl Received {
             held.start = end;
             held.chunks.pop_front();
         }
+    }
+
+    /// The upload holds every byte below this, as of the fetch's last
+    /// write. Kept after the fetch failed: the watch channel then shows
+    /// only the failure, and a reader that kept up from memory would
+    /// otherwise know of less than the upload holds.
+    pub fn written(&self) -> u64 {
+        self.inner.lock().map(|h| h.written).unwrap_or(0)
     }
 
     /// Bytes held now.
@@ -121,8 +132,10 @@ mod tests {
         r.written_to(5);
         assert_eq!(r.get(1, 1), None, "below the written mark: read the upload");
         assert_eq!(r.get(4, 10), Some(b("efg")), "a chunk not wholly written stays");
+        assert_eq!(r.written(), 5);
         r.written_to(7);
         assert_eq!(r.held(), 0);
+        assert_eq!(r.written(), 7);
         r.append(&[b("hi")]);
         assert_eq!(r.get(7, 10), Some(b("hi")), "positions go on from the blob's");
         assert_eq!(r.end(), 9);
