@@ -63,7 +63,6 @@ async fn what_one_replica_pulled_the_others_serve_with_the_upstream_gone() {
     assert_eq!(again, through_a);
 }
 
-/// Three replicas that know each other (`[cluster]`), on one bucket.
 /// GET a blob through `berth`: its status and the sha256 hex of its body.
 async fn get_blob(berth: &Berth, repo: &str, digest: String) -> Result<(u16, String), String> {
     let url = format!("{}/v2/{repo}/blobs/{digest}", berth.url());
@@ -73,6 +72,7 @@ async fn get_blob(berth: &Berth, repo: &str, digest: String) -> Result<(u16, Str
     Ok((status.as_u16(), support::sha256_hex(&body)))
 }
 
+/// Three replicas that know each other (`[cluster]`), on one bucket.
 fn fleet(garage: &Garage, upstream: &str) -> Vec<Berth> {
     garage.fleet(3, "", upstream)
 }
