@@ -206,11 +206,7 @@ impl BlobFetch {
             .await
             .map_err(|e| CacheError::upstream(&name, e))?;
         let total = stream.total();
-        self.fetch.publish(FetchState::Running {
-            received: 0,
-            written: 0,
-            total,
-        });
+        self.fetch.publish(FetchState::Running { received: 0, total });
         let mut verifier = Verifier::new(&name, &self.digest, total, 0, Hasher::new(self.digest.algorithm()));
         let mut written = 0u64;
         // Bytes from the upstream, hashed or not: the readers send them
@@ -235,7 +231,6 @@ impl BlobFetch {
                 received = received.saturating_add(n);
                 self.fetch.publish(FetchState::Running {
                     received: received.saturating_sub(1),
-                    written,
                     total,
                 });
                 // Hashing stays off the async workers: one hop per batch.
@@ -258,11 +253,6 @@ impl BlobFetch {
                         limit: self.max_unannounced,
                     });
                 }
-                self.fetch.publish(FetchState::Running {
-                    received: received.saturating_sub(1),
-                    written,
-                    total,
-                });
                 self.may_continue(&mut progress.abandoned)?;
             }
             if let Some(e) = failed {

@@ -20,11 +20,10 @@ pub enum FetchState {
     /// The upstream request is under way; no size known yet.
     Starting,
     Running {
-        /// Bytes readers may send: the upload's below `written`, the rest
-        /// from the fetch's [`Received`]. Never the blob's last byte.
+        /// Bytes readers may send, each in the fetch's [`Received`] or
+        /// already in the upload (which `Received::written` tells). Never
+        /// the blob's last byte.
         received: u64,
-        /// Bytes in the upload.
-        written: u64,
         total: Option<u64>,
     },
     /// Every byte is written and hashes to the digest; the commit (fsync,

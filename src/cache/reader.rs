@@ -28,7 +28,6 @@ pub fn stream(
         pos: start,
         end,
         seen_total: None,
-        seen_written: 0,
         pass: None,
     };
     futures_util::stream::unfold(Some(reader), |reader| async move {
@@ -47,8 +46,6 @@ struct Reader {
     end: Option<u64>,
     /// The fetch's announced size, as last seen.
     seen_total: Option<u64>,
-    /// Bytes the fetch had written, as last seen.
-    seen_written: u64,
     /// Set once the fetch failed to store and this reader streams the rest
     /// from the upstream itself.
     pass: Option<PassThrough>,
@@ -70,13 +67,8 @@ impl Reader {
         let (limit, verified) = match &*self.joined.state.borrow_and_update() {
             FetchState::Starting => (self.pos, false),
             // Hold back the response's last byte until verification.
-            FetchState::Running {
-                received,
-                written,
-                total,
-            } => {
+            FetchState::Running { received, total, .. } => {
                 self.seen_total = *total;
-                self.seen_written = *written;
                 let end = self.end.unwrap_or(u64::MAX);
                 (*received.min(&end.saturating_sub(1)), false)
             }
@@ -118,12 +110,10 @@ impl Reader {
         let fallback = self.joined.fallback.clone();
         // Re-hashed from the upload: what it is known to hold, which is
         // less than `pos` for a window that starts past what was written.
-        // The fetch's last write counts, not only the last state this
-        // reader saw: one that kept up from memory saw `written` lag behind
-        // `pos`, and would otherwise ask the upstream again for bytes the
-        // upload holds.
-        let written = self.seen_written.max(self.joined.received.written());
-        let mut have = self.pos.min(written);
+        // The fetch's last write, not the last state this reader saw: one
+        // that kept up from memory saw `written` lag behind `pos`, and would
+        // otherwise ask the upstream again for bytes the upload holds.
+        let mut have = self.pos.min(self.joined.received.written());
         // Ask for at least one byte: a Range starting at the end is unsatisfiable.
         if self.seen_total.is_some_and(|t| have >= t) {
             have = have.saturating_sub(1);
