@@ -6,7 +6,7 @@
 //! the pull's wall time on two shared cores did not measurably change).
 //!
 //! Invariant, kept by the fetch: every byte below what it published as
-//! received is here or in the upload below what it published as written.
+//! received is here or in the upload below `written()`.
 //! Bytes leave here only once written, so the held set is one batch of
 //! network chunks (the fetch's bound), not the blob.
 

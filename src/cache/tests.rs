@@ -235,7 +235,7 @@ async fn a_reader_whose_fetch_fails_to_store_goes_on_from_the_upstream() {
     gate.notify_one();
     // The reader reads nothing more until the fetch has failed: it sent
     // `head`, which the upload holds (written before the stall) whether or
-    // not this reader saw the written mark go past it.
+    // not this reader was woken after that write.
     eventually("the fetch failed to store", || async {
         f.cache.inflight.snapshot().is_empty()
     })
