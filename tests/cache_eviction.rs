@@ -52,8 +52,15 @@ async fn least_recently_used_content_is_evicted_over_max_size() {
 
     for d in [b0, b1] {
         assert_eq!(sha256_hex(&get(&berth, d).await), *d);
-        let path = blob_path(&berth.cache_dir, d);
-        eventually_async(COMMIT_WAIT, format!("{d} is cached"), || path.exists()).await;
+        // Cached means indexed, which follows the file's rename (and the
+        // directory's fsync): an eviction in between cannot choose b1 yet.
+        eventually_async(COMMIT_WAIT, format!("{d} is cached"), || {
+            berth
+                .events()
+                .iter()
+                .any(|e| e["message"] == "blob cached" && e["digest"] == d.as_str())
+        })
+        .await;
     }
     // b0 is used again (from the cache), so b1 is now the least recently used.
     assert_eq!(sha256_hex(&get(&berth, b0).await), *b0);
